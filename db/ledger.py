@@ -1,0 +1,324 @@
+"""Writes to the ledger. Each function runs inside the caller's transaction (one unit of work)
+and is safe to repeat: the pipeline is at-least-once, the ledger makes it exactly-once per
+(image, model version)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import Image, ImagePath, ImageStatus, ModelStatus, ModelVersion, Prediction, utcnow
+
+# SQLite allows 32766 bound parameters per statement; stay well inside it.
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SeenFile:
+    """A completely written file in the inbox, hashed by the watcher."""
+
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """What a queue message carries per image: a path and a content hash, never bytes."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    sha256: str
+    label: str
+    confidence: float
+    topk: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    sha256: str
+    error: str
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _insert(session: Session, table: Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL alike)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {dialect!r} (use SQLite or PostgreSQL)")
+
+
+def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
+    """Record files the watcher found; return those whose content still needs classifying.
+
+    The same content under two names gives one image row with two paths and one work item.
+    Content that is already queued (and sent), done or failed is not sent again.
+    """
+    if not files:
+        return []
+    now = utcnow()
+    by_hash: dict[str, SeenFile] = {}
+    for seen in files:
+        by_hash.setdefault(seen.sha256, seen)
+    for chunk in _chunks(list(by_hash.values())):
+        rows = [
+            {
+                "sha256": f.sha256,
+                "size": f.size,
+                "status": ImageStatus.QUEUED.value,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for f in chunk
+        ]
+        stmt = _insert(session, Image.__table__).values(rows)
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
+
+    ids: dict[str, tuple[int, str, datetime | None]] = {}
+    for chunk in _chunks(list(by_hash)):
+        query = select(Image.id, Image.sha256, Image.status, Image.enqueued_at).where(
+            Image.sha256.in_(chunk)
+        )
+        for image_id, sha, status, enqueued_at in session.execute(query):
+            ids[sha] = (image_id, status, enqueued_at)
+
+    path_rows = [
+        {
+            "image_id": ids[f.sha256][0],
+            "path": f.path,
+            "size": f.size,
+            "mtime_ns": f.mtime_ns,
+            "first_seen_at": now,
+            "last_seen_at": now,
+        }
+        for f in {f.path: f for f in files}.values()
+    ]
+    for chunk in _chunks(path_rows):
+        stmt = _insert(session, ImagePath.__table__).values(list(chunk))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["path"],
+            set_={
+                "image_id": stmt.excluded.image_id,
+                "size": stmt.excluded.size,
+                "mtime_ns": stmt.excluded.mtime_ns,
+                "last_seen_at": stmt.excluded.last_seen_at,
+            },
+        )
+        session.execute(stmt)
+
+    return [
+        WorkItem(path=f.path, sha256=sha)
+        for sha, f in by_hash.items()
+        if ids[sha][1] == ImageStatus.QUEUED and ids[sha][2] is None
+    ]
+
+
+def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
+    now = utcnow()
+    for chunk in _chunks(list(sha256s)):
+        session.execute(
+            update(Image)
+            .where(Image.sha256.in_(chunk), Image.status == ImageStatus.QUEUED)
+            .values(enqueued_at=now)
+        )
+
+
+def known_paths(session: Session, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """path -> (size, mtime_ns) for paths already recorded, so rescans skip re-hashing them."""
+    found: dict[str, tuple[int, int]] = {}
+    for chunk in _chunks(list(paths)):
+        query = select(ImagePath.path, ImagePath.size, ImagePath.mtime_ns).where(
+            ImagePath.path.in_(chunk)
+        )
+        for path, size, mtime_ns in session.execute(query):
+            found[path] = (size, mtime_ns)
+    return found
+
+
+def save_results(
+    session: Session,
+    model_version_id: int,
+    classified: Sequence[Classified],
+    failed: Sequence[Failed] = (),
+) -> int:
+    """Write one batch's outcome. Returns how many images were updated.
+
+    Predictions are unique per (image, model version): a redelivered message adds nothing.
+    """
+    now = utcnow()
+    hashes = [c.sha256 for c in classified] + [f.sha256 for f in failed]
+    ids: dict[str, int] = {}
+    for chunk in _chunks(hashes):
+        for image_id, sha in session.execute(
+            select(Image.id, Image.sha256).where(Image.sha256.in_(chunk))
+        ):
+            ids[sha] = image_id
+
+    known = [c for c in classified if c.sha256 in ids]
+    if known:
+        rows = [
+            {
+                "image_id": ids[c.sha256],
+                "model_version_id": model_version_id,
+                "label": c.label,
+                "confidence": c.confidence,
+                "topk": c.topk,
+                "created_at": now,
+            }
+            for c in known
+        ]
+        for chunk in _chunks(rows):
+            stmt = _insert(session, Prediction.__table__).values(list(chunk))
+            session.execute(
+                stmt.on_conflict_do_nothing(index_elements=["image_id", "model_version_id"])
+            )
+        session.execute(
+            update(Image),
+            [
+                {
+                    "id": ids[c.sha256],
+                    "status": ImageStatus.DONE.value,
+                    "error": None,
+                    "label": c.label,
+                    "confidence": c.confidence,
+                    "topk": c.topk,
+                    "model_version_id": model_version_id,
+                    "classified_at": now,
+                    "updated_at": now,
+                }
+                for c in known
+            ],
+        )
+    bad = [f for f in failed if f.sha256 in ids]
+    if bad:
+        session.execute(
+            update(Image),
+            [
+                {
+                    "id": ids[f.sha256],
+                    "status": ImageStatus.FAILED.value,
+                    "error": f.error,
+                    "updated_at": now,
+                }
+                for f in bad
+            ],
+        )
+    return len(known) + len(bad)
+
+
+def find_stuck(session: Session, older_than: timedelta, limit: int = 10_000) -> list[WorkItem]:
+    """Queued rows that were never sent, or were sent longer ago than ``older_than``."""
+    cutoff = utcnow() - older_than
+    query = (
+        select(Image.sha256, ImagePath.path)
+        .join(ImagePath, ImagePath.image_id == Image.id)
+        .where(
+            Image.status == ImageStatus.QUEUED,
+            or_(
+                and_(Image.enqueued_at.is_(None), Image.created_at < cutoff),
+                Image.enqueued_at < cutoff,
+            ),
+        )
+        .order_by(Image.id)
+        .limit(limit)
+    )
+    seen: dict[str, WorkItem] = {}
+    for sha, path in session.execute(query):
+        seen.setdefault(sha, WorkItem(path=path, sha256=sha))
+    return list(seen.values())
+
+
+def count_attempt(session: Session, sha256s: Sequence[str], max_attempts: int) -> list[str]:
+    """Count one more delivery for each image; fail for good those over ``max_attempts``.
+
+    Returns the hashes still worth sending.
+    """
+    keep: list[str] = []
+    now = utcnow()
+    for chunk in _chunks(list(sha256s)):
+        rows = session.execute(
+            select(Image.id, Image.sha256, Image.attempts).where(Image.sha256.in_(chunk))
+        ).all()
+        updates = []
+        for image_id, sha, attempts in rows:
+            attempts += 1
+            change: dict[str, Any] = {"id": image_id, "attempts": attempts, "updated_at": now}
+            if attempts > max_attempts:
+                change["status"] = ImageStatus.FAILED.value
+                change["error"] = f"gave up after {max_attempts} deliveries without a result"
+            else:
+                keep.append(sha)
+            updates.append(change)
+        if updates:
+            session.execute(update(Image), updates)
+    return keep
+
+
+# --- model versions ---------------------------------------------------------------------------
+
+
+def base_model_name(arch: str, weights: str) -> str:
+    return f"base:{arch}:{weights}"
+
+
+def active_model(session: Session) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE).limit(1)
+    ).first()
+
+
+def ensure_base_model(session: Session, arch: str, weights: str, classes: list[str]) -> ModelVersion:
+    """Register the configured base model and return the active model.
+
+    A trained model that is active stays active. If the active model is another base (the
+    configuration changed) or there is none, the configured base becomes active.
+    """
+    name = base_model_name(arch, weights)
+    base = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+    if base is None:
+        base = ModelVersion(
+            name=name,
+            arch=arch,
+            weights=weights,
+            classes=classes,
+            status=ModelStatus.RETIRED.value,
+            trained=False,
+        )
+        session.add(base)
+        session.flush()
+    current = active_model(session)
+    if current is not None and (current.trained or current.id == base.id):
+        return current
+    activate(session, base)
+    return base
+
+
+def activate(session: Session, version: ModelVersion) -> None:
+    """Make ``version`` the one active model; the previous one is retired."""
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.status == ModelStatus.ACTIVE, ModelVersion.id != version.id)
+        .values(status=ModelStatus.RETIRED.value)
+    )
+    version.status = ModelStatus.ACTIVE.value
+    version.activated_at = utcnow()
+    session.flush()

@@ -1,0 +1,141 @@
+"""Typed SQLAlchemy 2 models. One row per image *content* (sha256); paths, predictions and
+model versions hang off it. Documented for plain-SQL users in README.md ("The schema")."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ImageStatus(StrEnum):
+    QUEUED = "queued"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ModelStatus(StrEnum):
+    ACTIVE = "active"  # exactly one at a time: what workers classify with
+    CANDIDATE = "candidate"  # trained, awaiting the gate
+    REJECTED = "rejected"  # failed the gate (reason recorded)
+    RETIRED = "retired"  # was active once; can be promoted again (rollback)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # "base:resnet18:imagenet" for an untrained base model, "v<id>" style for trained ones.
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    arch: Mapped[str] = mapped_column(String(64))
+    weights: Mapped[str] = mapped_column(Text)  # 'imagenet' | 'none' | path to the weights file
+    classes: Mapped[list[Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    trained: Mapped[bool] = mapped_column(default=False)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    per_class_accuracy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)  # why promoted / rejected
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_status_enqueued", "status", "enqueued_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=ImageStatus.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The current result (the latest prediction), denormalised for plain-SQL queries.
+    label: Mapped[str | None] = mapped_column(String(255), index=True)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    topk: Mapped[list[Any] | None] = mapped_column(JSON)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    paths: Mapped[list[ImagePath]] = relationship(back_populates="image", lazy="selectin")
+    model_version: Mapped[ModelVersion | None] = relationship(lazy="joined")
+
+
+class ImagePath(Base):
+    """Every path an image's content was seen at (the same bytes under two names: two rows)."""
+
+    __tablename__ = "image_paths"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="paths")
+
+
+class Prediction(Base):
+    """History: one row per (image, model version). Older versions' results stay."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("image_id", "model_version_id", name="uq_prediction"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    label: Mapped[str] = mapped_column(String(255))
+    confidence: Mapped[float] = mapped_column(Float)
+    topk: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING, index=True)
+    trigger: Mapped[str] = mapped_column(String(32))  # 'schedule' | 'manual'
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    message: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,3 @@
+from inbox_classifier.cli import main
+
+main()

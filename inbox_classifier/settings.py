@@ -1,0 +1,167 @@
+"""The one typed settings object. Read once per process (``Settings()``), then passed in.
+
+Every field can be set by an environment variable ``INBOX_CLASSIFIER_<FIELD>`` (or a ``.env``
+file); CLI flags override both. ``up`` hands its resolved settings to its children through the
+same variables (:meth:`Settings.to_env`), so every process of one pipeline agrees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "INBOX_CLASSIFIER_"
+
+#: Task queue names. Inference never waits behind training: they are separate queues, served by
+#: separate worker processes.
+CLASSIFY_QUEUE = "classify"
+TRAIN_QUEUE = "train"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        env_parse_none_str="null",
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="Data directory: DB, models, Redis, logs.")
+    inbox: Path = Field(Path("inbox"), description="Folder watched for new images (recursive).")
+    labeled_dir: Path | None = Field(
+        None, description="ImageFolder-style training data; default <data_dir>/labeled."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/results.db (WAL)."
+    )
+    redis_url: str | None = Field(
+        None, description="Broker URL; unset means `up` starts a private Redis in <data_dir>."
+    )
+
+    # --- the model -----------------------------------------------------------------------------
+    model: str = Field("resnet18", description="torchvision classification model name.")
+    weights: str = Field(
+        "imagenet", description="'imagenet' (torchvision pretrained), 'none' (random), or a path."
+    )
+    device: str = Field("auto", description="'auto' (CUDA if visible, else CPU), 'cpu', 'cuda'.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Inference precision; auto = bf16 autocast on CPUs/GPUs that gain."
+    )
+    topk: int = Field(5, ge=1, le=100, description="How many (label, confidence) pairs to keep.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads for inference; default: all cores."
+    )
+
+    # --- dynamic batching ----------------------------------------------------------------------
+    batch_size: int = Field(16, ge=1, le=4096, description="Largest inference batch.")
+    batch_wait_ms: int = Field(
+        25, ge=0, description="Longest wait for a batch to fill after its first image arrives."
+    )
+    files_per_message: int = Field(
+        16, ge=1, le=1024, description="Most files the watcher packs into one queue message."
+    )
+    decode_threads: int = Field(2, ge=1, description="Image decode threads per worker.")
+    worker_concurrency: int | None = Field(
+        None, ge=1, description="Messages a worker holds at once; default fits 2 batches."
+    )
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Larger images are refused as decompression bombs."
+    )
+
+    # --- the watcher ---------------------------------------------------------------------------
+    quiet_period_s: float = Field(
+        1.0, ge=0, description="Size/mtime must hold this long when no close-write event exists."
+    )
+    rescan_interval_s: float = Field(
+        300.0, gt=0, description="Full inbox rescan period (also catches event overflows)."
+    )
+    polling: bool = Field(False, description="Use a polling observer (network mounts).")
+    poll_interval_s: float = Field(1.0, gt=0, description="Polling observer period.")
+
+    # --- reliability ---------------------------------------------------------------------------
+    requeue_after_s: float = Field(
+        120.0, gt=0, description="A row queued this long without a result is enqueued again."
+    )
+    reconcile_interval_s: float = Field(30.0, gt=0, description="How often stuck rows are found.")
+    max_attempts: int = Field(
+        5, ge=1, description="Deliveries of one image before it is marked failed for good."
+    )
+
+    # --- retraining ----------------------------------------------------------------------------
+    retrain_interval_s: float | None = Field(
+        3600.0, description="Beat runs a (skipped-if-unchanged) retrain this often; None = never."
+    )
+    retrain_cron: str | None = Field(
+        None, description="Crontab for beat instead of the interval, e.g. '0 3 * * *'."
+    )
+    train_mode: Literal["full", "frozen"] = Field("full", description="Fine-tune all or the head.")
+    train_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD+StepLR, or AdamW.")
+    train_lr: float = Field(1e-3, gt=0)
+    train_momentum: float = Field(0.9, ge=0)
+    train_step_size: int = Field(7, ge=1, description="StepLR period in epochs.")
+    train_gamma: float = Field(0.1, gt=0, description="StepLR decay.")
+    train_epochs: int = Field(10, ge=1)
+    train_batch_size: int = Field(32, ge=1)
+    train_patience: int = Field(3, ge=1, description="Early stop after this many flat epochs.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Hash-based validation split.")
+    min_images_per_class: int = Field(5, ge=1)
+    gate_margin: float = Field(
+        0.0, ge=0, description="Candidate may be this much less accurate and still be promoted."
+    )
+    model_check_interval_s: float = Field(
+        2.0, gt=0, description="How often workers look for a newly promoted model."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_spec(cls, value: str) -> str:
+        value = value.strip()
+        return value.lower() if value.lower() in {"imagenet", "none"} else value
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'results.db').resolve()}"
+
+    @property
+    def labeled_path(self) -> Path:
+        return self.labeled_dir if self.labeled_dir is not None else self.data_dir / "labeled"
+
+    @property
+    def models_path(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def effective_worker_concurrency(self) -> int:
+        """Enough messages in hand to fill two batches, so one fills while the other runs."""
+        if self.worker_concurrency:
+            return self.worker_concurrency
+        return max(2, -(-2 * self.batch_size // self.files_per_message))
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                text = "null"
+            elif isinstance(value, Path):
+                text = str(value.resolve())
+            else:
+                text = str(value)
+            env[ENV_PREFIX + name.upper()] = text
+        return env
+
+    def with_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """A full environment for a child process: ``base`` (default os.environ) plus ours."""
+        env = dict(os.environ if base is None else base)
+        env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
+        env.update(self.to_env())
+        return env

@@ -1,0 +1,1 @@
+"""Celery workers: batched inference on the `classify` queue, retraining on `train`."""
