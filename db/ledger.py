@@ -9,11 +9,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Image, ImagePath, ImageStatus, ModelStatus, ModelVersion, Prediction, utcnow
+from db.models import (
+    Base,
+    Image,
+    ImagePath,
+    ImageStatus,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    utcnow,
+)
 
 # SQLite allows 32766 bound parameters per statement; stay well inside it.
 _CHUNK = 500
@@ -56,7 +65,7 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
         yield items[start : start + size]
 
 
-def _insert(session: Session, table: Table) -> Any:
+def _insert(session: Session, table: type[Base]) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL alike)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -90,7 +99,7 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
             }
             for f in chunk
         ]
-        stmt = _insert(session, Image.__table__).values(rows)
+        stmt = _insert(session, Image).values(rows)
         session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
 
     ids: dict[str, tuple[int, str, datetime | None]] = {}
@@ -113,7 +122,7 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
         for f in {f.path: f for f in files}.values()
     ]
     for chunk in _chunks(path_rows):
-        stmt = _insert(session, ImagePath.__table__).values(list(chunk))
+        stmt = _insert(session, ImagePath).values(list(chunk))
         stmt = stmt.on_conflict_do_update(
             index_elements=["path"],
             set_={
@@ -187,7 +196,7 @@ def save_results(
             for c in known
         ]
         for chunk in _chunks(rows):
-            stmt = _insert(session, Prediction.__table__).values(list(chunk))
+            stmt = _insert(session, Prediction).values(list(chunk))
             session.execute(
                 stmt.on_conflict_do_nothing(index_elements=["image_id", "model_version_id"])
             )
@@ -286,7 +295,9 @@ def active_model(session: Session) -> ModelVersion | None:
     ).first()
 
 
-def ensure_base_model(session: Session, arch: str, weights: str, classes: list[str]) -> ModelVersion:
+def ensure_base_model(
+    session: Session, arch: str, weights: str, classes: list[str]
+) -> ModelVersion:
     """Register the configured base model and return the active model.
 
     A trained model that is active stays active. If the active model is another base (the

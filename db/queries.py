@@ -23,7 +23,7 @@ class ResultFilter:
     limit: int | None = None
 
 
-def results(f: ResultFilter) -> Select[tuple[Image, ImagePath, ModelVersion | None]]:
+def results(f: ResultFilter) -> Select[Image, ImagePath, ModelVersion]:
     """One row per (image, path): the image's current result and where it was seen."""
     query = (
         select(Image, ImagePath, ModelVersion)
@@ -65,24 +65,24 @@ def glob_to_like(pattern: str) -> str:
     return "".join(out)
 
 
-def status_counts() -> Select[tuple[str, int]]:
+def status_counts() -> Select[str, int]:
     return select(Image.status, func.count()).group_by(Image.status)
 
 
-def done_since(window: timedelta) -> Select[tuple[int]]:
+def done_since(window: timedelta) -> Select[int]:
     """How many images were classified in the last ``window`` (for img/s)."""
     return select(func.count()).where(Image.classified_at >= utcnow() - window)
 
 
-def model_versions() -> Select[tuple[ModelVersion]]:
+def model_versions() -> Select[ModelVersion]:
     return select(ModelVersion).order_by(ModelVersion.id)
 
 
-def predictions_for(image_id: int) -> Select[tuple[Prediction]]:
+def predictions_for(image_id: int) -> Select[Prediction]:
     return select(Prediction).where(Prediction.image_id == image_id).order_by(Prediction.id)
 
 
-def training_runs(limit: int = 20) -> Select[tuple[TrainingRun]]:
+def training_runs(limit: int = 20) -> Select[TrainingRun]:
     return select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
 
 
@@ -92,7 +92,7 @@ def reclassify_candidates(
     older_than_version: bool = False,
     label: str | None = None,
     since: datetime | None = None,
-) -> Select[tuple[str, str]]:
+) -> Select[str, str]:
     """(sha256, path) of done images to rescore with the active model."""
     query = (
         select(Image.sha256, func.min(ImagePath.path))

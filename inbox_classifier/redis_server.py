@@ -56,12 +56,18 @@ class RedisServer:
             self.port = free_port()
         args = [
             redis_server_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory.resolve()),
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--logfile", str((self.directory / "redis.log").resolve()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory.resolve()),
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str((self.directory / "redis.log").resolve()),
         ]
         if self.persist:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1"]

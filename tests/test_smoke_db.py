@@ -11,7 +11,9 @@ def test_record_dedupes_content_and_save_is_idempotent(session_factory) -> None:
         todo = record_files(s, [a, twin])
         base = ensure_base_model(s, "resnet18", "none", ["x", "y"])
     assert todo == [WorkItem(path="/in/a.jpg", sha256="a" * 64)]
-    result = Classified(sha256="a" * 64, label="x", confidence=0.9, topk=[{"label": "x", "confidence": 0.9}])
+    result = Classified(
+        sha256="a" * 64, label="x", confidence=0.9, topk=[{"label": "x", "confidence": 0.9}]
+    )
     for _ in range(2):  # a redelivered batch adds nothing
         with transaction(session_factory) as s:
             save_results(s, base.id, [result])

@@ -18,7 +18,9 @@ def random_image(seed: int, size: tuple[int, int] = (96, 72), mode: str = "RGB")
     return image if mode == "RGB" else image.convert(mode)
 
 
-def write_image(path: Path, seed: int, size: tuple[int, int] = (96, 72), fmt: str | None = None) -> Path:
+def write_image(
+    path: Path, seed: int, size: tuple[int, int] = (96, 72), fmt: str | None = None
+) -> Path:
     """Write a distinct image (content depends on ``seed``) to ``path``; format from suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     random_image(seed, size).save(path, format=fmt)
@@ -26,4 +28,7 @@ def write_image(path: Path, seed: int, size: tuple[int, int] = (96, 72), fmt: st
 
 
 def write_images(folder: Path, count: int, start_seed: int = 0, suffix: str = ".jpg") -> list[Path]:
-    return [write_image(folder / f"img_{start_seed + i:05d}{suffix}", start_seed + i) for i in range(count)]
+    return [
+        write_image(folder / f"img_{start_seed + i:05d}{suffix}", start_seed + i)
+        for i in range(count)
+    ]

@@ -1,0 +1,32 @@
+"""The `inbox-classifier` console script: thin commands over the role packages."""
+
+from __future__ import annotations
+
+import click
+
+from inbox_classifier import __version__
+from inbox_classifier.cli_db import db
+from inbox_classifier.cli_pipeline import beat, up, watch, worker
+from inbox_classifier.cli_query import results, status
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="inbox-classifier")
+def main() -> None:
+    """Drop images into a folder; get labels and confidences in SQL.
+
+    Every option can also be set as an environment variable INBOX_CLASSIFIER_<NAME>
+    (e.g. INBOX_CLASSIFIER_WEIGHTS=none) or in a .env file.
+    """
+
+
+for command in (up, watch, worker, beat, db, results, status):
+    main.add_command(command)
+
+try:
+    from inbox_classifier.cli_training import models, reclassify, retrain
+except ImportError:  # pragma: no cover - only while the training package is absent
+    pass
+else:
+    for command in (retrain, models, reclassify):
+        main.add_command(command)

@@ -1,0 +1,120 @@
+"""The process roles: `up` (all of them), `watch`, `worker`, `beat`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+
+import click
+
+from inbox_classifier.broker import with_broker
+from inbox_classifier.cli_common import settings_options
+from inbox_classifier.settings import CLASSIFY_QUEUE, TRAIN_QUEUE, Settings
+
+
+@click.command()
+@settings_options
+@click.option(
+    "--workers", type=int, default=None, help="Classify workers (default: one per GPU, or 1)."
+)
+@click.option("--no-trainer", is_flag=True, help="Do not run the `train` queue worker.")
+@click.option("--no-beat", is_flag=True, help="Do not run the scheduler.")
+def up(settings: Settings, workers: int | None, no_trainer: bool, no_beat: bool) -> None:
+    """Run the whole pipeline on this machine: Redis (private, unless --redis-url), the
+    ledger (SQLite in the data dir unless --database-url), watcher, workers and beat.
+    Ctrl-C stops everything cleanly; queued files are picked up at the next start."""
+    from inbox_classifier.supervisor import run_pipeline
+
+    raise SystemExit(run_pipeline(settings, workers, trainer=not no_trainer, beat=not no_beat))
+
+
+@click.command()
+@settings_options
+def watch(settings: Settings) -> None:
+    """Watch the inbox: record completed files and enqueue them."""
+    from watcher.service import run_watcher
+
+    from db import migrate
+
+    settings = with_broker(settings)
+    migrate.upgrade(settings.db_url)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    run_watcher(settings, stop)
+
+
+@click.command()
+@settings_options
+@click.option(
+    "--queues",
+    default=CLASSIFY_QUEUE,
+    show_default=True,
+    help=f"Queues to serve: '{CLASSIFY_QUEUE}', '{TRAIN_QUEUE}' or both, comma-separated.",
+)
+@click.option("--concurrency", type=int, default=None, help="Messages held at once.")
+@click.option("--name", default=None, help="Worker node name (default: <queues>@<host>).")
+def worker(settings: Settings, queues: str, concurrency: int | None, name: str | None) -> None:
+    """Serve the classify queue (batched inference) and/or the train queue.
+
+    One worker per GPU: pin it with CUDA_VISIBLE_DEVICES. The model loads lazily in this
+    process on the first batch."""
+    from db import migrate
+    from worker import modelzoo
+    from worker.tasks import create_worker_app
+
+    settings = with_broker(settings)
+    wanted = {q.strip() for q in queues.split(",") if q.strip()}
+    unknown = wanted - {CLASSIFY_QUEUE, TRAIN_QUEUE}
+    if unknown:
+        raise click.UsageError(f"unknown queue(s): {', '.join(sorted(unknown))}")
+    migrate.upgrade(settings.db_url)
+    if CLASSIFY_QUEUE in wanted:
+        try:
+            modelzoo.ensure_weights(settings.model, settings.weights)
+        except modelzoo.ModelError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if concurrency is None:
+        concurrency = settings.effective_worker_concurrency if CLASSIFY_QUEUE in wanted else 1
+    app = create_worker_app(settings)
+    node = name or f"{'+'.join(sorted(wanted))}.{os.getpid()}@{socket.gethostname()}"
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",  # one process owns the model; threads feed its batches
+            f"--concurrency={concurrency}",
+            f"--queues={','.join(sorted(wanted))}",
+            f"--hostname={node}",
+            "--prefetch-multiplier=1",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+        ]
+    )
+
+
+@click.command()
+@settings_options
+def beat(settings: Settings) -> None:
+    """Run the scheduler: retraining on its schedule, and the stuck-row reconciler."""
+    from worker.app import make_celery
+
+    settings = with_broker(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = make_celery(settings)
+    app.start(
+        [
+            "beat",
+            f"--schedule={settings.data_dir / 'celerybeat-schedule'}",
+            "--loglevel=INFO",
+        ]
+    )
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

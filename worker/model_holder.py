@@ -1,0 +1,102 @@
+"""Which model a worker classifies with: loaded lazily in the process that runs inference, and
+swapped for a newly promoted version between batches, without a restart."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import transaction
+from db.ledger import active_model, ensure_base_model
+from db.models import ModelVersion
+from inbox_classifier.settings import Settings
+from worker import model_store, modelzoo
+from worker.classifier import Classifier, pick_autocast, pick_device
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self._current: Classifier | None = None
+        self._checked_at = 0.0
+
+    def current(self) -> Classifier:
+        """The active model, checking the ledger for a new one at most every few seconds.
+        A version that fails to load leaves the worker on the one it has."""
+        with self._lock:
+            now = time.monotonic()
+            if self._current is None:
+                self._current = self._first_load()
+                self._checked_at = now
+            elif now - self._checked_at >= self._settings.model_check_interval_s:
+                self._checked_at = now
+                self._maybe_swap()
+            return self._current
+
+    def _first_load(self) -> Classifier:
+        s = self._settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        base = modelzoo.build(s.model, s.weights)
+        with transaction(self._sessions) as session:
+            active = ensure_base_model(session, s.model, s.weights, base.classes)
+            version_id, trained = active.id, active.trained
+        if not trained:
+            log.info(
+                "classifying with base model %s:%s (version %d)", s.model, s.weights, version_id
+            )
+            return self._wrap(version_id, base)
+        try:
+            return self._wrap(version_id, self._load_trained(version_id))
+        except Exception:
+            log.exception(
+                "active model version %d failed to load; using the base model", version_id
+            )
+            with transaction(self._sessions) as session:
+                base_id = ensure_base_model(session, s.model, s.weights, base.classes).id
+            return self._wrap(base_id, base)
+
+    def _maybe_swap(self) -> None:
+        assert self._current is not None
+        with transaction(self._sessions) as session:
+            active = active_model(session)
+            if active is None or active.id == self._current.version_id:
+                return
+            session.expunge(active)
+        try:
+            loaded = self._load_row(active)
+        except Exception:
+            log.exception(
+                "model version %d failed to load; staying on %d",
+                active.id,
+                self._current.version_id,
+            )
+            return
+        log.info("switching from model version %d to %d", self._current.version_id, active.id)
+        old = self._current
+        self._current = self._wrap(active.id, loaded)
+        del old
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load_row(self, row: ModelVersion) -> modelzoo.LoadedModel:
+        if row.trained:
+            return self._load_trained(row.id)
+        return modelzoo.build(row.arch, row.weights)
+
+    def _load_trained(self, version_id: int) -> modelzoo.LoadedModel:
+        return model_store.load_version(self._settings.models_path, version_id)
+
+    def _wrap(self, version_id: int, loaded: modelzoo.LoadedModel) -> Classifier:
+        device = pick_device(self._settings.device)
+        return Classifier(
+            version_id, loaded, device, pick_autocast(device, self._settings.precision)
+        )

@@ -1,0 +1,48 @@
+"""The ledger finds what the queue lost: rows still `queued` long after they were sent (a
+worker killed mid-batch, Redis restarted or flushed) or never sent (Redis was down) are sent
+again. Predictions are unique per (image, model version), so a duplicate delivery is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import timedelta
+
+import redis
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import transaction
+from db.ledger import count_attempt, find_stuck, mark_enqueued
+from inbox_classifier.settings import Settings
+from worker.app import send_classify
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "inbox_classifier:reconcile"
+
+
+def reconcile(app: Celery, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """Re-send stuck rows; returns how many. One reconciler at a time (a Redis lock)."""
+    assert settings.redis_url
+    client = redis.Redis.from_url(settings.redis_url)
+    lock = client.lock(LOCK_NAME, timeout=max(60.0, settings.reconcile_interval_s))
+    if not lock.acquire(blocking=False):
+        return 0
+    try:
+        with transaction(sessions) as session:
+            stuck = find_stuck(session, timedelta(seconds=settings.requeue_after_s))
+            keep = set(count_attempt(session, [w.sha256 for w in stuck], settings.max_attempts))
+        items = [w for w in stuck if w.sha256 in keep]
+        if not items:
+            return 0
+        send_classify(app, items, settings.files_per_message)
+        with transaction(sessions) as session:
+            mark_enqueued(session, [w.sha256 for w in items])
+        log.warning("re-sent %d stuck image(s) from the ledger", len(items))
+        return len(items)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):
+            lock.release()
+        client.close()

@@ -1,0 +1,71 @@
+"""Task definitions, bound to an app and its settings by :func:`register_tasks`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_ready, worker_shutdown
+
+from inbox_classifier.messages import TASK_CLASSIFY, TASK_RECONCILE, BadMessage, decode_items
+from inbox_classifier.settings import Settings
+from worker.reconcile import reconcile
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+MAX_TASK_RETRIES = 10
+
+
+def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
+    runtime = WorkerRuntime(settings)
+
+    @app.task(
+        name=TASK_CLASSIFY, bind=True, acks_late=True, max_retries=MAX_TASK_RETRIES, shared=False
+    )
+    def classify(self: Task, payload: Any) -> int:
+        try:
+            items = decode_items(payload)
+        except BadMessage:
+            log.exception("dropping a malformed message")
+            return 0
+        try:
+            runtime.batcher().submit(items).result()
+        except Exception as exc:
+            # Transient (DB/Redis down, model load hiccup): redeliver later. If retries run
+            # out, the rows stay queued and the reconciler sends them again.
+            delay = min(60, 2**self.request.retries)
+            raise self.retry(exc=exc, countdown=delay) from exc
+        return len(items)
+
+    @app.task(name=TASK_RECONCILE, ignore_result=True, shared=False)
+    def reconcile_task() -> int:
+        return reconcile(app, settings, runtime.sessions())
+
+    @worker_ready.connect(weak=False)
+    def _reconcile_at_start(sender: Any = None, **_: Any) -> None:
+        # Recover what a previous crash left behind as soon as a worker is up.
+        if getattr(sender, "app", None) is app:
+            reconcile_task.apply_async(countdown=1)
+
+    @worker_shutdown.connect(weak=False)
+    def _close(**_: Any) -> None:
+        runtime.close()
+
+    return runtime
+
+
+def create_worker_app(settings: Settings) -> Celery:
+    """The app as a worker runs it: classify/reconcile tasks, and the retrain task."""
+    from worker.app import make_celery
+
+    app = make_celery(settings)
+    register_tasks(app, settings)
+    try:
+        from worker.training.task import register_training_task
+    except ImportError:  # pragma: no cover - training package not installed
+        log.warning("retraining is unavailable: worker.training is missing")
+    else:
+        register_training_task(app, settings)
+    return app
