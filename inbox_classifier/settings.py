@@ -102,21 +102,30 @@ class Settings(BaseSettings):
     )
     train_mode: Literal["full", "frozen"] = Field("full", description="Fine-tune all or the head.")
     train_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD+StepLR, or AdamW.")
-    train_lr: float = Field(1e-3, gt=0)
-    train_momentum: float = Field(0.9, ge=0)
+    train_lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    train_momentum: float = Field(0.9, ge=0, description="SGD momentum.")
     train_step_size: int = Field(7, ge=1, description="StepLR period in epochs.")
     train_gamma: float = Field(0.1, gt=0, description="StepLR decay.")
-    train_epochs: int = Field(10, ge=1)
-    train_batch_size: int = Field(32, ge=1)
+    train_epochs: int = Field(10, ge=1, description="Most epochs per run.")
+    train_batch_size: int = Field(32, ge=1, description="Training batch size.")
     train_patience: int = Field(3, ge=1, description="Early stop after this many flat epochs.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Hash-based validation split.")
-    min_images_per_class: int = Field(5, ge=1)
+    min_images_per_class: int = Field(
+        5, ge=1, description="Fewer labeled images in a class: training is refused."
+    )
     gate_margin: float = Field(
         0.0, ge=0, description="Candidate may be this much less accurate and still be promoted."
     )
     model_check_interval_s: float = Field(
         2.0, gt=0, description="How often workers look for a newly promoted model."
     )
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _cron_fields(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("retrain_cron needs 5 fields: minute hour day month weekday")
+        return value
 
     @field_validator("weights")
     @classmethod

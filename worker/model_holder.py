@@ -8,10 +8,12 @@ import threading
 import time
 
 import torch
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
-from db.ledger import active_model, ensure_base_model
+from db.ledger import active_model, base_model_name, ensure_base_model
 from db.models import ModelVersion
 from inbox_classifier.settings import Settings
 from worker import model_store, modelzoo
@@ -46,9 +48,7 @@ class ModelHolder:
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         base = modelzoo.build(s.model, s.weights)
-        with transaction(self._sessions) as session:
-            active = ensure_base_model(session, s.model, s.weights, base.classes)
-            version_id, trained = active.id, active.trained
+        version_id, trained = self._register_base(base.classes)
         if not trained:
             log.info(
                 "classifying with base model %s:%s (version %d)", s.model, s.weights, version_id
@@ -60,9 +60,34 @@ class ModelHolder:
             log.exception(
                 "active model version %d failed to load; using the base model", version_id
             )
-            with transaction(self._sessions) as session:
-                base_id = ensure_base_model(session, s.model, s.weights, base.classes).id
-            return self._wrap(base_id, base)
+            # Record results under the base model's own version: _register_base returns the
+            # *active* version (the trained one that was just refused), and results tagged
+            # with it would claim a model that never produced them.
+            return self._wrap(self._base_version_id(), base)
+
+    def _base_version_id(self) -> int:
+        """The id of the configured base model's row (registered by _register_base)."""
+        s = self._settings
+        with transaction(self._sessions) as session:
+            return session.scalars(
+                select(ModelVersion.id).where(
+                    ModelVersion.name == base_model_name(s.model, s.weights)
+                )
+            ).one()
+
+    def _register_base(self, classes: list[str]) -> tuple[int, bool]:
+        """Register the configured base model; returns the active version (id, trained)."""
+        s = self._settings
+        for attempt in range(2):
+            try:
+                with transaction(self._sessions) as session:
+                    active = ensure_base_model(session, s.model, s.weights, classes)
+                    return active.id, active.trained
+            except IntegrityError:
+                # Another worker registered the same base at the same moment: read theirs.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def _maybe_swap(self) -> None:
         assert self._current is not None

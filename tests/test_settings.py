@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from inbox_classifier.settings import Settings
+from worker.app import beat_schedule
+
+
+def test_env_prefix_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INBOX_CLASSIFIER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("INBOX_CLASSIFIER_BATCH_SIZE", "64")
+    monkeypatch.setenv("INBOX_CLASSIFIER_WEIGHTS", "NONE")
+    s = Settings()
+    assert s.batch_size == 64 and s.weights == "none"
+    assert s.db_url == f"sqlite:///{(tmp_path / 'results.db').resolve()}"
+    assert s.labeled_path == tmp_path / "labeled" and s.models_path == tmp_path / "models"
+
+
+def test_explicit_values_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INBOX_CLASSIFIER_MODEL", "resnet50")
+    assert Settings(model="resnet18").model == "resnet18"
+
+
+def test_round_trip_through_child_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(data_dir=tmp_path, retrain_interval_s=None, batch_wait_ms=7)
+    for key, value in original.to_env().items():
+        monkeypatch.setenv(key, value)
+    child = Settings()
+    assert child.retrain_interval_s is None and child.batch_wait_ms == 7
+    assert child.data_dir == tmp_path.resolve()
+
+
+def test_invalid_values_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        Settings(batch_size=0)
+    with pytest.raises(ValidationError):
+        Settings(train_mode="sideways")  # type: ignore[arg-type]
+
+
+def test_concurrency_holds_two_batches_of_messages() -> None:
+    assert Settings(batch_size=32, files_per_message=8).effective_worker_concurrency == 8
+    assert Settings(batch_size=4, files_per_message=16).effective_worker_concurrency == 2
+
+
+def test_beat_schedule_interval_and_cron() -> None:
+    assert "retrain" not in beat_schedule(Settings(retrain_interval_s=None))
+    assert beat_schedule(Settings(retrain_interval_s=60))["retrain"]["kwargs"] == {"trigger": "schedule"}
+    cron = beat_schedule(Settings(retrain_cron="0 3 * * *"))["retrain"]["schedule"]
+    assert "3" in str(cron)
+    assert "reconcile" in beat_schedule(Settings())
