@@ -46,8 +46,11 @@ def test_files_dropped_while_running_and_while_watcher_down_are_done_exactly_onc
         try:
             time.sleep(1.5)  # let it start watching
             drop(staging, settings.inbox, [*first, twin])
-            wait_until(lambda: count(session_factory, ImageStatus.DONE) == 50, 120,
-                       "50 done\n" + _log_tail(logs / "worker.log"))
+            wait_until(
+                lambda: count(session_factory, ImageStatus.DONE) == 50,
+                120,
+                "50 done\n" + _log_tail(logs / "worker.log"),
+            )
         finally:
             assert stop(watcher) == 0, _log_tail(logs / "watch1.log")
 
@@ -55,8 +58,11 @@ def test_files_dropped_while_running_and_while_watcher_down_are_done_exactly_onc
         time.sleep(0.5)
         assert count(session_factory) == 50
         with running(settings, "watch", log=logs / "watch2.log"):
-            wait_until(lambda: count(session_factory, ImageStatus.DONE) == 70, 120,
-                       "70 done\n" + _log_tail(logs / "watch2.log"))
+            wait_until(
+                lambda: count(session_factory, ImageStatus.DONE) == 70,
+                120,
+                "70 done\n" + _log_tail(logs / "watch2.log"),
+            )
             time.sleep(1.0)  # anything sent twice would land now
 
     with transaction(session_factory) as session:
@@ -79,16 +85,21 @@ def test_slowly_written_file_is_read_only_when_complete(
     data = source.read_bytes()
     logs = tmp_path / "logs"
     logs.mkdir()
-    with running(settings, "worker", log=logs / "worker.log"), \
-            running(settings, "watch", log=logs / "watch.log"):
+    with (
+        running(settings, "worker", log=logs / "worker.log"),
+        running(settings, "watch", log=logs / "watch.log"),
+    ):
         time.sleep(1.5)
         with open(settings.inbox / "slow.jpg", "wb") as handle:
             for start in range(0, len(data), len(data) // 5 + 1):
                 handle.write(data[start : start + len(data) // 5 + 1])
                 handle.flush()
                 time.sleep(0.4)
-        wait_until(lambda: count(session_factory, ImageStatus.DONE, ImageStatus.FAILED) == 1,
-                   60, "the slow file settled\n" + _log_tail(logs / "watch.log"))
+        wait_until(
+            lambda: count(session_factory, ImageStatus.DONE, ImageStatus.FAILED) == 1,
+            60,
+            "the slow file settled\n" + _log_tail(logs / "watch.log"),
+        )
     with transaction(session_factory) as session:
         image = session.scalars(select(Image)).one()
         assert image.status == ImageStatus.DONE, image.error
@@ -104,13 +115,19 @@ def test_up_runs_everything_and_stops_cleanly_on_ctrl_c(
     logs.mkdir()
     up = cli(own, "up", "--no-trainer", log=logs / "up.log")
     try:
-        wait_until(lambda: (own.data_dir / "redis" / "redis.url").exists(), 60,
-                   "private redis\n" + _log_tail(logs / "up.log"))
+        wait_until(
+            lambda: (own.data_dir / "redis" / "redis.url").exists(),
+            60,
+            "private redis\n" + _log_tail(logs / "up.log"),
+        )
         time.sleep(2.0)
         write_images(tmp_path / "staging", 10)
         drop(tmp_path / "staging", own.inbox, sorted((tmp_path / "staging").iterdir()))
-        wait_until(lambda: count(session_factory, ImageStatus.DONE) == 10, 180,
-                   "10 done\n" + _log_tail(logs / "up.log"))
+        wait_until(
+            lambda: count(session_factory, ImageStatus.DONE) == 10,
+            180,
+            "10 done\n" + _log_tail(logs / "up.log"),
+        )
     finally:
         code = stop(up, signal.SIGINT, timeout=90)
     assert code == 0, _log_tail(logs / "up.log")
