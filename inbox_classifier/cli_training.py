@@ -1,0 +1,411 @@
+"""CLI for the learning loop: ``retrain``, ``models`` (list / promote / rollback) and
+``reclassify``. Registered on the main ``inbox-classifier`` group by inbox_classifier.cli.
+
+Importing this module imports no torch: training code loads only when a command needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from sqlalchemy import inspect, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.engine import make_engine, make_sessionmaker, transaction
+from db.ledger import WorkItem, activate, active_model, mark_enqueued
+from db.models import Image, ImageStatus, ModelStatus, ModelVersion, RunStatus, TrainingRun
+from db.queries import model_versions, reclassify_candidates
+from inbox_classifier.cli_common import settings_options
+from inbox_classifier.cli_query import parse_since
+from inbox_classifier.messages import TASK_RETRAIN
+from inbox_classifier.settings import TRAIN_QUEUE, Settings
+
+_CHUNK = 500
+
+
+@contextmanager
+def _ledger(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings.db_url)
+    try:
+        if not inspect(engine).has_table("model_versions"):
+            raise click.ClickException(
+                f"no ledger at {settings.db_url}: run `inbox-classifier db upgrade` first"
+            )
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+# --- retrain -------------------------------------------------------------------------------------
+
+
+class _Printer:
+    """Turns training progress events into lines on the terminal."""
+
+    PHASES = {
+        "scanning": "scanning {labeled}",
+        "features": "computing backbone features ({feature_passes} pass(es), cached)",
+        "gate": "scoring {compared_with} on the same validation images",
+        "saving": "saving the model files",
+    }
+
+    def __init__(self) -> None:
+        self.phase = ""
+        self.warning = ""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        warning = event.get("last_warning")
+        if warning and warning != self.warning:
+            self.warning = warning
+            click.secho(f"  warning: {warning}", fg="yellow", err=True)
+        if kind == "epoch":
+            click.echo(
+                f"  epoch {event['epoch']:>3}/{event['epochs']}  "
+                f"train loss {event['train_loss']:.4f} acc {event['train_acc']:.3f}  "
+                f"val loss {event['val_loss']:.4f} acc {event['val_acc']:.3f}  "
+                f"({event['seconds']:.1f}s)"
+            )
+            return
+        phase = str(event.get("phase", ""))
+        if kind != "phase" or phase == self.phase:
+            return
+        self.phase = phase
+        if phase == "preparing":
+            click.echo(
+                f"{len(event['classes'])} classes, {event['train_images']} training / "
+                f"{event['val_images']} validation images; mode {event['mode']}"
+            )
+        elif phase in self.PHASES:
+            try:
+                click.echo(self.PHASES[phase].format(**event))
+            except KeyError:
+                click.echo(phase)
+
+
+def _print_report(report: dict[str, Any], settings: Settings) -> None:
+    version = report.get("version", {})
+    click.echo(
+        f"\n{version.get('name', 'candidate')}: val accuracy {report['accuracy']:.3f} on "
+        f"{report['val_images']} images (best epoch {report['best_epoch']} of "
+        f"{report['epochs_run']}, {report['duration_s'].get('total', 0):.1f}s, "
+        f"{report['device']} {report['autocast']}; {report['started_from']})"
+    )
+    for name, acc in report["per_class_accuracy"].items():
+        counts = report["images_per_class"][name]
+        shown = "  -  " if acc is None else f"{acc:.3f}"
+        click.echo(f"  {name:<24} {shown}   ({counts['train']} train / {counts['val']} val)")
+    if report.get("skipped_corrupt"):
+        click.echo(f"  skipped {report['skipped_corrupt']} corrupt image(s)")
+    gate = report["gate"]
+    click.echo(f"gate: {gate['reason']}")
+    if "id" in version:
+        click.echo(
+            f"report: {settings.models_path / str(version['id'])}/"
+            "{report.json, curves.png, val_grid.png}"
+        )
+
+
+@click.command("retrain")
+@click.option("--wait", is_flag=True, help="Train here and now, printing progress per epoch.")
+@click.option("--force", is_flag=True, help="Train even if the labeled data is unchanged.")
+@click.option("--fresh", is_flag=True, help="Start from the base model, not the active one.")
+@settings_options
+def retrain(settings: Settings, wait: bool, force: bool, fresh: bool) -> None:
+    """Learn from the labeled folders; promote the result if the gate passes.
+
+    Without --wait, the request goes to the `train` queue and its run id is printed.
+    """
+    if not wait:
+        _send_retrain(settings, force, fresh)
+        return
+    from worker.training.run import run_training
+
+    with _ledger(settings) as sessions:
+        click.echo(f"training {settings.model} from {settings.labeled_path}")
+        outcome = run_training(
+            settings,
+            sessions,
+            trigger="manual",
+            force=force,
+            fresh=fresh,
+            on_progress=_Printer(),
+        )
+    if outcome.report is not None:
+        _print_report(outcome.report, settings)
+    colour = {"promoted": "green", "rejected": "yellow", "failed": "red"}.get(outcome.status)
+    click.secho(f"run {outcome.run_id} {outcome.status}: {outcome.message}", fg=colour)
+    if outcome.status == RunStatus.FAILED:
+        raise SystemExit(1)
+
+
+def _send_retrain(settings: Settings, force: bool, fresh: bool) -> None:
+    from worker.app import PUBLISH_RETRY_POLICY, make_celery
+    from worker.training.run import create_queued_run
+
+    try:
+        app = make_celery(settings)
+    except ValueError as exc:
+        raise click.UsageError(f"{exc} (or use --wait to train in this process)") from exc
+    with _ledger(settings) as sessions:
+        run_id = create_queued_run(sessions, "manual")
+        try:
+            app.send_task(
+                TASK_RETRAIN,
+                kwargs={"trigger": "manual", "force": force, "run_id": run_id, "fresh": fresh},
+                queue=TRAIN_QUEUE,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+        except Exception as exc:
+            with transaction(sessions) as session:
+                run = session.get(TrainingRun, run_id)
+                if run is not None:
+                    run.status = RunStatus.FAILED.value
+                    run.message = f"could not send the request to the broker: {exc}"
+            raise click.ClickException(f"could not reach the broker: {exc}") from exc
+    click.echo(f"run {run_id} queued on the '{TRAIN_QUEUE}' queue")
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def _merged(ctx: click.Context, settings: Settings) -> Settings:
+    """Settings for a ``models`` subcommand: flags given to ``models`` itself apply unless
+    the subcommand's own flags override them."""
+    parent = (ctx.find_object(dict) or {}).get("settings")
+    if not isinstance(parent, Settings):
+        return settings
+    plain = Settings()
+    changed = {
+        name: getattr(settings, name)
+        for name in Settings.model_fields
+        if getattr(settings, name) != getattr(plain, name)
+    }
+    return parent.model_copy(update=changed)
+
+
+def _classes_text(classes: Sequence[Any]) -> str:
+    names = [str(c) for c in classes]
+    if len(names) <= 5:
+        return ",".join(names)
+    return f"{len(names)} classes"
+
+
+def _per_class_text(per_class: dict[str, Any] | None) -> str:
+    if not per_class:
+        return "-"
+    items = [(str(c), a) for c, a in per_class.items()]
+    if len(items) > 6:  # the weakest ones are what matter
+        items = sorted(items, key=lambda x: (x[1] is None, x[1] if x[1] is not None else 0))[:4]
+        prefix = "worst: "
+    else:
+        prefix = ""
+    return prefix + " ".join(f"{c}={'-' if a is None else f'{a:.2f}'}" for c, a in items)
+
+
+def _created_text(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _list_versions(settings: Settings, long: bool) -> None:
+    with _ledger(settings) as sessions, transaction(sessions) as session:
+        rows = session.scalars(model_versions()).all()
+        table = [
+            (
+                str(v.id),
+                v.name,
+                _classes_text(v.classes),
+                "-" if v.val_accuracy is None else f"{v.val_accuracy:.3f}",
+                _per_class_text(v.per_class_accuracy),
+                v.status,
+                _created_text(v.created_at),
+                v.reason or "",
+            )
+            for v in rows
+        ]
+    if not table:
+        click.echo("no model versions yet (a worker registers the base model on start)")
+        return
+    header = ("ID", "NAME", "CLASSES", "VAL ACC", "PER-CLASS ACC", "STATUS", "CREATED (UTC)")
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in table:
+        line = "  ".join(c.ljust(w) for c, w in zip(row[:7], widths, strict=True)).rstrip()
+        click.secho(line, bold=row[5] == ModelStatus.ACTIVE)
+        if long and row[7]:
+            click.echo(f"    {row[7]}")
+
+
+@click.group("models", invoke_without_command=True)
+@click.option("--long", "long_", is_flag=True, help="Also print why each was promoted/rejected.")
+@settings_options
+@click.pass_context
+def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
+    """Model versions: list them (default), promote one, or roll back."""
+    ctx.ensure_object(dict)["settings"] = settings
+    if ctx.invoked_subcommand is None:
+        _list_versions(settings, long_)
+
+
+@models.command("list")
+@click.option("--long", "long_", is_flag=True, help="Also print why each was promoted/rejected.")
+@settings_options
+@click.pass_context
+def list_models(ctx: click.Context, settings: Settings, long_: bool) -> None:
+    """List model versions: id, name, classes, accuracy, status, created."""
+    _list_versions(_merged(ctx, settings), long_)
+
+
+def _check_loadable(settings: Settings, version: ModelVersion) -> None:
+    if not version.trained:
+        return  # a base model: built from arch + weights spec by the workers
+    from worker import model_store
+    from worker.modelzoo import ModelError
+
+    try:
+        model_store.load_version(settings.models_path, version.id)
+    except ModelError as exc:
+        raise click.ClickException(f"{version.name} cannot be loaded: {exc}") from exc
+
+
+def _switch(settings: Settings, version_id: int | None, verb: str) -> None:
+    with _ledger(settings) as sessions:
+        with transaction(sessions) as session:
+            current = active_model(session)
+            if version_id is None:  # rollback: the version active before the current one
+                query = select(ModelVersion).where(
+                    ModelVersion.activated_at.is_not(None),
+                    ModelVersion.status != ModelStatus.ACTIVE,
+                )
+                target = session.scalars(
+                    query.order_by(ModelVersion.activated_at.desc(), ModelVersion.id.desc())
+                ).first()
+                if target is None:
+                    raise click.ClickException("no previously active model version to go back to")
+            else:
+                target = session.get(ModelVersion, version_id)
+                if target is None:
+                    raise click.ClickException(f"no model version {version_id}")
+            if current is not None and current.id == target.id:
+                click.echo(f"{target.name} is already active")
+                return
+            session.expunge(target)
+        _check_loadable(settings, target)
+        with transaction(sessions) as session:
+            row = session.get(ModelVersion, target.id)
+            assert row is not None
+            was = row.status
+            previous = current.name if current is not None else "none"
+            note = f"{verb} by hand from {previous}"
+            if was == ModelStatus.REJECTED:
+                note += " (overriding the gate)"
+            row.reason = f"{note}; earlier: {row.reason}" if row.reason else note
+            activate(session, row)
+    click.echo(
+        f"{target.name} is now active (was {previous}); workers switch to it within "
+        f"{settings.model_check_interval_s:g}s"
+    )
+
+
+@models.command("promote")
+@click.argument("version_id", type=int)
+@settings_options
+@click.pass_context
+def promote(ctx: click.Context, settings: Settings, version_id: int) -> None:
+    """Make model version VERSION_ID the active one (even one the gate rejected)."""
+    _switch(_merged(ctx, settings), version_id, "promoted")
+
+
+@models.command("rollback")
+@settings_options
+@click.pass_context
+def rollback(ctx: click.Context, settings: Settings) -> None:
+    """Make the previously active model version active again."""
+    _switch(_merged(ctx, settings), None, "rolled back")
+
+
+# --- reclassify --------------------------------------------------------------------------------
+
+
+@click.command("reclassify")
+@click.option(
+    "--below-confidence",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Only images whose current confidence is below this.",
+)
+@click.option("--label", default=None, help="Only images currently labeled this.")
+@click.option("--since", default=None, help="Only images classified since: 2h, 7d or ISO time.")
+@click.option(
+    "--older-version",
+    is_flag=True,
+    help="Only images classified by a model version older than the active one.",
+)
+@click.option("--dry-run", is_flag=True, help="Count the matching images; change nothing.")
+@settings_options
+def reclassify(
+    settings: Settings,
+    below_confidence: float | None,
+    label: str | None,
+    since: str | None,
+    older_version: bool,
+    dry_run: bool,
+) -> None:
+    """Classify done images again with the active model (older predictions stay as history)."""
+    since_at = parse_since(since) if since is not None else None
+    with _ledger(settings) as sessions:
+        with transaction(sessions) as session:
+            active = active_model(session)
+            if active is None:
+                raise click.ClickException("no active model yet: start a worker or train one")
+            query = reclassify_candidates(
+                active.id,
+                below_confidence=below_confidence,
+                older_than_version=older_version,
+                label=label,
+                since=since_at,
+            )
+            items = [WorkItem(path=path, sha256=sha) for sha, path in session.execute(query)]
+            name = active.name
+            if dry_run or not items:
+                click.echo(
+                    f"{len(items)} image(s) match; active model is {name}"
+                    + (" (dry run: nothing changed)" if dry_run else "")
+                )
+                return
+            shas = [i.sha256 for i in items]
+            for start in range(0, len(shas), _CHUNK):
+                session.execute(
+                    update(Image)
+                    .where(
+                        Image.sha256.in_(shas[start : start + _CHUNK]),
+                        Image.status == ImageStatus.DONE,
+                    )
+                    .values(
+                        status=ImageStatus.QUEUED.value, enqueued_at=None, attempts=0, error=None
+                    )
+                )
+        # Rows are queued before they are sent: if sending fails, the reconciler sends them.
+        from worker.app import make_celery, send_classify
+
+        try:
+            messages = send_classify(make_celery(settings), items, settings.files_per_message)
+        except Exception as exc:
+            raise click.ClickException(
+                f"{len(items)} image(s) set back to queued, but the broker is unreachable "
+                f"({exc}); the reconciler will send them once it is back"
+            ) from exc
+        with transaction(sessions) as session:
+            mark_enqueued(session, shas)
+    click.echo(f"{len(items)} image(s) queued for {name} in {messages} message(s)")
+
+
+__all__ = ["models", "reclassify", "retrain"]

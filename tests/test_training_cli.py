@@ -1,0 +1,258 @@
+"""The learning loop's CLI through click's CliRunner, against the real Redis and SQLite of the
+fixtures: retrain (--wait, and queued), models (list / promote / rollback), reclassify."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner, Result
+from sqlalchemy import select
+
+from db.engine import transaction
+from db.ledger import (
+    Classified,
+    SeenFile,
+    active_model,
+    ensure_base_model,
+    record_files,
+    save_results,
+)
+from db.models import (
+    Image,
+    ImageStatus,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    RunStatus,
+    TrainingRun,
+)
+from inbox_classifier.cli_training import models, reclassify, retrain
+from inbox_classifier.messages import TASK_CLASSIFY, TASK_RETRAIN
+from inbox_classifier.settings import Settings
+from tests.test_training import make_labeled, training_settings
+from worker.training.run import run_training
+
+TRAIN_ENV = {
+    "INBOX_CLASSIFIER_TRAIN_MODE": "frozen",
+    "INBOX_CLASSIFIER_TRAIN_EPOCHS": "15",
+    "INBOX_CLASSIFIER_TRAIN_BATCH_SIZE": "16",
+    "INBOX_CLASSIFIER_TRAIN_PATIENCE": "5",
+    "INBOX_CLASSIFIER_VAL_FRACTION": "0.25",
+    "INBOX_CLASSIFIER_TORCH_THREADS": "2",
+}
+
+
+@pytest.fixture
+def tsettings(settings: Settings) -> Settings:
+    s = training_settings(settings)
+    make_labeled(s.labeled_path)
+    return s
+
+
+def flags(s: Settings) -> list[str]:
+    assert s.redis_url
+    return [
+        "--data-dir",
+        str(s.data_dir),
+        "--redis-url",
+        s.redis_url,
+        "--weights",
+        "none",
+        "--labeled-dir",
+        str(s.labeled_path),
+    ]
+
+
+def invoke(command: Any, args: list[str]) -> Result:
+    result = CliRunner(env=TRAIN_ENV).invoke(command, args, catch_exceptions=False)
+    return result
+
+
+def queued_messages(redis_url: str, queue: str) -> list[dict[str, Any]]:
+    """The Celery messages waiting in a Redis list: headers plus the decoded JSON body."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    messages = []
+    for entry in raw:
+        envelope = json.loads(entry)
+        body = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "args": body[0], "kwargs": body[1]})
+    return messages
+
+
+def test_retrain_wait_prints_epochs_report_and_verdict(
+    tsettings: Settings, session_factory
+) -> None:
+    result = invoke(retrain, ["--wait", *flags(tsettings)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "epoch   1/15" in out and "val loss" in out
+    assert "val accuracy" in out and " train / " in out
+    assert "gate: no active model yet" in out
+    assert "promoted" in out and "report.json" in out
+    with transaction(session_factory) as s:
+        assert active_model(s).trained  # type: ignore[union-attr]
+
+    # Unchanged data: skipped; --force trains again (fine-tuning the active model).
+    again = invoke(retrain, ["--wait", *flags(tsettings)])
+    assert again.exit_code == 0 and "skipped" in again.output and "unchanged" in again.output
+    forced = invoke(retrain, ["--wait", "--force", *flags(tsettings)])
+    assert forced.exit_code == 0 and "fine-tuned from v1" in forced.output
+
+
+def test_retrain_refusal_exits_nonzero(settings: Settings) -> None:
+    s = training_settings(settings)
+    make_labeled(s.labeled_path, classes=("red",))
+    result = invoke(retrain, ["--wait", *flags(s)])
+    assert result.exit_code == 1
+    assert "need at least 2 classes" in result.output
+
+
+def test_retrain_without_wait_queues_a_run_for_the_train_workers(
+    tsettings: Settings, session_factory
+) -> None:
+    result = invoke(retrain, ["--force", *flags(tsettings)])
+    assert result.exit_code == 0, result.output
+    run_id = int(result.output.split()[1])
+    (message,) = queued_messages(tsettings.redis_url or "", "train")
+    assert message["task"] == TASK_RETRAIN
+    assert message["kwargs"] == {
+        "trigger": "manual",
+        "force": True,
+        "run_id": run_id,
+        "fresh": False,
+    }
+    with transaction(session_factory) as s:
+        run = s.get(TrainingRun, run_id)
+        assert run is not None and run.status == RunStatus.RUNNING
+        assert run.progress == {"phase": "queued"}
+
+    # What a train worker then does with it: the same row goes running -> promoted.
+    out = run_training(tsettings, session_factory, **message["kwargs"])
+    assert out.run_id == run_id and out.status == RunStatus.PROMOTED
+    # A redelivered copy of the finished request does nothing.
+    again = run_training(tsettings, session_factory, **message["kwargs"])
+    assert again.run_id == run_id and again.status == RunStatus.PROMOTED
+    with transaction(session_factory) as s:
+        assert len(s.scalars(select(ModelVersion)).all()) == 1
+
+
+def test_models_list_promote_and_rollback(tsettings: Settings, session_factory) -> None:
+    good = run_training(tsettings, session_factory)
+    bad = run_training(
+        tsettings.model_copy(update={"train_lr": 1e-7, "train_epochs": 1}),
+        session_factory,
+        force=True,
+        fresh=True,
+    )
+    assert (good.status, bad.status) == (RunStatus.PROMOTED, RunStatus.REJECTED)
+
+    listing = invoke(models, flags(tsettings))
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    assert lines[0].split()[:3] == ["ID", "NAME", "CLASSES"]
+    assert "PER-CLASS ACC" in lines[0] and "STATUS" in lines[0]
+    v1 = next(line for line in lines if line.startswith("1 "))
+    v2 = next(line for line in lines if line.startswith("2 "))
+    assert "v1" in v1 and "blue,green,red" in v1 and "active" in v1 and "red=" in v1
+    assert "v2" in v2 and "rejected" in v2
+    long = invoke(models, ["list", "--long", *flags(tsettings)])
+    assert "rejected by the gate" in long.output
+
+    promoted = invoke(models, ["promote", "2", *flags(tsettings)])
+    assert promoted.exit_code == 0, promoted.output
+    assert "v2 is now active (was v1)" in promoted.output
+    with transaction(session_factory) as s:
+        assert active_model(s).id == 2  # type: ignore[union-attr]
+        v2_row = s.get(ModelVersion, 2)
+        assert v2_row is not None and "overriding the gate" in (v2_row.reason or "")
+        assert s.get(ModelVersion, 1).status == ModelStatus.RETIRED  # type: ignore[union-attr]
+
+    rolled = invoke(models, ["rollback", *flags(tsettings)])
+    assert rolled.exit_code == 0 and "v1 is now active (was v2)" in rolled.output
+    with transaction(session_factory) as s:
+        assert active_model(s).id == 1  # type: ignore[union-attr]
+
+    # Flags given to the group apply to its subcommands.
+    assert "already active" in invoke(models, [*flags(tsettings), "promote", "1"]).output
+    missing = CliRunner(env=TRAIN_ENV).invoke(models, ["promote", "99", *flags(tsettings)])
+    assert missing.exit_code != 0 and "no model version 99" in missing.output
+
+
+def test_rollback_without_history_is_an_error(tsettings: Settings) -> None:
+    result = CliRunner(env=TRAIN_ENV).invoke(models, ["rollback", *flags(tsettings)])
+    assert result.exit_code != 0 and "no previously active" in result.output
+
+
+def _classified(session_factory, model_id: int, rows: list[tuple[str, str, float]]) -> None:  # type: ignore[no-untyped-def]
+    files = [
+        SeenFile(path=f"/inbox/{sha[:4]}.png", sha256=sha, size=1, mtime_ns=1) for sha, _, _ in rows
+    ]
+    with transaction(session_factory) as s:
+        record_files(s, files)
+        save_results(
+            s,
+            model_id,
+            [
+                Classified(sha, label, conf, [{"label": label, "confidence": conf}])
+                for sha, label, conf in rows
+            ],
+        )
+
+
+def test_reclassify_requeues_matching_done_images_for_the_active_model(
+    tsettings: Settings, session_factory
+) -> None:
+    with transaction(session_factory) as s:
+        base_id = ensure_base_model(s, "resnet18", "none", ["x", "y"]).id
+    shas = [c * 64 for c in "abcd"]
+    _classified(
+        session_factory,
+        base_id,
+        [
+            (shas[0], "red", 0.40),
+            (shas[1], "red", 0.95),
+            (shas[2], "blue", 0.55),
+            (shas[3], "blue", 0.30),
+        ],
+    )
+    trained = run_training(tsettings, session_factory)
+    assert trained.status == RunStatus.PROMOTED
+
+    dry = invoke(reclassify, ["--below-confidence", "0.6", "--dry-run", *flags(tsettings)])
+    assert dry.exit_code == 0 and "3 image(s) match" in dry.output
+    assert queued_messages(tsettings.redis_url or "", "classify") == []
+
+    result = invoke(reclassify, ["--below-confidence", "0.6", "--label", "blue", *flags(tsettings)])
+    assert result.exit_code == 0, result.output
+    assert "2 image(s) queued for v" in result.output
+    messages = queued_messages(tsettings.redis_url or "", "classify")
+    assert {m["task"] for m in messages} == {TASK_CLASSIFY}
+    sent = {item["sha256"] for m in messages for item in m["args"][0]["items"]}
+    assert sent == {shas[2], shas[3]}
+    with transaction(session_factory) as s:
+        by_sha = {i.sha256: i for i in s.scalars(select(Image))}
+        assert by_sha[shas[2]].status == ImageStatus.QUEUED
+        assert by_sha[shas[2]].enqueued_at is not None and by_sha[shas[2]].attempts == 0
+        assert by_sha[shas[0]].status == ImageStatus.DONE  # label 'red' not selected
+        # Older predictions stay as history.
+        assert len(s.scalars(select(Prediction)).all()) == 4
+
+    bad = CliRunner(env=TRAIN_ENV).invoke(reclassify, ["--since", "yesterday", *flags(tsettings)])
+    assert bad.exit_code == 2 and "yesterday" in bad.output
+    since = invoke(reclassify, ["--since", "1h", "--older-version", "--dry-run", *flags(tsettings)])
+    assert "2 image(s) match" in since.output  # the two still done
+
+
+def test_commands_need_a_migrated_ledger(tmp_path: Path, redis_url: str) -> None:
+    args = ["--data-dir", str(tmp_path / "fresh"), "--redis-url", redis_url]
+    result = CliRunner().invoke(models, args)
+    assert result.exit_code != 0 and "db upgrade" in result.output

@@ -1,0 +1,328 @@
+"""Labeled data in torchvision's ImageFolder layout: ``labeled/<class>/**/<image>``.
+
+Three steps, cheapest first:
+
+* :func:`list_labeled` walks the folder with ``stat`` only; :func:`manifest_sha256` hashes the
+  listing (paths, sizes, mtimes), so an unchanged folder is recognised without reading a file.
+* :func:`scan_labeled` reads every image once: content hash (for the split) and a decode check
+  (corrupt files are skipped and counted), then refuses data that cannot train a model.
+* The split is by content hash: an image never moves between train and validation across
+  runs. ``labeled/_val/<class>/`` is used as the validation set instead when it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.preprocess import BadImage, decode
+
+log = logging.getLogger(__name__)
+
+VAL_DIR = "_val"
+MAX_CLASS_NAME = 100
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+
+class TrainingRefused(Exception):
+    """The labeled data cannot train a model; the message says what to fix."""
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a safe class (folder) name, or None when it is."""
+    if not name or name in {".", ".."}:
+        return "empty or a relative path"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs"} for ch in name):
+        return "contains control, invisible or undecodable characters"
+    if name.startswith("."):
+        return "starts with '.'"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    if len(name) > MAX_CLASS_NAME:
+        return f"longer than {MAX_CLASS_NAME} characters"
+    return None
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFile:
+    path: Path
+    rel: str  # relative to the labeled root, '/'-separated
+    class_name: str
+    is_val: bool
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Listing:
+    root: Path
+    files: list[ListedFile]
+    class_dirs: list[str]  # every candidate class folder, safe or not, sorted
+    val_dirs: list[str]  # class folders under _val/
+    has_val_dir: bool
+    loose_files: int  # images directly in labeled/, outside any class folder
+
+
+def _walk_images(class_dir: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
+    return found
+
+
+def _subdirs(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def list_labeled(root: Path) -> Listing:
+    """Every candidate image under ``root`` with its size and mtime (``stat`` only)."""
+    if not root.is_dir():
+        raise TrainingRefused(
+            f"no labeled folder at {root}: create {root}/<class>/ folders with example images "
+            "(or set --labeled-dir)"
+        )
+    class_dirs = [d for d in _subdirs(root) if d != VAL_DIR]
+    val_root = root / VAL_DIR
+    has_val = val_root.is_dir()
+    val_dirs = _subdirs(val_root) if has_val else []
+    files: list[ListedFile] = []
+    for folder, names, is_val in ((root, class_dirs, False), (val_root, val_dirs, True)):
+        for name in names:
+            for path in _walk_images(folder / name):
+                try:
+                    st = path.stat()
+                except OSError:  # vanished or a dangling link: not part of the data
+                    continue
+                rel = path.relative_to(root).as_posix()
+                files.append(ListedFile(path, rel, name, is_val, st.st_size, st.st_mtime_ns))
+    with os.scandir(root) as entries:
+        loose = sum(1 for e in entries if e.is_file() and is_image_name(e.name))
+    return Listing(root, files, class_dirs, val_dirs, has_val, loose)
+
+
+def manifest_sha256(listing: Listing) -> str:
+    """Hash of (path, size, mtime) of every labeled image: changes when the data may have."""
+    digest = hashlib.sha256()
+    for f in sorted(listing.files, key=lambda f: f.rel):
+        digest.update(os.fsencode(f.rel) + b"\0")
+        digest.update(f"{f.size}\0{f.mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --- the scan and the split ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    path: Path
+    rel: str
+    label: int
+    sha256: str
+
+
+@dataclass
+class LabeledSet:
+    root: Path
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    manifest_sha256: str
+    explicit_val: bool
+    corrupt: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
+    warnings: list[str] = field(default_factory=list)
+
+    def images_per_class(self) -> dict[str, dict[str, int]]:
+        train = Counter(s.label for s in self.train)
+        val = Counter(s.label for s in self.val)
+        return {c: {"train": train[i], "val": val[i]} for i, c in enumerate(self.classes)}
+
+
+def split_score(sha256: str) -> float:
+    """A content hash as a number in [0, 1): the same image always gets the same score."""
+    return int(sha256[:8], 16) / 2**32
+
+
+def _check(path: Path, max_pixels: int, min_side: int) -> tuple[str | None, str | None]:
+    """(sha256, None) for a usable image, (None, reason) for a corrupt or unreadable one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    try:
+        decode(data, max_pixels, min_side=min_side).close()
+    except BadImage as exc:
+        return None, str(exc)
+    return hashlib.sha256(data).hexdigest(), None
+
+
+def scan_labeled(
+    root: Path,
+    *,
+    val_fraction: float,
+    min_images_per_class: int,
+    max_pixels: int,
+    min_side: int = 256,
+    threads: int = 2,
+    listing: Listing | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> LabeledSet:
+    """Read, hash and decode-check every labeled image; split; refuse unusable data. Warnings
+    (corrupt files, empty class folders...) go to ``warn``, or to the log without one.
+
+    Raises :class:`TrainingRefused` for unsafe class names, fewer than two classes, or a class
+    with fewer than ``min_images_per_class`` usable images.
+    """
+    listing = listing or list_labeled(root)
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+        else:
+            log.warning("%s", message)
+
+    bad_names = {
+        n: p
+        for n in listing.class_dirs + listing.val_dirs
+        if (p := class_name_problem(n)) is not None
+    }
+    if bad_names:
+        listed = "; ".join(f"{n!r}: {p}" for n, p in sorted(bad_names.items()))
+        raise TrainingRefused(f"unsafe class folder name(s) in {root}: {listed}. Rename them.")
+    if listing.loose_files:
+        note(
+            f"{listing.loose_files} image(s) directly in {root} ignored: put them in a class folder"
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        checks = list(pool.map(lambda f: _check(f.path, max_pixels, min_side), listing.files))
+
+    corrupt: list[dict[str, str]] = []
+    usable: dict[tuple[str, bool], dict[str, ListedFile]] = defaultdict(dict)  # by sha256
+    files_per_class: Counter[str] = Counter()
+    duplicates = 0
+    for f, (sha, error) in zip(listing.files, checks, strict=True):
+        if not f.is_val:
+            files_per_class[f.class_name] += 1
+        if sha is None:
+            corrupt.append({"path": f.rel, "error": error or "unusable"})
+            continue
+        bucket = usable[(f.class_name, f.is_val)]
+        if sha in bucket:
+            duplicates += 1
+        else:
+            bucket[sha] = f
+    if corrupt:
+        note(
+            f"{len(corrupt)} corrupt or unreadable image(s) skipped, e.g. {corrupt[0]['path']}: "
+            f"{corrupt[0]['error']}"
+        )
+    if duplicates:
+        note(f"{duplicates} duplicate image(s) (same content in one class) counted once")
+
+    classes: list[str] = []
+    for name in listing.class_dirs:
+        if files_per_class[name] == 0:
+            note(f"class folder {name!r} has no images: ignored")
+        else:
+            classes.append(name)
+    if len(classes) < 2:
+        raise TrainingRefused(
+            f"need at least 2 classes with images in {root}, found {len(classes)}"
+            + (f" ({classes[0]!r})" if classes else "")
+            + ": add a folder per class, e.g. labeled/cat/ and labeled/dog/"
+        )
+    for name in listing.val_dirs:
+        if name not in classes:
+            note(f"{VAL_DIR}/{name} has no matching training class: ignored")
+
+    index = {c: i for i, c in enumerate(classes)}
+    by_class_sha: dict[str, set[str]] = defaultdict(set)
+    for c in classes:
+        by_class_sha[c].update(usable[(c, False)])
+    all_shas: Counter[str] = Counter(s for c in classes for s in by_class_sha[c])
+    conflicting = {s for s, n in all_shas.items() if n > 1}
+    if conflicting:
+        note(f"{len(conflicting)} image(s) appear in more than one class folder (kept in each)")
+
+    train: list[Sample] = []
+    val: list[Sample] = []
+    if listing.has_val_dir:
+        val_shas = {sha for c in classes for sha in usable[(c, True)]}
+        for c in classes:
+            val += [Sample(f.path, f.rel, index[c], sha) for sha, f in usable[(c, True)].items()]
+            train += [
+                Sample(f.path, f.rel, index[c], sha)
+                for sha, f in usable[(c, False)].items()
+                if sha not in val_shas
+            ]
+    else:
+        for c in classes:
+            samples = [
+                Sample(f.path, f.rel, index[c], sha) for sha, f in usable[(c, False)].items()
+            ]
+            cls_val = [s for s in samples if split_score(s.sha256) < val_fraction]
+            cls_train = [s for s in samples if split_score(s.sha256) >= val_fraction]
+            if not cls_val and len(cls_train) >= 2:  # every class gets a validation image
+                pick = min(cls_train, key=lambda s: (split_score(s.sha256), s.sha256))
+                cls_train.remove(pick)
+                cls_val.append(pick)
+            if not cls_train and len(cls_val) >= 2:  # ... and a training image
+                pick = max(cls_val, key=lambda s: (split_score(s.sha256), s.sha256))
+                cls_val.remove(pick)
+                cls_train.append(pick)
+            train += cls_train
+            val += cls_val
+
+    train.sort(key=lambda s: s.rel)
+    val.sort(key=lambda s: s.rel)
+    labeled = LabeledSet(
+        root=root,
+        classes=classes,
+        train=train,
+        val=val,
+        manifest_sha256=manifest_sha256(listing),
+        explicit_val=listing.has_val_dir,
+        corrupt=corrupt,
+        warnings=warnings,
+    )
+    counts = labeled.images_per_class()
+    short = {
+        c: n["train"] + n["val"]
+        for c, n in counts.items()
+        if n["train"] + n["val"] < min_images_per_class
+    }
+    if short:
+        listed = ", ".join(f"{c!r}: {n}" for c, n in sorted(short.items()))
+        raise TrainingRefused(
+            f"too few usable images (need at least {min_images_per_class} per class): {listed}"
+        )
+    empty_train = [c for c, n in counts.items() if n["train"] == 0]
+    if empty_train:
+        raise TrainingRefused(f"no training images left for class(es) {empty_train}")
+    if not val:
+        raise TrainingRefused("no validation images: add images (or labeled/_val/<class>/)")
+    missing_val = [c for c, n in counts.items() if n["val"] == 0]
+    if missing_val:
+        note(f"class(es) {missing_val} have no validation image: their accuracy is unknown")
+    return labeled

@@ -1,0 +1,254 @@
+"""The training loop, after torchvision's references/classification: ``train_one_epoch``,
+``evaluate``, and a best-epoch checkpoint dict (model / optimizer / lr_scheduler / epoch) kept
+for early stopping. The same loop trains a whole network (mode 'full') or only the head on
+cached backbone features (mode 'frozen'): ``prepare`` turns a batch into the module's input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from inbox_classifier.settings import Settings
+
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+BatchIterable = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "full"  # 'full' | 'frozen'
+    optimizer: str = "sgd"  # 'sgd' (+ StepLR) | 'adamw' (+ StepLR)
+    lr: float = 1e-3
+    momentum: float = 0.9
+    step_size: int = 7
+    gamma: float = 0.1
+    weight_decay: float = 0.0
+    epochs: int = 10
+    batch_size: int = 32
+    patience: int = 3
+    seed: int = 0
+    # Frozen mode: augmented feature passes over the training images besides the clean one;
+    # epoch e trains on pass e % (1 + feature_passes).
+    feature_passes: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
+        values: dict[str, Any] = {
+            "mode": settings.train_mode,
+            "optimizer": settings.train_optimizer,
+            "lr": settings.train_lr,
+            "momentum": settings.train_momentum,
+            "step_size": settings.train_step_size,
+            "gamma": settings.train_gamma,
+            "weight_decay": 0.01 if settings.train_optimizer == "adamw" else 0.0,
+            "epochs": settings.train_epochs,
+            "batch_size": settings.train_batch_size,
+            "patience": settings.train_patience,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    return optimizer, scheduler
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    targets: list[int]
+    preds: list[int]
+    seconds: float
+
+    def per_class(self, num_classes: int) -> list[float | None]:
+        hits = [0] * num_classes
+        totals = [0] * num_classes
+        for t, p in zip(self.targets, self.preds, strict=True):
+            totals[t] += 1
+            hits[t] += int(t == p)
+        return [h / n if n else None for h, n in zip(hits, totals, strict=True)]
+
+    def confusion(self, num_classes: int) -> list[list[int]]:
+        """rows: true class, columns: predicted class."""
+        matrix = [[0] * num_classes for _ in range(num_classes)]
+        for t, p in zip(self.targets, self.preds, strict=True):
+            matrix[t][p] += 1
+        return matrix
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchIterable,
+    prepare: Prepare,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+) -> EpochStats:
+    start = time.perf_counter()
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, targets in batches:
+        x = prepare(inputs)
+        y = targets.to(device, non_blocking=True)
+        with autocast_context(device, autocast):
+            output = model(x)
+        loss = criterion(output.float(), y)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training diverged (loss {loss.item()}): lower the lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += int((output.argmax(dim=1) == y).sum().item())
+        seen += n
+    return EpochStats(
+        loss=total_loss / max(seen, 1),
+        accuracy=correct / max(seen, 1),
+        images=seen,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    criterion: nn.Module,
+    batches: BatchIterable,
+    prepare: Prepare,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+) -> EvalResult:
+    start = time.perf_counter()
+    model.eval()
+    total_loss = 0.0
+    targets: list[int] = []
+    preds: list[int] = []
+    with torch.inference_mode():
+        for inputs, labels in batches:
+            x = prepare(inputs)
+            y = labels.to(device, non_blocking=True)
+            with autocast_context(device, autocast):
+                output = model(x)
+            output = output.float()
+            total_loss += criterion(output, y).item() * y.shape[0]
+            targets += y.cpu().tolist()
+            preds += output.argmax(dim=1).cpu().tolist()
+    correct = sum(int(t == p) for t, p in zip(targets, preds, strict=True))
+    return EvalResult(
+        loss=total_loss / max(len(targets), 1),
+        accuracy=correct / max(len(targets), 1),
+        targets=targets,
+        preds=preds,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    # The references' checkpoint dict, for the best epoch (without the optimizer state: a run
+    # is never resumed, and momentum buffers would double the memory it takes).
+    best: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self.best.get("epoch", 0))
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def fit(
+    model: nn.Module,
+    cfg: TrainConfig,
+    train_batches: Callable[[int], BatchIterable],
+    val_batches: Callable[[], BatchIterable],
+    prepare_train: Prepare,
+    prepare_val: Prepare,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+    params: Iterable[nn.Parameter] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` for up to ``cfg.epochs``, stop after ``cfg.patience`` epochs without a
+    better validation accuracy (ties go to the lower loss), and load the best epoch's weights
+    back into ``model``."""
+    criterion = nn.CrossEntropyLoss()
+    trainable = list(params if params is not None else model.parameters())
+    optimizer, scheduler = make_optimizer(trainable, cfg)
+    result = FitResult()
+    best_key = (-1.0, -math.inf)
+    flat = 0
+    for epoch in range(1, cfg.epochs + 1):
+        stats = train_one_epoch(
+            model, criterion, optimizer, train_batches(epoch), prepare_train, device, autocast
+        )
+        val = evaluate(model, criterion, val_batches(), prepare_val, device, autocast)
+        scheduler.step()
+        record = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_acc": stats.accuracy,
+            "val_loss": val.loss,
+            "val_acc": val.accuracy,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": stats.seconds + val.seconds,
+        }
+        key = (val.accuracy, -val.loss)
+        if key > best_key:
+            best_key = key
+            flat = 0
+            result.best = {
+                "model": _snapshot(model),
+                "lr_scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "val_acc": val.accuracy,
+                "val_loss": val.loss,
+            }
+        else:
+            flat += 1
+        record["best_epoch"] = result.best_epoch
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if flat >= cfg.patience and epoch < cfg.epochs:
+            result.stopped_early = True
+            break
+    model.load_state_dict(result.best["model"])
+    return result
