@@ -1,51 +1,125 @@
-"""The watchdog handler: translates events into tracker notifications. Runs on the observer's
-thread, so it does no I/O at all."""
+"""The watchdog side: which observer, and a handler that turns its events into (kind, path)
+pairs on a queue. The handler runs on the observer's thread, so it does no I/O at all: the
+processing thread stats and hashes."""
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
+import threading
+from enum import Enum
 
 from watchdog.events import (
-    DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 
-from watcher.stability import FileState, StabilityTracker
+from watcher.filters import ignored_name
+
+log = logging.getLogger(__name__)
+
+
+class Kind(Enum):
+    CREATED = "created"  # appeared, nothing promises a close: quiet period
+    WRITTEN = "written"  # data written: wait for the close (or a quiet period when polling)
+    COMPLETED = "completed"  # closed after writing, or renamed in: ready now
+    GONE = "gone"  # deleted or moved away
+    GONE_TREE = "gone-tree"  # a folder deleted or moved away
+    FOLDER_IN = "folder-in"  # a folder moved in whole: its files are complete
+    SCANNED = "scanned"  # a rescan found it unknown, changed recently: quiet period
+    SETTLED = "settled"  # a rescan found it unknown, untouched for a quiet period: complete
+    SCAN_DONE = "scan-done"  # a rescan has queued everything it found
+
+
+Event = tuple[Kind, str]
+
+
+class EventQueue:
+    """Many producers (observer, scanner), one consumer (the processing thread)."""
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.wake = threading.Event()
+
+    def put(self, kind: Kind, path: str) -> None:
+        self._items.put((kind, path))
+        self.wake.set()
+
+    def drain(self) -> list[Event]:
+        items: list[Event] = []
+        while True:
+            try:
+                items.append(self._items.get_nowait())
+            except queue.Empty:
+                return items
 
 
 def _text(path: str | bytes) -> str:
-    return path.decode(errors="surrogateescape") if isinstance(path, bytes) else path
+    return os.fsdecode(path)
 
 
 class InboxHandler(FileSystemEventHandler):
-    def __init__(
-        self,
-        tracker: StabilityTracker,
-        new_dirs: queue.SimpleQueue[str],
-        close_events: bool,
-    ) -> None:
-        self._tracker = tracker
-        self._new_dirs = new_dirs
-        # With inotify a write is followed by a close-write event; a polling observer has none.
-        self._on_write = FileState.WRITING if close_events else FileState.SEEN
+    def __init__(self, inbox: str, events: EventQueue) -> None:
+        self._inbox = inbox
+        self._events = events
+
+    def _put(self, kind: Kind, path: str | bytes) -> None:
+        text = _text(path)
+        # Deletions always pass: the path may have been tracked under an unfiltered name.
+        if kind in (Kind.GONE, Kind.GONE_TREE) or not ignored_name(text, self._inbox):
+            self._events.put(kind, text)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileClosedEvent):
-            self._tracker.notify(_text(event.src_path), FileState.COMPLETE)
-        elif isinstance(event, FileMovedEvent):
-            self._tracker.notify(_text(event.dest_path), FileState.COMPLETE)
-        elif isinstance(event, FileModifiedEvent):
-            self._tracker.notify(_text(event.src_path), self._on_write)
-        elif isinstance(event, FileCreatedEvent):
-            self._tracker.notify(_text(event.src_path), FileState.SEEN)
-        elif isinstance(event, DirMovedEvent):
-            # A folder moved in brings files that will get no events of their own.
-            self._new_dirs.put(_text(event.dest_path))
-        elif isinstance(event, DirCreatedEvent):
-            self._new_dirs.put(_text(event.src_path))
+        # Exact types: opened / closed-no-write / attrib / dir-modified events (our own reads
+        # among them) must not count as writes.
+        match event:
+            case FileClosedEvent():
+                self._put(Kind.COMPLETED, event.src_path)
+            case FileModifiedEvent():
+                self._put(Kind.WRITTEN, event.src_path)
+            case FileCreatedEvent():
+                self._put(Kind.CREATED, event.src_path)
+            case FileMovedEvent():
+                # With full inotify events an unmatched side is "": moved in from or out to
+                # somewhere unwatched.
+                if event.src_path:
+                    self._put(Kind.GONE, event.src_path)
+                if event.dest_path:
+                    self._put(Kind.COMPLETED, event.dest_path)
+            case DirMovedEvent():
+                if event.src_path:
+                    self._put(Kind.GONE_TREE, event.src_path)
+                if event.dest_path:
+                    self._put(Kind.FOLDER_IN, event.dest_path)
+            case FileDeletedEvent():
+                self._put(Kind.GONE, event.src_path)
+            case DirDeletedEvent():
+                self._put(Kind.GONE_TREE, event.src_path)
+            case _:
+                # A created folder needs nothing: watchdog reports the files already in it
+                # (inotify adds the watch, then lists it), and later ones get their own events.
+                pass
+
+
+def make_observer(polling: bool, poll_interval_s: float) -> tuple[BaseObserver, bool]:
+    """The observer to use, and whether it reports close-after-write events."""
+    if polling:
+        return PollingObserver(timeout=poll_interval_s), False
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:  # not Linux: FSEvents / kqueue / ReadDirectoryChangesW, no close events
+        return Observer(), False
+    # Full events: a file renamed in from outside the inbox is a move (complete at once), not a
+    # bare "created" that would have to sit out a quiet period.
+    return InotifyObserver(generate_full_events=True), True

@@ -1,36 +1,50 @@
-"""Content hashing: the ledger's key. Streams the file; never holds it whole."""
+"""Content hashing: the ledger's key. Streams the file in 1 MiB chunks; never holds it whole."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 
 from db.ledger import SeenFile
 
 CHUNK = 1 << 20
 
 
-def hash_file(path: str) -> SeenFile | None:
-    """sha256 + size + mtime of a regular file, or None if it vanished, cannot be read, or
-    changed while it was being read (it is then not complete; it will be seen again)."""
-    digest = hashlib.sha256()
+class NotHashable(Exception):
+    """The file vanished, cannot be read, or is not a regular file (any more)."""
+
+
+class ChangedWhileReading(NotHashable):
+    """Size or mtime moved while it was hashed: it is not complete yet."""
+
+
+def hash_file(path: str) -> SeenFile:
+    """sha256, size and mtime_ns of the regular file at ``path``."""
     try:
-        # O_NONBLOCK: should a FIFO have been swapped in after the lstat, open does not block.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
+        # O_NONBLOCK: should a FIFO have been swapped in after the caller's stat, open does not
+        # block, and the fstat below refuses it before anything is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotHashable(exc.strerror or str(exc)) from None
     try:
         before = os.fstat(fd)
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
+        if not stat.S_ISREG(before.st_mode):
+            raise NotHashable("not a regular file")
+        digest = hashlib.sha256()
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        size = 0
+        while n := os.readv(fd, [buffer]):
+            digest.update(view[:n])
+            size += n
         after = os.fstat(fd)
-    except OSError:
-        return None
+    except OSError as exc:
+        raise NotHashable(exc.strerror or str(exc)) from None
     finally:
         os.close(fd)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-        return None
-    return SeenFile(
-        path=path, sha256=digest.hexdigest(), size=after.st_size, mtime_ns=after.st_mtime_ns
-    )
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
+        size != after.st_size
+    ):
+        raise ChangedWhileReading("changed while it was read")
+    return SeenFile(path=path, sha256=digest.hexdigest(), size=size, mtime_ns=after.st_mtime_ns)

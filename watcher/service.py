@@ -1,217 +1,378 @@
-"""The watcher process: observer + rescans feed the stability tracker; one processing thread
-hashes completed files, records them (one transaction per burst) and enqueues them.
+"""The watcher process. Four threads, one job each:
+
+- the watchdog observer: events onto a queue, no I/O;
+- the scanner: a full rescan at start and every ``rescan_interval_s`` (files dropped while the
+  watcher was down, events lost to an inotify overflow); files the ledger already has with the
+  same size and mtime are skipped without hashing;
+- the processor: feeds the stability tracker, hashes complete files, records each burst of
+  them in one transaction;
+- the publisher: sends recorded items to Redis, several per message, then marks them enqueued.
+
+The caller's thread starts them, restarts the observer should it die, and stops them all.
 
 Nothing here may kill the process: a database or Redis failure is logged and retried with
-backoff, and the ledger keeps every recorded file `queued` until a worker has classified it,
-so the reconciler can send it again whatever happens to this process or to Redis.
+capped exponential backoff, and a recorded row stays `queued` until a worker has classified
+it, so the reconciler can send it again whatever happens to this process or to Redis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
-from functools import partial
-from pathlib import Path
 
-from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from db.engine import make_engine, make_sessionmaker, transaction
-from db.ledger import SeenFile, WorkItem, known_paths, mark_enqueued, record_files
-from inbox_classifier.retry import backoff_delays
+from db.ledger import SeenFile, known_paths, record_files
 from inbox_classifier.settings import Settings
-from watcher.events import InboxHandler
-from watcher.filters import ignored_name, skip_reason
-from watcher.hashing import hash_file
-from watcher.stability import FileState, StabilityTracker
-from worker.app import make_celery, send_classify
+from watcher.backoff import Backoff
+from watcher.events import EventQueue, InboxHandler, Kind, make_observer
+from watcher.filters import Signature, inspect, walk
+from watcher.hashing import ChangedWhileReading, NotHashable, hash_file
+from watcher.publisher import Publisher
+from watcher.stability import StabilityTracker
+from worker.app import make_celery
 
 log = logging.getLogger(__name__)
 
-BURST = 512  # files recorded in one transaction
-RETRY_CAP_S = 30.0
+BURST = 512  # most files hashed and recorded in one transaction
+KNOWN_CHUNK = 2000  # paths per known_paths lookup during a rescan
+HEALTH_CHECK_S = 1.0  # how often the observer's threads are checked
+JOIN_TIMEOUT_S = 30.0
 
 
 class Watcher:
+    """One watcher: ``run`` it once, on any thread, until ``stop`` is set."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.inbox.mkdir(parents=True, exist_ok=True)
-        self.inbox = Path(os.path.abspath(settings.inbox))
-        self.inbox_real = Path(os.path.realpath(settings.inbox))
-        self.tracker = StabilityTracker(settings.quiet_period_s)
-        self._new_dirs: queue.SimpleQueue[str] = queue.SimpleQueue()
+        # Absolute but not resolved: recorded paths are the inbox path as configured plus the
+        # file's place in it. Symlink targets are checked against the resolved inbox.
+        self.inbox = os.path.abspath(settings.inbox)
+        self.inbox_real = self.inbox
+        self.tracker = StabilityTracker(
+            settings.quiet_period_s,
+            close_events=False,  # set once the observer is known
+            write_stall_s=settings.rescan_interval_s,
+        )
+        self._events = EventQueue()
+        self._stopping = threading.Event()
         self._engine = make_engine(settings.db_url)
         self._sessions: sessionmaker[Session] = make_sessionmaker(self._engine)
-        self._app: Celery = make_celery(settings)
-        self._unrecorded: list[SeenFile] = []  # hashed, but the DB was unavailable
-        self._unsent: list[WorkItem] = []  # recorded, but Redis was unavailable
-        self._failures = 0
-        self._retry_at = 0.0
-        self.recorded = 0
-        self.sent = 0
+        self._app = make_celery(settings)
+        self.publisher = Publisher(self._app, self._sessions, settings.files_per_message)
+        self._unrecorded: list[SeenFile] = []  # hashed, but the ledger was unavailable
+        self._db_backoff = Backoff()
+        self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
+        self._rescan_now = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._started_scan = False
+        self._ready: threading.Event | None = None
+        self.recorded = 0  # files recorded in the ledger by this run
+        self.scans = 0  # rescans completed
 
-    # --- finding files -------------------------------------------------------------------------
+    # --- counters for logs and tests -----------------------------------------------------------
 
-    def _observer(self) -> BaseObserver:
-        if self.settings.polling:
-            return PollingObserver(timeout=self.settings.poll_interval_s)
-        return Observer()
+    @property
+    def sent(self) -> int:
+        """Work items accepted by the broker."""
+        return self.publisher.sent_items
 
-    def rescan(self, root: Path | None = None) -> int:
-        """Walk ``root`` (default: the inbox); track files the ledger does not know as they are.
-        Returns how many were new or changed."""
-        found: list[tuple[str, os.stat_result]] = []
-        for path in _walk(root or self.inbox, self.inbox):
+    @property
+    def unsent(self) -> int:
+        return self.publisher.unsent
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
+        """Watch until ``stop`` is set. ``ready`` (optional) is set once the start-up rescan has
+        been taken in and the files it found complete are recorded."""
+        self._ready = ready
+        threads: list[threading.Thread] = []
+        try:
+            os.makedirs(self.inbox, exist_ok=True)
+            self.inbox_real = os.path.realpath(self.inbox)
+            self._start_observer()
+            threads = [
+                threading.Thread(target=target, name=f"watcher-{name}", daemon=True)
+                for name, target in (
+                    ("processor", self._process_loop),
+                    ("publisher", lambda: self.publisher.run(self._stopping)),
+                    ("scanner", self._scan_loop),
+                )
+            ]
+            for thread in threads:
+                thread.start()
+            while not stop.wait(HEALTH_CHECK_S):
+                self._check_observer()
+        finally:
+            self._shutdown(threads)
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        # Observer first (no new events), then the threads finish their current unit of work.
+        self._stop_observer()
+        self._stopping.set()
+        self._events.wake.set()
+        self.publisher.wake.set()
+        self._rescan_now.set()
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("%s did not stop within %.0fs", thread.name, JOIN_TIMEOUT_S)
+        self._app.close()
+        self._engine.dispose()
+        log.info(
+            "watcher stopped (recorded %d file(s), sent %d item(s) in %d message(s))",
+            self.recorded,
+            self.sent,
+            self.publisher.sent_messages,
+        )
+
+    # --- the observer --------------------------------------------------------------------------
+
+    def _start_observer(self) -> None:
+        handler = InboxHandler(self.inbox, self._events)
+        observer, close_events = None, False
+        try:
+            observer, close_events = make_observer(
+                self.settings.polling, self.settings.poll_interval_s
+            )
+            observer.schedule(handler, self.inbox, recursive=True)
+            observer.start()
+        except OSError as exc:
+            if self.settings.polling:
+                raise
+            # inotify limits (max_user_watches, max_user_instances): polling still works.
+            log.warning("inotify unavailable (%s); falling back to a polling observer", exc)
+            if observer is not None:
+                with contextlib.suppress(Exception):
+                    observer.stop()
+            observer = PollingObserver(timeout=self.settings.poll_interval_s)
+            close_events = False
+            observer.schedule(handler, self.inbox, recursive=True)
+            observer.start()
+        self.tracker.close_events = close_events
+        self._observer = observer
+        log.info(
+            "watching %s (%s, %s; quiet period %.2fs, rescan every %.0fs)",
+            self.inbox,
+            type(observer).__name__,
+            "close-write events" if close_events else "no close events",
+            self.settings.quiet_period_s,
+            self.settings.rescan_interval_s,
+        )
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(JOIN_TIMEOUT_S)
+            self._observer = None
+
+    def _check_observer(self) -> None:
+        """Restart a dead observer (the inbox was deleted, or an emitter crashed), then rescan
+        for whatever happened while it was down."""
+        observer = self._observer
+        if (
+            observer is not None
+            and observer.is_alive()
+            and all(e.is_alive() for e in observer.emitters)
+        ):
+            return
+        log.warning("the observer stopped (inbox %s removed?); restarting it", self.inbox)
+        try:
+            self._stop_observer()
+            os.makedirs(self.inbox, exist_ok=True)
+            self._start_observer()
+            self._rescan_now.set()
+        except Exception:
+            log.exception("could not restart the observer; trying again")
+
+    # --- rescans -------------------------------------------------------------------------------
+
+    def _scan_loop(self) -> None:
+        first = True
+        while not self._stopping.is_set():
             try:
-                found.append((path, os.stat(path)))
-            except OSError:
-                continue
-        known: dict[str, tuple[int, int]] = {}
-        for start in range(0, len(found), 5000):
-            chunk = [p for p, _ in found[start : start + 5000]]
-            with transaction(self._sessions) as session:
-                known.update(known_paths(session, chunk))
-        now_ns = time.time_ns()
+                self.rescan()
+                self._scan_backoff.succeeded()
+                delay = self.settings.rescan_interval_s
+            except Exception:
+                delay = self._scan_backoff.failed()
+                log.exception("rescan of %s failed; next try in %.1fs", self.inbox, delay)
+            if first:
+                self._events.put(Kind.SCAN_DONE, self.inbox)
+                first = False
+            self._rescan_now.wait(delay)
+            self._rescan_now.clear()
+
+    def rescan(self, root: str | None = None) -> int:
+        """Queue the files under ``root`` (default: the inbox) that the ledger lacks or has
+        with another size or mtime. Returns how many were queued."""
+        paths = walk(root or self.inbox, self.inbox)
         quiet_ns = int(self.settings.quiet_period_s * 1e9)
-        fresh = 0
-        for path, info in found:
-            if known.get(path) == (info.st_size, info.st_mtime_ns):
-                continue
-            # Untouched for a quiet period already: complete (it was there before we started).
-            old = now_ns - info.st_mtime_ns >= quiet_ns
-            self.tracker.notify(path, FileState.COMPLETE if old else FileState.SEEN)
-            fresh += 1
-        return fresh
+        queued = 0
+        for start in range(0, len(paths), KNOWN_CHUNK):
+            if self._stopping.is_set():
+                break
+            found: dict[str, Signature] = {}
+            for path in paths[start : start + KNOWN_CHUNK]:
+                signature = inspect(path, self.inbox, self.inbox_real)
+                if isinstance(signature, Signature):
+                    found[path] = signature
+            with transaction(self._sessions) as session:
+                known = known_paths(session, list(found))
+            now_ns = time.time_ns()
+            for path, signature in found.items():
+                if known.get(path) == signature:
+                    continue
+                # Untouched for a quiet period already (dropped while we were down): complete.
+                settled = now_ns - signature.mtime_ns >= quiet_ns
+                self._events.put(Kind.SETTLED if settled else Kind.SCANNED, path)
+                queued += 1
+        self.scans += 1
+        log.info(
+            "rescanned %s: %d file(s), %d new or changed", root or self.inbox, len(paths), queued
+        )
+        return queued
 
     # --- the processing loop -------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
-        observer = self._observer()
-        handler = InboxHandler(
-            self.tracker, self._new_dirs, close_events=_has_close_events(observer)
-        )
-        observer.schedule(handler, str(self.inbox), recursive=True)
-        observer.start()
-        log.info("watching %s (%s)", self.inbox, type(observer).__name__)
-        next_rescan = 0.0
-        poll = min(0.1, max(0.01, self.settings.quiet_period_s / 4))
-        try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if now >= next_rescan:
-                    self._guarded(self.rescan, "rescanning the inbox")
-                    next_rescan = now + self.settings.rescan_interval_s
-                    if ready is not None:
-                        ready.set()
-                while not self._new_dirs.empty():
-                    folder = Path(self._new_dirs.get())
-                    self._guarded(partial(self.rescan, folder), f"scanning {folder}")
-                self.process(self.tracker.take_ready(BURST))
-                if self.tracker.pending() == 0 and not self._unsent and not self._unrecorded:
-                    self.tracker.wait(timeout=1.0)
-                else:
-                    self.tracker.wait(timeout=poll)
-        finally:
-            observer.stop()
-            observer.join(timeout=10)
-            self._engine.dispose()
-            self._app.close()
-            log.info("watcher stopped (recorded %d, sent %d)", self.recorded, self.sent)
+    def _process_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._process_once()
+            except Exception:
+                # Unexpected (a bug, not the DB: that is handled below). Never die; slow down.
+                log.exception("watcher processing error; continuing")
+                self._stopping.wait(1.0)
 
-    def process(self, paths: list[str]) -> None:
+    def _process_once(self) -> None:
+        timeout = self._next_wake()
+        if timeout is None or timeout > 0:
+            self._events.wake.wait(timeout)
+        self._events.wake.clear()
+        for kind, path in self._events.drain():
+            self._apply(kind, path)
+        self.tracker.check(self._signature)
+        if self._db_backoff.remaining() > 0:
+            return
+        if self._unrecorded:
+            self._record()
+        else:
+            paths = self.tracker.take_ready(BURST)
+            if paths:
+                self._unrecorded = self._hash(paths)
+                if self._unrecorded:
+                    self._record()
+        if (
+            self._ready is not None
+            and self._started_scan
+            and self.tracker.ready_count == 0
+            and not self._unrecorded
+        ):
+            self._ready.set()
+            self._ready = None
+
+    def _next_wake(self) -> float | None:
+        waits = []
+        check = self.tracker.seconds_to_next_check()
+        if check is not None:
+            waits.append(check)
+        if self._unrecorded or self.tracker.ready_count:
+            waits.append(self._db_backoff.remaining())  # 0 unless the ledger is failing
+        return min(waits) if waits else None
+
+    def _apply(self, kind: Kind, path: str) -> None:
+        match kind:
+            case Kind.CREATED:
+                self.tracker.created(path)
+            case Kind.WRITTEN:
+                self.tracker.written(path)
+            case Kind.COMPLETED:
+                self.tracker.completed(path)
+            case Kind.SCANNED:
+                self.tracker.scanned(path, None)  # its first check takes a fresh signature
+            case Kind.SETTLED:
+                self.tracker.scanned(path, None, settled=True)
+            case Kind.GONE:
+                self.tracker.forget(path)
+            case Kind.GONE_TREE:
+                self.tracker.forget_tree(path)
+            case Kind.FOLDER_IN:
+                # A folder renamed in: its files were written before; they get no events.
+                for found in walk(path, self.inbox):
+                    self.tracker.completed(found)
+            case Kind.SCAN_DONE:
+                self._started_scan = True
+
+    def _signature(self, path: str) -> Signature | None:
+        found = inspect(path, self.inbox, self.inbox_real)
+        if isinstance(found, str):
+            if found != "vanished":
+                log.debug("ignoring %s: %s", path, found)
+            return None
+        return found
+
+    def _hash(self, paths: list[str]) -> list[SeenFile]:
+        """Hash the complete files among ``paths``, skipping those the ledger already has with
+        this size and mtime (a rescan's or a late event's duplicate)."""
+        signatures = {p: s for p in paths if (s := self._signature(p)) is not None}
+        try:
+            with transaction(self._sessions) as session:
+                known = known_paths(session, list(signatures))
+        except Exception as exc:  # only an optimisation: recording will retry the DB
+            log.warning("ledger lookup failed (%s: %s); hashing all", type(exc).__name__, exc)
+            known = {}
         seen: list[SeenFile] = []
-        for path in paths:
-            reason = skip_reason(Path(path), self.inbox_real)
-            if reason:
-                if reason != "vanished":
-                    log.debug("ignoring %s: %s", path, reason)
+        for path, signature in signatures.items():
+            if known.get(path) == signature:
                 continue
-            hashed = hash_file(path)
-            if hashed is None:
-                if os.path.exists(path):
-                    self.tracker.notify(path, FileState.SEEN)  # still changing: look again
-                continue
-            seen.append(hashed)
-        self._unrecorded.extend(seen)
-        if (self._unrecorded or self._unsent) and time.monotonic() >= self._retry_at:
-            self._flush()
+            try:
+                seen.append(hash_file(path))
+            except ChangedWhileReading:
+                self.tracker.written(path)  # still being written: track it again
+            except NotHashable as exc:
+                log.info("skipping %s: %s", path, exc)
+        return seen
 
-    def _flush(self) -> None:
+    def _record(self) -> None:
+        """Record the hashed files in one transaction and hand their work items on."""
+        files = self._unrecorded
+        started = time.perf_counter()
+        read_at = self.publisher.generation()
         try:
-            if self._unrecorded:
-                batch = self._unrecorded
-                with transaction(self._sessions) as session:
-                    items = record_files(session, batch)
-                self._unrecorded = []
-                self.recorded += len(batch)
-                self._unsent.extend(items)
-            if self._unsent:
-                items = self._unsent
-                send_classify(self._app, items, self.settings.files_per_message)
-                self._unsent = []
-                self.sent += len(items)
-                with transaction(self._sessions) as session:
-                    mark_enqueued(session, [i.sha256 for i in items])
-            self._failures = 0
+            with transaction(self._sessions) as session:
+                items = record_files(session, files)
         except Exception as exc:
-            self._failures += 1
-            delay = backoff_delays(2, min(RETRY_CAP_S, 0.5 * 2**self._failures), RETRY_CAP_S)[0]
-            delay = max(delay, 0.2)
-            self._retry_at = time.monotonic() + delay
+            delay = self._db_backoff.failed()
             log.error(
-                "could not record/enqueue %d file(s): %s: %s; retrying in %.1fs "
-                "(recorded rows stay queued in the ledger)",
-                len(self._unrecorded) + len(self._unsent),
+                "could not record %d file(s) (%s: %s); retrying in %.1fs",
+                len(files),
                 type(exc).__name__,
                 exc,
                 delay,
             )
-
-    def _guarded(self, func: Callable[[], object], what: str) -> None:
-        try:
-            func()
-        except Exception:
-            log.exception("error while %s; will try again", what)
-
-
-def _has_close_events(observer: BaseObserver) -> bool:
-    """Only the inotify observer reports close-after-write."""
-    return type(observer).__name__ == "InotifyObserver"
-
-
-def _walk(root: Path, inbox: Path) -> list[str]:
-    """Regular files and symlinks under ``root``, skipping hidden/temp names and not
-    descending into symlinked directories."""
-    out: list[str] = []
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            if ignored_name(Path(entry.path), inbox):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                    out.append(entry.path)
-            except OSError:
-                continue
-    return out
+            return
+        self._db_backoff.succeeded()
+        self._unrecorded = []
+        self.recorded += len(files)
+        queued = self.publisher.submit(items, read_at)
+        log.info(
+            "recorded %d file(s), %d to classify, in %.1f ms",
+            len(files),
+            queued,
+            (time.perf_counter() - started) * 1000,
+        )
 
 
 def run_watcher(
     settings: Settings, stop: threading.Event, ready: threading.Event | None = None
 ) -> None:
-    """Run until ``stop`` is set. ``ready`` is set once the first rescan is done."""
+    """Run the watcher until ``stop`` is set; returns after a clean stop. ``ready`` is set once
+    the start-up rescan is taken in."""
     Watcher(settings).run(stop, ready)

@@ -1,97 +1,176 @@
 """When is a file completely written?
 
-- An inotify close-after-write (or a rename into the inbox) says so at once: no added delay.
-  A file being written (a write event and no close yet) is never taken, however long the
-  writer pauses.
-- Without such events (polling observer, network mounts, files found by a rescan, hard links),
-  a file is complete once its size and mtime have held for ``quiet_period`` seconds.
+- A close-after-write (inotify) or a rename into the inbox says so at once: no added delay.
+- With close events available, a file that is being written (a write event, no close yet) waits
+  for its close however long the writer pauses. Only if no event at all arrives for
+  ``write_stall_s`` (a close lost to an inotify queue overflow, a writer using mmap) does it fall
+  back to the quiet-period rule.
+- Otherwise (a bare "created", the polling observer, files found by a rescan), a file is
+  complete once its size and mtime have held still for ``quiet_period_s``.
 
-The tracker is fed from the observer's thread, which must not do I/O: ``notify`` only records
-the event; ``take_ready`` (the processing thread) does the stat calls.
+The tracker is not thread-safe: only the processing thread uses it. The watchdog handler hands
+its events over through a queue and does no I/O; the stat calls happen in ``check``.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from watcher.filters import Signature
+
+StatFn = Callable[[str], Signature | None]
+
 
 class FileState(Enum):
-    COMPLETE = "complete"  # closed after writing, or renamed in
-    WRITING = "writing"  # open for writing (close-write events exist): wait for the close
-    SEEN = "seen"  # no event will say when it is done: wait for a quiet period
+    READY = "ready"  # complete: hash it
+    WRITING = "writing"  # open for writing (close events exist): wait for the close
+    QUIET = "quiet"  # no event will say when it is done: wait until size and mtime hold still
 
 
 @dataclass
 class _Entry:
     state: FileState
-    signature: tuple[int, int] | None = None  # (size, mtime_ns) at the last poll
-    stable_since: float = 0.0
+    due: float  # when ``check`` next looks at it (not used while READY)
+    since: float = 0.0  # QUIET: signature unchanged since; WRITING: last write event
+    signature: Signature | None = None
 
 
 class StabilityTracker:
-    def __init__(self, quiet_period: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._quiet = quiet_period
+    def __init__(
+        self,
+        quiet_period_s: float,
+        *,
+        close_events: bool,
+        write_stall_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.quiet_period_s = quiet_period_s
+        self.close_events = close_events
+        self.write_stall_s = write_stall_s
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
-        self._wake = threading.Condition()
+        self._ready: dict[str, None] = {}  # insertion-ordered set: oldest first
+        self._checks: list[tuple[float, int, str]] = []  # heap of (due, tie-break, path)
+        self._seq = itertools.count()
 
-    def notify(self, path: str, state: FileState) -> None:
-        """An event for ``path``."""
-        with self._wake:
-            current = self._entries.get(path)
-            if state is FileState.SEEN and current is not None and current.state is not state:
-                return  # a bare "created" does not undo a pending write or a close
-            # A fresh entry each time: a write after a close makes the file pending again.
-            self._entries[path] = _Entry(state)
-            self._wake.notify()
+    # --- events --------------------------------------------------------------------------------
+
+    def created(self, path: str) -> None:
+        """The path appeared. No event promises to say when it is done, so watch it stand
+        still; but a bare "created" never undoes a pending write or a close."""
+        if path not in self._entries:
+            self._watch_quiet(path, None)
+
+    def written(self, path: str) -> None:
+        """Data was written. A file seen as ready before is simply tracked again."""
+        self._ready.pop(path, None)
+        if self.close_events:
+            now = self._clock()
+            self._set(path, _Entry(FileState.WRITING, now + self.write_stall_s, since=now))
+        else:
+            self._watch_quiet(path, None)
+
+    def completed(self, path: str) -> None:
+        """Closed after writing, or renamed into the inbox: ready now."""
+        self._entries[path] = _Entry(FileState.READY, 0.0)
+        self._ready[path] = None
+
+    def scanned(self, path: str, signature: Signature | None, *, settled: bool = False) -> None:
+        """Found by a rescan and not (or not so) in the ledger: complete if ``settled`` (its
+        mtime is a quiet period old), else watched for a quiet period. Events already tracking
+        the path know better than a snapshot: a writer may just be pausing."""
+        if path in self._entries:
+            return
+        if settled:
+            self.completed(path)
+        else:
+            self._watch_quiet(path, signature)
 
     def forget(self, path: str) -> None:
-        with self._wake:
-            self._entries.pop(path, None)
+        self._entries.pop(path, None)
+        self._ready.pop(path, None)
 
-    def pending(self) -> int:
-        with self._wake:
-            return len(self._entries)
+    def forget_tree(self, folder: str) -> None:
+        prefix = folder.rstrip(os.sep) + os.sep
+        for path in [p for p in self._entries if p.startswith(prefix)]:
+            self.forget(path)
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until an event arrives or ``timeout`` passes."""
-        with self._wake:
-            if not any(e.state is FileState.COMPLETE for e in self._entries.values()):
-                self._wake.wait(timeout)
+    # --- the processing thread -----------------------------------------------------------------
 
-    def take_ready(self, limit: int = 512) -> list[str]:
-        """Paths complete now (at most ``limit``), removed from the tracker."""
+    def check(self, stat: StatFn) -> None:
+        """Look at the files whose check is due: stat them, and move those that held still for
+        the quiet period to ready. ``stat`` returns None for a path that is gone or unfit."""
         now = self._clock()
-        with self._wake:
-            candidates = list(self._entries.items())
-        ready: list[tuple[str, _Entry]] = []
-        for path, entry in candidates:
-            if len(ready) >= limit:
-                break
-            if entry.state is FileState.COMPLETE:
-                ready.append((path, entry))
-                continue
-            try:
-                info = os.stat(path)
-            except OSError:
-                ready.append((path, entry))  # gone: let the caller drop it
-                continue
+        due: dict[str, None] = {}
+        while self._checks and self._checks[0][0] <= now:
+            when, _, path = heapq.heappop(self._checks)
+            entry = self._entries.get(path)
+            if entry is not None and entry.state is not FileState.READY and entry.due == when:
+                due[path] = None
+        for path in due:
+            entry = self._entries[path]
             if entry.state is FileState.WRITING:
+                # No close and no write for write_stall_s: the close was probably lost.
+                self._watch_quiet(path, None)
                 continue
-            signature = (info.st_size, info.st_mtime_ns)
-            if signature != entry.signature:
-                entry.signature, entry.stable_since = signature, now
-            elif now - entry.stable_since >= self._quiet:
-                ready.append((path, entry))
-        with self._wake:
-            taken = []
-            for path, entry in ready:
-                if self._entries.get(path) is entry:  # no newer event meanwhile
-                    del self._entries[path]
-                    taken.append(path)
+            signature = stat(path)
+            if signature is None:
+                self.forget(path)
+            elif signature != entry.signature:
+                self._watch_quiet(path, signature)
+            elif now - entry.since >= self.quiet_period_s:
+                self.completed(path)
+            else:
+                self._schedule(path, entry, entry.since + self.quiet_period_s)
+
+    def take_ready(self, limit: int) -> list[str]:
+        """Up to ``limit`` complete paths, oldest first, no longer tracked."""
+        taken = list(itertools.islice(self._ready, limit))
+        for path in taken:
+            self.forget(path)
         return taken
+
+    def seconds_to_next_check(self) -> float | None:
+        """Until ``check`` has something to look at; None when nothing waits for a check."""
+        while self._checks:
+            when, _, path = self._checks[0]
+            entry = self._entries.get(path)
+            if entry is not None and entry.state is not FileState.READY and entry.due == when:
+                return max(0.0, when - self._clock())
+            heapq.heappop(self._checks)  # stale: the entry changed or went away
+        return None
+
+    def state(self, path: str) -> FileState | None:
+        entry = self._entries.get(path)
+        return entry.state if entry else None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _watch_quiet(self, path: str, signature: Signature | None) -> None:
+        """(Re)start the quiet period. Without a signature, the first check (right away) takes
+        one; with one (a rescan's stat), the next check is a quiet period later."""
+        now = self._clock()
+        self._ready.pop(path, None)
+        due = now if signature is None else now + self.quiet_period_s
+        self._set(path, _Entry(FileState.QUIET, due, since=now, signature=signature))
+
+    def _set(self, path: str, entry: _Entry) -> None:
+        self._entries[path] = entry
+        self._schedule(path, entry, entry.due)
+
+    def _schedule(self, path: str, entry: _Entry, when: float) -> None:
+        entry.due = when
+        heapq.heappush(self._checks, (when, next(self._seq), path))
