@@ -14,6 +14,8 @@ from db.engine import make_engine, make_sessionmaker
 from inbox_classifier.redis_server import RedisServer
 from inbox_classifier.settings import ENV_PREFIX, Settings
 
+pytest_plugins = ["tests.pg_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:

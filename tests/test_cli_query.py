@@ -25,8 +25,12 @@ def _populate(settings: Settings, session_factory) -> list[str]:
             session,
             base.id,
             [
-                Classified(items[0].sha256, "tabby", 0.95, [{"label": "tabby", "confidence": 0.95}]),
-                Classified(items[1].sha256, "tabby", 0.40, [{"label": "tabby", "confidence": 0.40}]),
+                Classified(
+                    items[0].sha256, "tabby", 0.95, [{"label": "tabby", "confidence": 0.95}]
+                ),
+                Classified(
+                    items[1].sha256, "tabby", 0.40, [{"label": "tabby", "confidence": 0.40}]
+                ),
                 Classified(items[2].sha256, "dog", 0.99, [{"label": "dog", "confidence": 0.99}]),
             ],
             [Failed(items[3].sha256, "corrupt or truncated image")],
@@ -35,20 +39,31 @@ def _populate(settings: Settings, session_factory) -> list[str]:
 
 
 def _run(settings: Settings, *args: str) -> str:
-    result = CliRunner().invoke(main, [*args, "--database-url", settings.db_url],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, [*args, "--database-url", settings.db_url], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
 
 def test_results_json_filters(settings: Settings, session_factory) -> None:
     paths = _populate(settings, session_factory)
-    rows = json.loads(_run(settings, "results", "--format", "json", "--label", "tabby",
-                           "--min-confidence", "0.8"))
+    rows = json.loads(
+        _run(settings, "results", "--format", "json", "--label", "tabby", "--min-confidence", "0.8")
+    )
     assert [r["path"] for r in rows] == [paths[0]]
     row = rows[0]
-    assert set(row) >= {"path", "sha256", "status", "label", "confidence", "topk",
-                        "model_version", "error", "classified_at"}
+    assert set(row) >= {
+        "path",
+        "sha256",
+        "status",
+        "label",
+        "confidence",
+        "topk",
+        "model_version",
+        "error",
+        "classified_at",
+    }
     assert row["status"] == "done" and row["model_version"] == "base:resnet18:none"
     assert row["topk"] == [{"label": "tabby", "confidence": 0.95}]
 
@@ -64,7 +79,9 @@ def test_results_json_filters(settings: Settings, session_factory) -> None:
 
 def test_results_path_glob_is_a_bound_pattern(settings: Settings, session_factory) -> None:
     paths = _populate(settings, session_factory)
-    glob = json.loads(_run(settings, "results", "--format", "json", "--path-glob", "*img_00002.jpg"))
+    glob = json.loads(
+        _run(settings, "results", "--format", "json", "--path-glob", "*img_00002.jpg")
+    )
     assert [r["path"] for r in glob] == [paths[2]]
     # SQL in a filter is data, not code.
     hostile = _run(settings, "results", "--format", "json", "--label", "x' OR '1'='1")

@@ -24,7 +24,9 @@ def test_explicit_values_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(model="resnet18").model == "resnet18"
 
 
-def test_round_trip_through_child_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_round_trip_through_child_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     original = Settings(data_dir=tmp_path, retrain_interval_s=None, batch_wait_ms=7)
     for key, value in original.to_env().items():
         monkeypatch.setenv(key, value)
@@ -47,7 +49,9 @@ def test_concurrency_holds_two_batches_of_messages() -> None:
 
 def test_beat_schedule_interval_and_cron() -> None:
     assert "retrain" not in beat_schedule(Settings(retrain_interval_s=None))
-    assert beat_schedule(Settings(retrain_interval_s=60))["retrain"]["kwargs"] == {"trigger": "schedule"}
+    assert beat_schedule(Settings(retrain_interval_s=60))["retrain"]["kwargs"] == {
+        "trigger": "schedule"
+    }
     cron = beat_schedule(Settings(retrain_cron="0 3 * * *"))["retrain"]["schedule"]
     assert "3" in str(cron)
     assert "reconcile" in beat_schedule(Settings())

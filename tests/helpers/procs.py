@@ -40,7 +40,9 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
 
 
 @contextmanager
-def running(settings: Settings, *args: str, log: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    settings: Settings, *args: str, log: Path, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     process = cli(settings, *args, log=log, **env)
     try:
         yield process
