@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -60,6 +60,23 @@ class Failed:
     error: str
 
 
+# Reasons the worker gives (worker/batching.py, read_verified) when a *path* failed rather than
+# the content: the file vanished, was replaced, or is not a regular file. The same bytes seen at
+# another path can still be classified, so such a failure must not shadow the content for ever
+# (tests/test_faults_ledger.py pins this list to the worker's wording).
+PATH_FAILURE_PREFIXES = (
+    "file vanished",
+    "file cannot be opened",
+    "file cannot be read",
+    "not a regular file",
+    "file changed after it was queued",
+)
+
+
+def is_path_failure(error: str | None) -> bool:
+    return bool(error) and str(error).startswith(PATH_FAILURE_PREFIXES)
+
+
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -103,12 +120,24 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
         session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
 
     ids: dict[str, tuple[int, str, datetime | None]] = {}
+    revive: list[int] = []
     for chunk in _chunks(list(by_hash)):
-        query = select(Image.id, Image.sha256, Image.status, Image.enqueued_at).where(
-            Image.sha256.in_(chunk)
-        )
-        for image_id, sha, status, enqueued_at in session.execute(query):
+        query = select(
+            Image.id, Image.sha256, Image.status, Image.enqueued_at, Image.error
+        ).where(Image.sha256.in_(chunk))
+        for image_id, sha, status, enqueued_at, error in session.execute(query):
+            if status == ImageStatus.FAILED and is_path_failure(error):
+                # Failed because a *path* vanished or changed, and these bytes are here again
+                # (moved, or dropped again): queue the content once more.
+                revive.append(image_id)
+                status, enqueued_at = ImageStatus.QUEUED.value, None
             ids[sha] = (image_id, status, enqueued_at)
+    for chunk in _chunks(revive):
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(chunk), Image.status == ImageStatus.FAILED)
+            .values(status=ImageStatus.QUEUED.value, error=None, enqueued_at=None, updated_at=now)
+        )
 
     path_rows = [
         {
@@ -219,19 +248,75 @@ def save_results(
         )
     bad = [f for f in failed if f.sha256 in ids]
     if bad:
-        session.execute(
-            update(Image),
-            [
+        # A failure never undoes a result: a late duplicate delivery (reconciler resend, Redis
+        # restoring a dead worker's message) may find the file gone after it was classified,
+        # and so may a rescore (`reclassify` sets done rows back to queued): the image keeps
+        # the result it has.
+        done: set[int] = set()
+        has_result: set[int] = set()
+        retry_elsewhere: set[int] = set()
+        for chunk in _chunks([ids[f.sha256] for f in bad]):
+            states = session.execute(
+                select(Image.id, Image.status, Image.enqueued_at, Image.label).where(
+                    Image.id.in_(chunk)
+                )
+            ).all()
+            done.update(i for i, status, _, _ in states if status == ImageStatus.DONE)
+            has_result.update(i for i, _, _, label in states if label is not None)
+            retry_elsewhere.update(
+                _seen_since_sent(session, [(i, at) for i, s, at, _ in states if s != "done"])
+            )
+        changes: list[dict[str, Any]] = []
+        for f in bad:
+            image_id = ids[f.sha256]
+            if image_id in done:
+                continue
+            if image_id in retry_elsewhere and is_path_failure(f.error):
+                # The path we were sent is gone, but the watcher saw these bytes at a path
+                # since (the file was moved within the inbox): leave it queued and unsent,
+                # so the reconciler sends it again with the newest path.
+                changes.append({"id": image_id, "enqueued_at": None, "updated_at": now})
+                continue
+            if image_id in has_result:
+                changes.append(
+                    {"id": image_id, "status": ImageStatus.DONE.value, "updated_at": now}
+                )
+                continue
+            changes.append(
                 {
-                    "id": ids[f.sha256],
+                    "id": image_id,
                     "status": ImageStatus.FAILED.value,
                     "error": f.error,
                     "updated_at": now,
                 }
-                for f in bad
-            ],
-        )
+            )
+        if changes:
+            session.execute(update(Image), changes)
     return len(known) + len(bad)
+
+
+def _seen_since_sent(
+    session: Session, rows: Sequence[tuple[int, datetime | None]]
+) -> set[int]:
+    """Images (id, enqueued_at) that had a path recorded after they were last sent."""
+    sent = {image_id: at for image_id, at in rows if at is not None}
+    if not sent:
+        return set()
+    out: set[int] = set()
+    for chunk in _chunks(list(sent)):
+        for image_id, last_seen in session.execute(
+            select(ImagePath.image_id, ImagePath.last_seen_at).where(
+                ImagePath.image_id.in_(chunk)
+            )
+        ):
+            if _aware(last_seen) > _aware(sent[image_id]):
+                out.add(image_id)
+    return out
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the ledger writes UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def find_stuck(session: Session, older_than: timedelta, limit: int = 10_000) -> list[WorkItem]:
@@ -247,13 +332,39 @@ def find_stuck(session: Session, older_than: timedelta, limit: int = 10_000) -> 
                 Image.enqueued_at < cutoff,
             ),
         )
-        .order_by(Image.id)
+        # The most recently seen path first: after a move within the inbox, the old path
+        # is gone and the new one is where the bytes are.
+        .order_by(Image.id, ImagePath.last_seen_at.desc(), ImagePath.id.desc())
         .limit(limit)
     )
     seen: dict[str, WorkItem] = {}
     for sha, path in session.execute(query):
         seen.setdefault(sha, WorkItem(path=path, sha256=sha))
     return list(seen.values())
+
+
+ORPHAN_ERROR = (
+    "file replaced by new content before it was classified (the new content is its own image)"
+)
+
+
+def fail_orphans(session: Session, older_than: timedelta) -> int:
+    """Fail queued images that no path leads to any more. A path that gets new content is
+    moved to the new image (:func:`record_files`); if the old content's message was lost
+    meanwhile, nothing could ever classify it, and :func:`find_stuck` (which needs a path)
+    would never see it. Returns how many were failed."""
+    cutoff = utcnow() - older_than
+    result: Any = session.execute(
+        update(Image)
+        .where(
+            Image.status == ImageStatus.QUEUED,
+            Image.created_at < cutoff,
+            ~select(ImagePath.id).where(ImagePath.image_id == Image.id).exists(),
+        )
+        .values(status=ImageStatus.FAILED.value, error=ORPHAN_ERROR, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
 
 
 def count_attempt(session: Session, sha256s: Sequence[str], max_attempts: int) -> list[str]:

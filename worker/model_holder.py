@@ -21,6 +21,10 @@ from worker.classifier import Classifier, pick_autocast, pick_device
 
 log = logging.getLogger(__name__)
 
+# A version that failed to load (tampered, missing or mismatched file) is tried again at most
+# this often, not at every model check: each try reads the file and logs a traceback.
+REFUSED_RETRY_S = 60.0
+
 
 class ModelHolder:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
@@ -29,6 +33,7 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._current: Classifier | None = None
         self._checked_at = 0.0
+        self._refused: dict[int, float] = {}  # version id -> when it last failed to load
 
     def current(self) -> Classifier:
         """The active model, checking the ledger for a new one at most every few seconds.
@@ -96,15 +101,21 @@ class ModelHolder:
             if active is None or active.id == self._current.version_id:
                 return
             session.expunge(active)
+        failed_at = self._refused.get(active.id)
+        if failed_at is not None and time.monotonic() - failed_at < REFUSED_RETRY_S:
+            return
         try:
             loaded = self._load_row(active)
         except Exception:
+            self._refused[active.id] = time.monotonic()
             log.exception(
-                "model version %d failed to load; staying on %d",
+                "model version %d failed to load; staying on %d (next try in %.0fs)",
                 active.id,
                 self._current.version_id,
+                REFUSED_RETRY_S,
             )
             return
+        self._refused.pop(active.id, None)
         log.info("switching from model version %d to %d", self._current.version_id, active.id)
         old = self._current
         self._current = self._wrap(active.id, loaded)

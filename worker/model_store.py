@@ -47,7 +47,7 @@ def save_version(
     tmp = models_dir / f".tmp-{version}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        torch.save(checkpoint_dict(loaded, {"version": version}), tmp / MODEL_FILE)
+        _torch_save(checkpoint_dict(loaded, {"version": version}), tmp / MODEL_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content)
@@ -57,6 +57,21 @@ def save_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a Python file object, so that a failed write (disk full, quota)
+    surfaces as the OSError it is. Given a path, torch's C++ writer reports ENOSPC only as an
+    opaque ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...``; with a
+    file object the OSError is kept as the RuntimeError's context, and re-raised here."""
+    with open(path, "wb") as handle:
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, f"{cause.strerror} (writing {path})") from exc
+            raise
 
 
 def load_version(models_dir: Path, version: int) -> LoadedModel:

@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
-from db.ledger import count_attempt, find_stuck, mark_enqueued
+from db.ledger import count_attempt, fail_orphans, find_stuck, mark_enqueued
 from inbox_classifier.settings import Settings
 from worker.app import send_classify
 
@@ -32,6 +32,8 @@ def reconcile(app: Celery, settings: Settings, sessions: sessionmaker[Session]) 
         return 0
     try:
         with transaction(sessions) as session:
+            # Queued content whose only path now holds other bytes can never be read again.
+            fail_orphans(session, timedelta(seconds=settings.requeue_after_s))
             stuck = find_stuck(session, timedelta(seconds=settings.requeue_after_s))
             keep = set(count_attempt(session, [w.sha256 for w in stuck], settings.max_attempts))
         items = [w for w in stuck if w.sha256 in keep]
