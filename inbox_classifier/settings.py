@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INBOX_CLASSIFIER_"
@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     model_check_interval_s: float = Field(
         2.0, gt=0, description="How often workers look for a newly promoted model."
     )
+
+    @model_validator(mode="after")
+    def _requeue_after_a_reconcile_tick(self) -> Settings:
+        # Shorter, and rows still being classified would be re-sent on every reconcile tick.
+        if self.requeue_after_s < self.reconcile_interval_s:
+            raise ValueError("requeue_after_s must be at least reconcile_interval_s")
+        return self
 
     @field_validator("retrain_cron")
     @classmethod

@@ -40,6 +40,8 @@ def test_invalid_values_are_rejected() -> None:
         Settings(batch_size=0)
     with pytest.raises(ValidationError):
         Settings(train_mode="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="requeue_after_s"):
+        Settings(requeue_after_s=5, reconcile_interval_s=30)
 
 
 def test_concurrency_holds_two_batches_of_messages() -> None:
