@@ -1,0 +1,256 @@
+"""Plumbing shared by the bench phases: machine info, distinct image variants, staging and the
+rename burst, CPU accounting, percentiles, and child processes."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "INBOX_CLASSIFIER_"
+
+
+# --- machine -------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import PIL
+    import torch
+    import torchvision
+
+    info: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pillow": PIL.__version__,
+        "device": device,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    try:
+        import simplejpeg
+
+        info["simplejpeg"] = simplejpeg.__version__
+    except ImportError:
+        info["simplejpeg"] = None
+    cpu = torch.backends.cpu.get_cpu_capability()
+    info["cpu_capability"] = cpu
+    info["amx"] = bool(torch.cpu._is_amx_tile_supported())
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# --- distinct content ----------------------------------------------------------------------------
+
+
+def variant(data: bytes, tag: int) -> bytes:
+    """The same picture with different bytes (so a different sha256, so not deduplicated by the
+    ledger), decoding exactly as fast: a JPEG comment segment or a PNG text chunk."""
+    if tag == 0:
+        return data
+    note = f"bench-variant-{tag}".encode()
+    if data[:2] == b"\xff\xd8":  # JPEG: a COM segment right after SOI
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(note) + 2) + note + data[2:]
+    if data[:8] == b"\x89PNG\r\n\x1a\n":  # PNG: a tEXt chunk right after IHDR
+        ihdr_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4
+        body = b"Comment\x00" + note
+        chunk = (
+            struct.pack(">I", len(body))
+            + b"tEXt"
+            + body
+            + struct.pack(">I", zlib.crc32(b"tEXt" + body) & 0xFFFFFFFF)
+        )
+        return data[:ihdr_end] + chunk + data[ihdr_end:]
+    return data + note  # other formats: trailing bytes
+
+
+def stage(sources: Sequence[Path], staging: Path, tag: int, prefix: str = "") -> list[Path]:
+    """Write variant ``tag`` of ``sources`` into ``staging`` (not watched). Returns the paths."""
+    staging.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in sources:
+        dest = staging / f"{prefix}t{tag}_{src.name}"
+        dest.write_bytes(variant(src.read_bytes(), tag))
+        out.append(dest)
+    # Data on disk before the burst, so the burst measures the pipeline, not our writes.
+    os.sync()
+    return out
+
+
+def burst(staged: Sequence[Path], inbox: Path) -> dict[str, float]:
+    """Rename every staged file into ``inbox`` as fast as possible (same filesystem: atomic,
+    a completed file). Returns inbox path -> wall time (time.time()) of its rename."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    dropped: dict[str, float] = {}
+    for path in staged:
+        dest = inbox / path.name
+        os.rename(path, dest)
+        dropped[str(dest)] = time.time()
+    return dropped
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def percentiles(values_s: Iterable[float], qs: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
+    arr = np.asarray(list(values_s), dtype=float)
+    if arr.size == 0:
+        return {f"p{q}_ms": float("nan") for q in qs}
+    out = {f"p{q}_ms": round(float(np.percentile(arr, q)) * 1000, 1) for q in qs}
+    out["max_ms"] = round(float(arr.max()) * 1000, 1)
+    out["mean_ms"] = round(float(arr.mean()) * 1000, 1)
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return float(np.median(np.asarray(values, dtype=float))) if values else float("nan")
+
+
+# --- CPU accounting ------------------------------------------------------------------------------
+
+
+def _busy_seconds() -> float:
+    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pids: Iterable[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system + t.children_user + t.children_system
+    return out
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per named process over an interval, and the machine's total, so that
+    time taken by anything else on the machine (other users' tests...) shows up."""
+
+    named: dict[str, int]
+    started: float = 0.0
+    busy0: float = 0.0
+    cpu0: dict[int, float] = field(default_factory=dict)
+
+    def __enter__(self) -> CpuMeter:
+        self.started = time.perf_counter()
+        self.busy0 = _busy_seconds()
+        self.cpu0 = _tree_cpu([os.getpid(), *self.named.values()])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.result = self.read()
+
+    def read(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.started
+        busy = _busy_seconds() - self.busy0
+        cpu1 = _tree_cpu([os.getpid(), *self.named.values()])
+        per = {
+            name: round(cpu1.get(pid, 0.0) - self.cpu0.get(pid, 0.0), 2)
+            for name, pid in {"bench": os.getpid(), **self.named}.items()
+        }
+        ours = sum(per.values())
+        cores = os.cpu_count() or 1
+        return {
+            "wall_s": round(wall, 2),
+            "machine_busy_cores": round(busy / wall, 2) if wall else 0.0,
+            "cpu_s": per,
+            "other_processes_cpu_s": round(max(0.0, busy - ours), 2),
+            "other_processes_share": round(max(0.0, busy - ours) / (wall * cores), 3)
+            if wall
+            else 0.0,
+        }
+
+
+# --- child processes -----------------------------------------------------------------------------
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ without INBOX_CLASSIFIER_* from the shell, plus ``extra``; repo on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def spawn(
+    args: Sequence[str], log: Path, env: dict[str, str], cwd: Path
+) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log, "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=env,
+        cwd=cwd,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).children(recursive=True)
+    return []
+
+
+def stop_tree(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """SIGTERM the process (it stops its own children), then make sure every descendant that
+    it started is gone, by pid."""
+    tree = descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    _gone, alive = psutil.wait_procs(tree, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,204 @@
+"""The naive baseline: how a tutorial wires "classify images with Celery".
+
+One Celery task per image over a real Redis, a solo (or prefork) pool, fp32, batch size 1, plain
+``Image.open().convert("RGB")`` and the classic torchvision transform chain, the model in
+``torch.no_grad()``, and one ORM row committed per image into a stock SQLite file. Nothing here
+is deliberately slow; it is simply what the docs show. The bench starts it as a worker process
+(``python -m celery -A bench.naive worker -P solo``) and sends one task per file.
+
+Configured by environment variables (set by the bench): ``BENCH_NAIVE_BROKER``,
+``BENCH_NAIVE_DB``, ``BENCH_NAIVE_MODEL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+import torchvision
+from celery import Celery
+from PIL import Image
+from sqlalchemy import Float, String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from torchvision import transforms
+
+QUEUE = "naive"
+TASK = "bench.naive.classify_image"
+
+app = Celery("naive", broker=os.environ.get("BENCH_NAIVE_BROKER", "redis://127.0.0.1:6379/0"))
+app.conf.update(
+    task_default_queue=QUEUE,
+    task_ignore_result=True,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Result(Base):
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    label: Mapped[int] = mapped_column()
+    confidence: Mapped[float] = mapped_column(Float)
+    classified_at: Mapped[float] = mapped_column(Float)  # time.time(), when committed
+
+
+_engine = None
+_model: torch.nn.Module | None = None
+
+preprocess = transforms.Compose(
+    [
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ]
+)
+
+
+def engine():  # type: ignore[no-untyped-def]
+    global _engine
+    if _engine is None:
+        _engine = create_engine(f"sqlite:///{os.environ['BENCH_NAIVE_DB']}")
+        Base.metadata.create_all(_engine)
+    return _engine
+
+
+def model() -> torch.nn.Module:
+    global _model
+    if _model is None:
+        arch = os.environ.get("BENCH_NAIVE_MODEL", "resnet18")
+        torch.manual_seed(0)
+        _model = torchvision.models.get_model(arch, weights=None).eval()
+    return _model
+
+
+@app.task(name=TASK)
+def classify_image(path: str) -> None:
+    image = Image.open(path).convert("RGB")
+    batch = preprocess(image).unsqueeze(0)
+    with torch.no_grad():
+        probs = model()(batch).softmax(dim=1)
+    confidence, index = probs.max(dim=1)
+    with Session(engine()) as session:
+        session.add(
+            Result(
+                path=path,
+                label=int(index.item()),
+                confidence=float(confidence.item()),
+                classified_at=time.time(),
+            )
+        )
+        session.commit()
+
+
+# --- the bench side: start it, feed it, time it ------------------------------------------------
+
+
+def run_naive(
+    root: Path,
+    warmup: Sequence[Path],
+    files: Sequence[Path],
+    model_name: str,
+    pool: str = "solo",
+    concurrency: int = 1,
+    tag: int = 7,
+) -> dict[str, Any]:
+    """Start Redis and a naive worker, then drop ``files`` (renamed into an inbox, one task
+    sent per file right after its rename) and wait for every row."""
+    from bench.harness import CpuMeter, burst, clean_env, percentiles, spawn, stage, stop_tree
+    from inbox_classifier.redis_server import RedisServer
+
+    root.mkdir(parents=True, exist_ok=True)
+    db = root / "naive.db"
+    server = RedisServer(root / "redis", persist=False)
+    url = server.start()
+    env = clean_env(
+        {"BENCH_NAIVE_BROKER": url, "BENCH_NAIVE_DB": str(db), "BENCH_NAIVE_MODEL": model_name}
+    )
+    worker = spawn(
+        [
+            "-m",
+            "celery",
+            "-A",
+            "bench.naive",
+            "worker",
+            "-P",
+            pool,
+            f"--concurrency={concurrency}",
+            "-l",
+            "WARNING",
+        ],
+        root / "logs" / "naive-worker.log",
+        env,
+        cwd=root,
+    )
+    producer = Celery("naive-producer", broker=url)
+    inbox = root / "inbox"
+    try:
+
+        def send(paths: Sequence[Path]) -> dict[str, float]:
+            dropped: dict[str, float] = {}
+            for path in paths:
+                dropped.update(burst([path], inbox))
+                producer.send_task(TASK, args=[str(inbox / path.name)], queue=QUEUE)
+            return dropped
+
+        def wait_rows(target: int, timeout: float = 120.0) -> None:
+            last, since = -1, time.monotonic()
+            while True:
+                count = 0
+                if db.exists():
+                    with (
+                        contextlib.suppress(sqlite3.OperationalError),
+                        contextlib.closing(sqlite3.connect(db)) as conn,
+                    ):
+                        count = conn.execute("select count(*) from results").fetchone()[0]
+                if count >= target:
+                    return
+                if worker.poll() is not None:
+                    raise RuntimeError(f"naive worker exited with {worker.returncode}")
+                if count != last:
+                    last, since = count, time.monotonic()
+                elif time.monotonic() - since > timeout:
+                    raise RuntimeError(f"naive baseline stalled at {count}/{target}")
+                time.sleep(0.05)
+
+        send(stage(warmup, root / "staging", tag, prefix="warm_"))
+        wait_rows(len(warmup), timeout=180.0)
+        staged = stage(files, root / "staging", tag + 1)
+        named = {"naive_worker": worker.pid}
+        named.update(
+            {f"naive_child{i}": c.pid for i, c in enumerate(psutil.Process(worker.pid).children())}
+        )
+        with CpuMeter(named) as meter:
+            dropped = send(staged)
+            wait_rows(len(warmup) + len(files))
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = dict(conn.execute("select path, classified_at from results").fetchall())
+        latencies = [rows[p] - t for p, t in dropped.items()]
+        seconds = max(rows[p] for p in dropped) - min(dropped.values())
+        return {
+            "images": len(files),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(len(files) / seconds, 2),
+            "latency": percentiles(latencies),
+            "pool": pool,
+            "concurrency": concurrency,
+            "cpu": meter.result,
+        }
+    finally:
+        stop_tree(worker)
+        server.stop()

@@ -1,0 +1,281 @@
+"""The real system, started the way users start it (``inbox-classifier up --weights none
+--no-trainer --no-beat``), measured from files renamed into the inbox to rows committed in the
+ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import Engine
+
+from bench.harness import (
+    CpuMeter,
+    burst,
+    clean_env,
+    descendants,
+    percentiles,
+    spawn,
+    stage,
+    stop_tree,
+    tail,
+)
+from db.models import Image, ImagePath, ImageStatus
+
+POLL_S = 0.1
+STALL_TIMEOUT_S = 90.0
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def _epoch(value: dt.datetime) -> float:
+    if value.tzinfo is None:  # SQLite hands DateTime(timezone=True) back naive, in UTC
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+@dataclass
+class BurstResult:
+    images: int
+    done: int
+    failed: int
+    seconds: float  # first rename -> last row committed
+    first_row_s: float  # first rename -> first row committed (start-up of the burst)
+    started_at: float  # wall time of the first rename
+    latencies_s: list[float] = field(repr=False)
+    cpu: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "done": self.done,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "first_row_s": round(self.first_row_s, 3),
+            "started_at": round(self.started_at, 3),
+            "images_per_s": round(self.images_per_s, 2),
+            "latency": percentiles(self.latencies_s),
+            "cpu": self.cpu,
+        }
+
+
+class Pipeline:
+    """One ``inbox-classifier up`` in its own directory, with its own private Redis and SQLite."""
+
+    def __init__(
+        self,
+        root: Path,
+        model: str,
+        device: str,
+        workers: int | None = None,
+        settings_env: dict[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.inbox = root / "inbox"
+        self.staging = root / "staging"  # same filesystem as the inbox: renames are atomic
+        self.log = root / "logs" / "up.log"
+        self.model = model
+        self.device = device
+        self.workers = workers
+        self.settings_env = settings_env or {}
+        self.process: Any = None
+        self._engine: Engine | None = None
+        self._tags = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, warmup: Sequence[Path], timeout: float = 180.0) -> BurstResult:
+        """Start ``up`` and push ``warmup`` files through it (model loaded, caches warm)."""
+        args = [
+            "-m",
+            "inbox_classifier",
+            "up",
+            "--weights",
+            "none",
+            "--model",
+            self.model,
+            "--device",
+            self.device,
+            "--data-dir",
+            str(self.data_dir),
+            "--inbox",
+            str(self.inbox),
+            "--no-trainer",
+            "--no-beat",
+        ]
+        if self.workers:
+            args += ["--workers", str(self.workers)]
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        env = clean_env(self.settings_env)
+        self.process = spawn(args, self.log, env, cwd=self.root)
+        db = self.data_dir / "results.db"
+        deadline = time.monotonic() + timeout
+        while not db.exists() or len(self.roles()["worker"]) < (self.workers or 1):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise PipelineError("pipeline did not start in time\n" + tail(self.log))
+            time.sleep(0.2)
+        self._engine = create_engine(f"sqlite:///{db}")
+        return self.run_burst(warmup, timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_tree(self.process)
+            self.process = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise PipelineError(
+                f"`inbox-classifier up` exited with {self.process.returncode}\n" + tail(self.log)
+            )
+
+    def roles(self) -> dict[str, list[psutil.Process]]:
+        """The pipeline's processes by role, from their command lines."""
+        found: dict[str, list[psutil.Process]] = {"watcher": [], "worker": [], "redis": []}
+        if self.process is None:
+            return found
+        for proc in descendants(self.process.pid):
+            try:
+                cmd = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if "redis-server" in cmd:
+                found["redis"].append(proc)
+            elif " watch" in cmd:
+                found["watcher"].append(proc)
+            elif " worker" in cmd and "classify" in cmd:
+                found["worker"].append(proc)
+        return found
+
+    def named_pids(self) -> dict[str, int]:
+        named = {"up": self.process.pid} if self.process else {}
+        for role, procs in self.roles().items():
+            for i, proc in enumerate(procs):
+                named[f"{role}{i if len(procs) > 1 else ''}"] = proc.pid
+        return named
+
+    def worker_rss_mib(self) -> list[float]:
+        out = []
+        for proc in self.roles()["worker"]:
+            try:
+                out.append(round(proc.memory_info().rss / 2**20, 1))
+            except psutil.Error:
+                out.append(float("nan"))
+        return out
+
+    # --- measuring -------------------------------------------------------------------------------
+
+    def next_tag(self) -> int:
+        """A fresh variant tag: every burst has content the ledger has not seen."""
+        self._tags += 1
+        return self._tags + os.getpid() % 1000 * 1000
+
+    def _settled(self, paths: Sequence[str]) -> dict[str, tuple[str, float | None]]:
+        assert self._engine is not None
+        out: dict[str, tuple[str, float | None]] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(paths), 500):
+                chunk = list(paths[start : start + 500])
+                rows = conn.execute(
+                    select(ImagePath.path, Image.status, Image.classified_at, Image.updated_at)
+                    .join(Image, Image.id == ImagePath.image_id)
+                    .where(ImagePath.path.in_(chunk), Image.status != ImageStatus.QUEUED.value)
+                )
+                for path, status, classified_at, updated_at in rows:
+                    when = classified_at or updated_at
+                    out[path] = (status, _epoch(when) if when else None)
+        return out
+
+    def _count_settled(self) -> int:
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(Image)
+                    .where(Image.status != ImageStatus.QUEUED.value)
+                ).scalar_one()
+            )
+
+    def run_burst(self, sources: Sequence[Path], timeout: float = STALL_TIMEOUT_S) -> BurstResult:
+        """Stage fresh variants of ``sources``, rename them all into the inbox at once, and wait
+        until every one has a committed row."""
+        staged = stage(sources, self.staging, self.next_tag())
+        before = self._count_settled()
+        with CpuMeter(self.named_pids()) as meter:
+            dropped = burst(staged, self.inbox)
+            self._wait_count(before + len(staged), timeout)
+        return self._result(dropped, meter.result)
+
+    def _wait_count(self, target: int, timeout: float) -> None:
+        last, last_change = -1, time.monotonic()
+        while True:
+            count = self._count_settled()
+            if count >= target:
+                return
+            if count != last:
+                last, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > timeout:
+                raise PipelineError(
+                    f"no progress for {timeout:.0f}s ({count}/{target} rows settled)\n"
+                    + tail(self.log)
+                )
+            self._check_alive()
+            time.sleep(POLL_S)
+
+    def _result(self, dropped: dict[str, float], cpu: dict[str, Any]) -> BurstResult:
+        rows = self._settled(list(dropped))
+        missing = set(dropped) - set(rows)
+        if missing:  # same content twice in one burst can't happen (variants); be safe
+            raise PipelineError(f"{len(missing)} dropped file(s) have no settled row")
+        latencies = [
+            rows[p][1] - t for p, t in dropped.items() if rows[p][0] == ImageStatus.DONE.value
+        ]
+        finished = max(r[1] or 0.0 for r in rows.values())
+        first = min(r[1] or finished for r in rows.values())
+        done = sum(1 for s, _ in rows.values() if s == ImageStatus.DONE.value)
+        return BurstResult(
+            images=len(dropped),
+            done=done,
+            failed=len(dropped) - done,
+            seconds=finished - min(dropped.values()),
+            first_row_s=first - min(dropped.values()),
+            started_at=min(dropped.values()),
+            latencies_s=latencies,
+            cpu=cpu,
+        )
+
+    def idle_latency(self, sources: Sequence[Path], pause_s: float) -> BurstResult:
+        """Drop files one at a time into an idle pipeline, each after the previous one's row
+        is committed and ``pause_s`` has passed."""
+        staged = stage(sources, self.staging, self.next_tag(), prefix="idle_")
+        dropped: dict[str, float] = {}
+        with CpuMeter(self.named_pids()) as meter:
+            for path in staged:
+                time.sleep(pause_s)
+                before = self._count_settled()
+                dropped.update(burst([path], self.inbox))
+                self._wait_count(before + 1, STALL_TIMEOUT_S)
+        return self._result(dropped, meter.result)
+
+    def sqlite_check(self) -> None:
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            conn.execute(text("select 1"))

@@ -1,0 +1,327 @@
+"""One command for the whole benchmark (issue #4)::
+
+    python -m bench.run --images 600 [--model resnet18] [--device cpu|cuda] [--repeat 3]
+                        [--soak 5000] [--no-naive] [--no-scale-out] [--set BATCH_WAIT_MS=10]
+
+On one image set, model and machine it measures, in this order:
+
+1. the in-process ceiling (worker.preprocess + worker.classifier, decode threads overlapped
+   with batched inference, no queue, no DB), swept over a few thread/batch layouts: the best
+   is the ceiling;
+2. the pipeline, started as users start it (``inbox-classifier up --weights none
+   --no-trainer --no-beat``): files staged on the same filesystem and renamed into the inbox in
+   one burst; images/s from the first rename to the last row committed, and drop->row latency
+   per image. Ceiling and pipeline runs alternate (``--repeat``) so that load from anything
+   else on the machine hits both alike; medians are reported;
+3. idle latency: single files dropped one at a time into the idle pipeline;
+4. the naive baseline (bench/naive.py): a Celery task per image, fp32, batch 1, plain PIL +
+   torchvision transforms, one ORM commit per row;
+5. scale-out: the same burst through 2 worker processes (1 torch thread each) vs 1;
+6. with ``--soak N``: N more images in waves, worker RSS after each wave.
+
+It prints a summary and writes everything, with machine info, to bench/results/<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import ceiling as ceil
+from bench.harness import CpuMeter, machine_info, median, rmtree
+from bench.images import generate
+from bench.pipeline import Pipeline
+
+RESULTS = Path(__file__).parent / "results"
+
+# (batch size, decode threads, torch threads) tried for the ceiling.
+CEILING_CONFIGS = [(16, 2, 2), (16, 1, 2), (16, 2, 1), (32, 2, 2)]
+
+TARGETS = {
+    "pipeline_over_ceiling": 0.90,
+    "pipeline_over_naive": 3.0,
+    "idle_p50_ms": 100.0,
+    "idle_p95_ms": 250.0,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=600, help="images per burst (default 600)")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    parser.add_argument("--repeat", type=int, default=3, help="ceiling/pipeline pairs (median)")
+    parser.add_argument("--idle", type=int, default=30, help="single drops for idle latency")
+    parser.add_argument("--idle-pause", type=float, default=0.5, help="seconds between drops")
+    parser.add_argument("--naive-images", type=int, default=None, help="default: --images")
+    parser.add_argument("--naive-pool", default="solo", choices=["solo", "prefork"])
+    parser.add_argument("--naive-concurrency", type=int, default=1)
+    parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--no-scale-out", action="store_true")
+    parser.add_argument("--no-sweep", action="store_true", help="ceiling: first config only")
+    parser.add_argument("--soak", type=int, default=0, help="images for the RSS soak (0: skip)")
+    parser.add_argument("--soak-wave", type=int, default=1000, help="images per soak wave")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline setting, e.g. BATCH_WAIT_MS=10 (as INBOX_CLASSIFIER_<NAME>)",
+    )
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, DBs)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    return parser.parse_args(argv)
+
+
+def settings_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        env["INBOX_CLASSIFIER_" + name.strip().upper()] = value.strip()
+    return env
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_ceiling_phase(
+    classifier: Any, files: list[Path], configs: list[tuple[int, int, int]]
+) -> dict[str, Any]:
+    runs = []
+    for cfg in configs:
+        with CpuMeter({}) as meter:
+            result = ceil.run_ceiling(classifier, files, *cfg)
+        entry = {**result.to_dict(), "cpu": meter.result}
+        runs.append(entry)
+        say(
+            f"  ceiling bs={cfg[0]} decode={cfg[1]} torch={cfg[2]}: "
+            f"{result.images_per_s:.1f} img/s (others on the machine: "
+            f"{meter.result['other_processes_share']:.0%})"
+        )
+    return {"runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out: dict[str, Any] = {
+        "machine": machine_info(device),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "targets": TARGETS,
+    }
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="inbox-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"work dir {work}; {out['machine']['cpu_model']}, {out['machine']['cores']} cores")
+
+    images = generate(args.images)
+    warm = generate(32, seed=99).files
+    out["images"] = images.describe()
+    say(f"images: {images.describe()['mix']} ({images.total_bytes / 2**20:.0f} MiB)")
+
+    # --- 1. ceiling sweep ----------------------------------------------------------------------
+    say("ceiling (in-process, same preprocessing and model):")
+    classifier = ceil.make_classifier(args.model, device)
+    configs = CEILING_CONFIGS[:1] if args.no_sweep else CEILING_CONFIGS
+    sweep = run_ceiling_phase(classifier, images.files, configs)
+    best = max(sweep["runs"], key=lambda r: r["images_per_s"])
+    best_cfg = (best["batch_size"], best["decode_threads"], best["torch_threads"])
+    out["ceiling"] = {"sweep": sweep["runs"], "best_config": best_cfg}
+    if device.startswith("cuda"):
+        from bench.gpu import run_gpu_decode_ceiling
+
+        gpu = run_gpu_decode_ceiling(classifier, images.files, best_cfg[0])
+        out["ceiling"]["gpu_decode"] = gpu.to_dict()
+        say(f"  ceiling with nvjpeg GPU decode: {gpu.images_per_s:.1f} img/s")
+
+    # --- 2./3. pipeline, alternating with the ceiling ----------------------------------------
+    env = settings_env(args.set)
+    pipe = Pipeline(work / "pipeline", args.model, device, settings_env=env)
+    say(f"pipeline: inbox-classifier up ({env or 'default settings'})")
+    pairs = []
+    try:
+        t0 = time.time()
+        warmup = pipe.start(warm)
+        rss_start = pipe.worker_rss_mib()
+        say(f"  up and warm in {time.time() - t0:.1f}s (worker RSS {rss_start} MiB)")
+        for i in range(args.repeat):
+            with CpuMeter({}) as meter:
+                c = ceil.run_ceiling(classifier, images.files, *best_cfg)
+            c_entry = {**c.to_dict(), "cpu": meter.result}
+            p = pipe.run_burst(images.files)
+            p_entry = p.to_dict()
+            pairs.append({"ceiling": c_entry, "pipeline": p_entry})
+            say(
+                f"  run {i + 1}: ceiling {c.images_per_s:.1f} img/s, pipeline "
+                f"{p.images_per_s:.1f} img/s (ratio {p.images_per_s / c.images_per_s:.2f}); "
+                f"latency p50/p95/p99 {p_entry['latency']['p50_ms']:.0f}/"
+                f"{p_entry['latency']['p95_ms']:.0f}/{p_entry['latency']['p99_ms']:.0f} ms; "
+                f"first row after {p.first_row_s * 1000:.0f} ms; others on the machine "
+                f"{p.cpu['other_processes_share']:.0%}/{meter.result['other_processes_share']:.0%}"
+            )
+        idle = pipe.idle_latency(generate(args.idle, seed=7).files, args.idle_pause)
+        out["idle"] = idle.to_dict()
+        say(
+            f"  idle latency ({args.idle} single drops): p50 {idle.to_dict()['latency']['p50_ms']}"
+            f" ms, p95 {idle.to_dict()['latency']['p95_ms']} ms"
+        )
+        out["pipeline_rss_mib"] = {"after_warmup": rss_start, "end": pipe.worker_rss_mib()}
+    finally:
+        pipe.stop()
+    out["pipeline"] = {"warmup": warmup.to_dict(), "settings_env": env, "pairs": pairs}
+    c_med = median([x["ceiling"]["images_per_s"] for x in pairs])
+    p_med = median([x["pipeline"]["images_per_s"] for x in pairs])
+    ratio_med = median(
+        [x["pipeline"]["images_per_s"] / x["ceiling"]["images_per_s"] for x in pairs]
+    )
+    lat = {
+        k: median([x["pipeline"]["latency"][k] for x in pairs])
+        for k in ("p50_ms", "p95_ms", "p99_ms")
+    }
+    summary: dict[str, Any] = {
+        "ceiling_img_s": round(c_med, 2),
+        "ceiling_best_sweep_img_s": best["images_per_s"],
+        "pipeline_img_s": round(p_med, 2),
+        "pipeline_over_ceiling": round(ratio_med, 3),
+        "burst_latency_ms": lat,
+        "idle_latency_ms": out["idle"]["latency"],
+    }
+
+    # --- 4. naive baseline ---------------------------------------------------------------------
+    if not args.no_naive:
+        from bench.naive import run_naive
+
+        n_images = images.files[: args.naive_images or args.images]
+        say(f"naive baseline ({args.naive_pool}, {len(n_images)} images)...")
+        naive = run_naive(
+            work / "naive",
+            warm[:8],
+            n_images,
+            args.model,
+            pool=args.naive_pool,
+            concurrency=args.naive_concurrency,
+        )
+        out["naive"] = naive
+        summary["naive_img_s"] = naive["images_per_s"]
+        summary["pipeline_over_naive"] = round(p_med / naive["images_per_s"], 2)
+        say(
+            f"  naive: {naive['images_per_s']:.1f} img/s, latency p50 "
+            f"{naive['latency']['p50_ms']:.0f} ms (others on the machine "
+            f"{naive['cpu']['other_processes_share']:.0%})"
+        )
+
+    # --- 5. scale-out ----------------------------------------------------------------------------
+    if not args.no_scale_out:
+        two_env = {
+            "INBOX_CLASSIFIER_TORCH_THREADS": "1",
+            "INBOX_CLASSIFIER_DECODE_THREADS": "1",
+            **env,
+        }
+        two = Pipeline(work / "pipeline2", args.model, device, workers=2, settings_env=two_env)
+        say("scale-out: 2 worker processes (1 torch thread, 1 decode thread each)...")
+        try:
+            two.start(warm)
+            burst2 = two.run_burst(images.files)
+        finally:
+            two.stop()
+        out["scale_out"] = {"workers": 2, "settings_env": two_env, "burst": burst2.to_dict()}
+        summary["two_workers_img_s"] = round(burst2.images_per_s, 2)
+        summary["two_over_one_worker"] = round(burst2.images_per_s / p_med, 3)
+        say(f"  2 workers: {burst2.images_per_s:.1f} img/s ({burst2.images_per_s / p_med:.2f}x)")
+
+    # --- 6. soak ---------------------------------------------------------------------------------
+    if args.soak:
+        out["soak"] = soak(work / "soak", args, device, env, warm)
+        summary["soak_images"] = args.soak
+        summary["soak_rss_growth_pct"] = out["soak"]["rss_growth_pct"]
+
+    # --- report ----------------------------------------------------------------------------------
+    summary["targets_met"] = targets_met(summary)
+    out["summary"] = summary
+    out["wall_s"] = round(time.time() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.out / f"bench-{args.model}-{device}-{stamp}.json"
+    path.write_text(json.dumps(out, indent=2, default=str))
+    say("")
+    say(json.dumps(summary, indent=2))
+    say(f"results: {path} ({out['wall_s']:.0f}s)")
+    if not args.keep and args.work_dir is None:
+        rmtree(work)
+    return 0
+
+
+def soak(
+    root: Path, args: argparse.Namespace, device: str, env: dict[str, str], warm: list[Path]
+) -> dict[str, Any]:
+    """``args.soak`` images in waves of distinct content; the worker's RSS after each wave.
+    Growth is measured from the end of the first wave (allocator pools and caches are warm by
+    then) to the end of the last."""
+    base = generate(min(args.soak_wave, args.images)).files
+    pipe = Pipeline(root, args.model, device, settings_env=env)
+    waves = []
+    say(f"soak: {args.soak} images in waves of {len(base)}...")
+    try:
+        pipe.start(warm)
+        waves.append({"images": 0, "rss_mib": pipe.worker_rss_mib()})
+        total = 0
+        while total < args.soak:
+            files = base[: min(len(base), args.soak - total)]
+            result = pipe.run_burst(files)
+            total += len(files)
+            waves.append(
+                {
+                    "images": total,
+                    "images_per_s": round(result.images_per_s, 1),
+                    "rss_mib": pipe.worker_rss_mib(),
+                }
+            )
+            say(
+                f"  {total} images: worker RSS {waves[-1]['rss_mib']} MiB, "
+                f"{result.images_per_s:.0f} img/s"
+            )
+            for path in pipe.inbox.iterdir():  # keep the disk bounded; rows stay
+                path.unlink()
+    finally:
+        pipe.stop()
+    first = waves[1]["rss_mib"][0] if len(waves) > 1 else waves[0]["rss_mib"][0]
+    last = waves[-1]["rss_mib"][0]
+    return {
+        "waves": waves,
+        "rss_growth_pct": round((last - first) / first * 100, 2),
+        "rss_growth_from_warm_pct": round(
+            (last - waves[0]["rss_mib"][0]) / waves[0]["rss_mib"][0] * 100, 2
+        ),
+    }
+
+
+def targets_met(summary: dict[str, Any]) -> dict[str, bool]:
+    met = {
+        "pipeline_over_ceiling": summary["pipeline_over_ceiling"]
+        >= TARGETS["pipeline_over_ceiling"]
+    }
+    if "pipeline_over_naive" in summary:
+        met["pipeline_over_naive"] = (
+            summary["pipeline_over_naive"] >= TARGETS["pipeline_over_naive"]
+        )
+    idle = summary["idle_latency_ms"]
+    met["idle_p50"] = idle["p50_ms"] <= TARGETS["idle_p50_ms"]
+    met["idle_p95"] = idle["p95_ms"] <= TARGETS["idle_p95_ms"]
+    return met
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
