@@ -34,9 +34,8 @@ def up(settings: Settings, workers: int | None, no_trainer: bool, no_beat: bool)
 @settings_options
 def watch(settings: Settings) -> None:
     """Watch the inbox: record completed files and enqueue them."""
-    from watcher.service import run_watcher
-
     from db import migrate
+    from watcher.service import run_watcher
 
     settings = with_broker(settings)
     migrate.upgrade(settings.db_url)
