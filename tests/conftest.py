@@ -60,6 +60,9 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         batch_wait_ms=20,
         retrain_interval_s=None,
         torch_threads=1,
+        # Same behaviour on every CI machine: no background compile stealing a core mid-test
+        # (tests/test_compile.py covers compiling).
+        torch_compile="off",
     )
     migrate.upgrade(s.db_url)
     return s

@@ -103,6 +103,19 @@ def test_reconciler_leaves_recent_rows_alone(settings: Settings, session_factory
     assert _row(session_factory, A).attempts == 0
 
 
+def test_reconciler_leaves_rows_its_worker_holds_alone(settings: Settings, session_factory) -> None:
+    """A backlog waiting its turn in a worker is not stuck, however old its messages are: only
+    the rows nobody holds are re-sent, and only they spend a delivery attempt."""
+    s = settings.model_copy(update={"requeue_after_s": 1.0})
+    with transaction(session_factory) as session:
+        record_files(session, [SeenFile("/in/a.jpg", A, 10, 1), SeenFile("/in/b.jpg", B, 10, 1)])
+        mark_enqueued(session, [A, B])
+    _age(session_factory, 5)
+    assert reconcile(make_celery(s), s, session_factory, in_flight=lambda: frozenset({A})) == 1
+    assert _sent(s.redis_url or "") == [B]
+    assert (_row(session_factory, A).attempts, _row(session_factory, B).attempts) == (0, 1)
+
+
 def test_image_whose_path_now_holds_new_content_is_not_queued_forever(
     settings: Settings, session_factory
 ) -> None:

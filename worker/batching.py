@@ -1,9 +1,11 @@
 """Dynamic batching inside one worker process.
 
 Celery hands each message (a few files) to a task thread; the task submits its files here and
-waits. Files from all in-flight messages are pooled into batches of up to ``batch_size``, or
-whatever arrived within ``batch_wait_ms`` of the first, whichever comes first. Decoding runs on
-its own threads as soon as a file is submitted, so it overlaps inference of the previous batch.
+waits. Files from all in-flight messages are pooled into batches of up to ``batch_size``. A
+batch that finds the model idle runs at once with what is there; one that finds files already
+queued (the system is busy) waits up to ``batch_wait_ms`` to fill (``worker.pending``).
+Decoding runs on its own threads as soon as a file is submitted, so it overlaps inference of
+the previous batch.
 Each batch is written in one transaction, on a writer thread, while the next batch runs through
 the model; a message's task returns (and its message is acked) only after every one of its
 files is committed.
@@ -26,16 +28,29 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import transaction
 from db.ledger import Classified, Failed, WorkItem, save_results
 from inbox_classifier.retry import retry_transient
 from inbox_classifier.settings import Settings
+from worker.classifier import Classifier, compile_blocker, pick_device
+from worker.layout import inference_layout
 from worker.model_holder import ModelHolder
+from worker.pending import Empty, PendingQueue
 from worker.preprocess import BadImage, Preprocessing, load_for_model
 
 log = logging.getLogger(__name__)
+
+#: A model is compiled (torch.compile, on a background thread, where TORCH_COMPILE allows) once
+#: it has classified this many images: a worker that sees a handful of files never pays for a
+#: compilation; a busy one switches to the compiled model after it is built.
+COMPILE_AFTER_IMAGES = 256
+
+
+#: How often an idle inference thread wakes to check for a stop request.
+IDLE_POLL_S = 0.2
 
 
 class BatchWriteError(RuntimeError):
@@ -76,6 +91,7 @@ class BatchStats:
     images: int = 0
     batches: int = 0
     started: float = 0.0
+    started_wall: float = 0.0
     decode_wait_s: float = 0.0  # the model waiting for decoders
     infer_s: float = 0.0
     write_wait_s: float = 0.0  # the model waiting for the writer (back-pressure)
@@ -89,6 +105,7 @@ class BatchStats:
 
     def start(self) -> None:
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.process_cpu0 = time.process_time()
 
     def add_cpu(self, read: float = 0.0, decode: float = 0.0, write: float = 0.0) -> None:
@@ -102,7 +119,9 @@ class BatchStats:
         cpu = time.process_time() - self.process_cpu0
         rest = cpu - self.read_cpu_s - self.decode_cpu_s - self.write_cpu_s
         return (
-            f"classified {self.images} image(s) in {self.batches} batch(es) in {wall:.2f}s "
+            f"classified {self.images} image(s) in {self.batches} batch(es) in {wall:.2f}s from "
+            f"{time.strftime('%H:%M:%S', time.localtime(self.started_wall))}"
+            f".{int(self.started_wall * 1000) % 1000:03d} "
             f"({self.images / wall if wall > 0 else 0:.1f} img/s): inference {self.infer_s:.2f}s, "
             f"waiting for decode {self.decode_wait_s:.2f}s, for the writer "
             f"{self.write_wait_s:.2f}s; writing {self.write_s:.2f}s. CPU {cpu:.2f}s: read+verify "
@@ -141,7 +160,7 @@ class BatchEngine:
         self._settings = settings
         self._holder = holder
         self._sessions = sessions
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._queue: PendingQueue[_Pending] = PendingQueue()
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # At most one batch committing and one waiting: the model runs ahead of the database
         # by a batch or two, never by an unbounded amount.
@@ -149,11 +168,26 @@ class BatchEngine:
         self._stop = threading.Event()
         self._stats = BatchStats()
         self.last_stats: BatchStats | None = None
+        # Streams running a batch, and the classifiers they hold (id -> (classifier, users)):
+        # an old model's compiled code is released once no stream uses it any more.
+        self._lock = threading.Lock()
+        self._busy_streams = 0
+        self._in_use: dict[int, tuple[Classifier, int]] = {}
+        self._held: dict[str, int] = {}  # sha256 -> files held (submitted, not yet settled)
         self.images_done = 0
+        self.layout = inference_layout(
+            settings.inference_streams,
+            settings.torch_threads,
+            pick_device(settings.device).type,
+        )
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self._writer.start()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-        self._thread.start()
+        self._streams = [
+            threading.Thread(target=self._run, name=f"inference-{i}", daemon=True)
+            for i in range(self.layout.streams)
+        ]
+        for stream in self._streams:
+            stream.start()
 
     # --- producer side (task threads) -----------------------------------------------------------
 
@@ -163,9 +197,15 @@ class BatchEngine:
             job.future.set_result(None)
             return job.future
         prep = self._holder.current().loaded.preprocessing
-        for item in items:
-            decoded = self._decoder.submit(self._decode, item, prep)
-            self._queue.put(_Pending(item, job, prep, decoded))
+        with self._lock:
+            for item in items:
+                self._held[item.sha256] = self._held.get(item.sha256, 0) + 1
+        self._queue.put_many(
+            [
+                _Pending(item, job, prep, self._decoder.submit(self._decode, item, prep))
+                for item in items
+            ]
+        )
         return job.future
 
     def _decode(self, item: WorkItem, prep: Preprocessing) -> np.ndarray:
@@ -183,47 +223,69 @@ class BatchEngine:
     # --- the inference thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.is_set() or not self._queue.empty():
+        # Per thread: each stream runs its batches on its own share of the cores.
+        torch.set_num_threads(self.layout.threads_per_stream)
+        while not self._stop.is_set() or len(self._queue):
             try:
                 batch = self._collect()
-            except queue.Empty:
+            except Empty:
                 self._end_busy_period()
                 continue
             try:
                 self._process(batch)
-            except Exception as exc:  # never let the inference thread die
+            except Exception as exc:  # never let an inference thread die
                 log.exception("batch of %d failed; its messages will be retried", len(batch))
                 self._fail_jobs(batch, exc)
+            finally:
+                with self._lock:
+                    self._busy_streams -= 1
         self._end_busy_period()
-        self._writes.put(None)  # the writer finishes what it has, then stops
 
     def _collect(self) -> list[_Pending]:
-        batch = [self._queue.get(timeout=0.2)]
-        if not self._stats.batches:
-            self._stats.start()
-        size = self._settings.batch_size
-        deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
-        while len(batch) < size:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
+        s = self._settings
+        batch, _ = self._queue.take_batch(
+            s.batch_size, s.batch_wait_ms / 1000, idle_timeout_s=IDLE_POLL_S
+        )
+        with self._lock:
+            self._busy_streams += 1
+            if not self._stats.batches and not self._stats.started:
+                self._stats.start()
         return batch
 
     def _end_busy_period(self) -> None:
-        if self._stats.batches:
-            log.info("%s", self._stats.line())
-            self.last_stats = self._stats
-            self._stats = BatchStats()
+        """Log where the time went, once every stream is idle and nothing is queued."""
+        with self._lock:
+            if self._busy_streams or len(self._queue) or not self._stats.batches:
+                return
+            stats, self._stats = self._stats, BatchStats()
+            self.last_stats = stats
+        log.info("%s", stats.line())
 
     def _process(self, batch: list[_Pending]) -> None:
-        stats = self._stats
+        classifier = self._acquire()
+        try:
+            self._classify(batch, classifier)
+        finally:
+            self._release(classifier)
+
+    def _acquire(self) -> Classifier:
         classifier = self._holder.current()
+        with self._lock:
+            _, users = self._in_use.get(id(classifier), (classifier, 0))
+            self._in_use[id(classifier)] = (classifier, users + 1)
+        return classifier
+
+    def _release(self, classifier: Classifier) -> None:
+        with self._lock:
+            _, users = self._in_use.pop(id(classifier))
+            if users > 1:
+                self._in_use[id(classifier)] = (classifier, users - 1)
+                return
+        if classifier.compile_state == "compiled" and classifier is not self._holder.current():
+            self._retire(classifier)
+
+    def _classify(self, batch: list[_Pending], classifier: Classifier) -> None:
+        stats = self._stats
         prep = classifier.loaded.preprocessing
         arrays: list[np.ndarray] = []
         good: list[_Pending] = []
@@ -246,7 +308,6 @@ class BatchEngine:
             arrays.append(array)
             good.append(pending)
         inferred = time.monotonic()
-        stats.decode_wait_s += inferred - waited
         classified: list[Classified] = []
         if arrays:
             topks = classifier.predict(np.stack(arrays), self._settings.topk)
@@ -255,11 +316,34 @@ class BatchEngine:
                 for p, top in zip(good, topks, strict=True)
             ]
         queued = time.monotonic()
-        stats.infer_s += queued - inferred
         self._writes.put(_Write(batch, classifier.version_id, classified, failed))
-        stats.write_wait_s += time.monotonic() - queued
-        stats.batches += 1
-        stats.images += len(batch)
+        with self._lock:
+            stats.decode_wait_s += inferred - waited
+            stats.infer_s += queued - inferred
+            stats.write_wait_s += time.monotonic() - queued
+            stats.batches += 1
+            stats.images += len(batch)
+            classifier.served += len(arrays)
+            compile_now = classifier.compile_state == "eager" and (
+                classifier.served >= COMPILE_AFTER_IMAGES
+                # Where it will never compile, say so (once) from the first batch on.
+                or compile_blocker(
+                    self._settings.torch_compile, classifier.device, classifier.autocast
+                )
+                is not None
+            )
+        if compile_now:
+            classifier.compile_async(
+                [self._settings.batch_size, 1], mode=self._settings.torch_compile
+            )
+
+    @staticmethod
+    def _retire(old: Classifier) -> None:
+        """A new model took over and no stream runs the old one any more: drop its compiled
+        code (torch.compile keeps it in a process-wide cache, frozen weights included, until
+        reset)."""
+        torch._dynamo.reset()
+        log.info("released the compiled code of model version %d", old.version_id)
 
     # --- the writer thread ---------------------------------------------------------------------
 
@@ -273,7 +357,8 @@ class BatchEngine:
                     "could not commit a batch of %d; retrying its messages", len(write.batch)
                 )
                 self._fail_jobs(write.batch, exc)
-            self._stats.write_s += time.monotonic() - started
+            with self._lock:
+                self._stats.write_s += time.monotonic() - started
             self._stats.add_cpu(write=time.thread_time() - cpu)
 
     def _write(self, write: _Write) -> None:
@@ -286,20 +371,38 @@ class BatchEngine:
         except Exception as exc:
             raise BatchWriteError(f"could not commit batch: {exc}") from exc
         self.images_done += len(write.batch)
+        self._let_go(write.batch)
         for pending in write.batch:
             pending.job.remaining -= 1
             if pending.job.remaining == 0 and not pending.job.future.done():
                 pending.job.future.set_result(None)
 
-    @staticmethod
-    def _fail_jobs(batch: list[_Pending], exc: Exception) -> None:
+    def _fail_jobs(self, batch: list[_Pending], exc: Exception) -> None:
+        self._let_go(batch)
         for pending in batch:
             if not pending.job.future.done():
                 pending.job.future.set_exception(exc)
 
+    def _let_go(self, batch: list[_Pending]) -> None:
+        with self._lock:
+            for pending in batch:
+                sha = pending.item.sha256
+                left = self._held.get(sha, 0) - 1
+                if left > 0:
+                    self._held[sha] = left
+                else:
+                    self._held.pop(sha, None)
+
+    def in_flight(self) -> frozenset[str]:
+        """Hashes of the images held right now: submitted, not yet committed or given up."""
+        with self._lock:
+            return frozenset(self._held)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what was submitted (classified and committed), then stop."""
         self._stop.set()
-        self._thread.join(timeout)
+        for stream in self._streams:
+            stream.join(timeout)
+        self._writes.put(None)  # the writer finishes what it has, then stops
         self._writer.join(timeout)
         self._decoder.shutdown(wait=True, cancel_futures=False)

@@ -1,9 +1,24 @@
-"""A loaded model on its device: uint8 image batch in, top-k labels out."""
+"""A loaded model on its device: uint8 image batch in, top-k labels out.
+
+A classifier starts eager. Where compiling pays (``TORCH_COMPILE``, see :func:`compile_blocker`),
+:meth:`Classifier.compile_async` builds a ``torch.compile``d version (Inductor, frozen weights,
+dynamic batch dimension) on a background thread, warms it up for the batch sizes it will see,
+and only then swaps it in between two batches: serving never waits for a compilation. Measured
+for resnet18 (bs16, 2 threads): ~2.3x on a CPU with AMX running bf16 (~175 -> ~410 img/s), and
+nothing at all (26.8 -> 27.3 img/s, after 86 s of compiling) on an AVX2-only CPU running fp32,
+which is why ``auto`` compiles only where the CPU runs bf16 natively. Where compiling is
+impossible (no C++ compiler for CPU, no Triton for CUDA) or fails, the classifier stays eager.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +34,33 @@ def pick_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
+
+
+def compile_blocker(mode: str, device: torch.device, autocast: torch.dtype | None) -> str | None:
+    """Why the model should not be compiled under ``mode`` ('auto' | 'on' | 'off') on
+    ``device``, or None if it should."""
+    if mode == "off":
+        return "TORCH_COMPILE is off"
+    if os.environ.get("TORCH_COMPILE_DISABLE", "") not in ("", "0"):
+        return "TORCH_COMPILE_DISABLE is set"
+    if device.type == "cpu":
+        if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++")):
+            return "no C++ compiler for torch.compile (install g++)"
+        if mode == "auto" and autocast != torch.bfloat16:
+            return (
+                "TORCH_COMPILE=auto compiles only on CPUs that run bf16 natively; in fp32 it "
+                "measured no faster (set TORCH_COMPILE=on to compile anyway)"
+            )
+    elif device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed"
+        if mode == "auto":
+            return "TORCH_COMPILE=auto does not compile on CUDA yet (not measured; set it to on)"
+    else:
+        return f"no torch.compile support wired up for {device.type}"
+    return None
 
 
 def pick_autocast(device: torch.device, precision: str) -> torch.dtype | None:
@@ -50,6 +92,10 @@ class Classifier:
         self.model = self.loaded.model.eval().to(self.device).to(memory_format=torch.channels_last)
         self._mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._compiled: Callable[..., torch.Tensor] | None = None
+        self._compile_lock = threading.Lock()
+        self.compile_state = "eager"  # eager -> off | compiling -> compiled | failed
+        self.served = 0  # images classified with this instance (callers may count here)
 
     @property
     def classes(self) -> list[str]:
@@ -57,15 +103,77 @@ class Classifier:
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch``: uint8 NHWC on any device. Returns fp32 logits."""
+        compiled = self._compiled
+        return self._logits(self.model if compiled is None else compiled, batch)
+
+    def _logits(self, model: Callable[..., torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # channels_last view
         x = x.float().sub_(self._mean).div_(self._std)
+        # cache_enabled=False: the weight-cast cache only serves training (leaf tensors that
+        # require grad), and its global mutex, taken while a background torch.compile traces
+        # under autocast, deadlocked against this thread's autocast exit.
         context: Any = (
-            torch.autocast(self.device.type, dtype=self.autocast)
+            torch.autocast(self.device.type, dtype=self.autocast, cache_enabled=False)
             if self.autocast is not None
             else contextlib.nullcontext()
         )
         with context:
-            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+            return model(x.contiguous(memory_format=torch.channels_last)).float()
+
+    # --- compilation ---------------------------------------------------------------------------
+
+    def compile_async(self, batch_sizes: Sequence[int], mode: str = "on") -> bool:
+        """Compile on a background thread, warmed up for ``batch_sizes`` (the largest batch and
+        1: with a dynamic batch dimension every size in between uses the same code), then swap
+        it in. Returns False if a compilation was already started, or if ``mode`` and this
+        machine say not to compile (logged once; the classifier then stays eager for good)."""
+        with self._compile_lock:
+            if self.compile_state != "eager":
+                return False
+            reason = compile_blocker(mode, self.device, self.autocast)
+            if reason:
+                log.info("classifying eagerly: %s", reason)
+                self.compile_state = "off"
+                return False
+            self.compile_state = "compiling"
+        thread = threading.Thread(
+            target=self._compile, args=(list(batch_sizes),), name="compile", daemon=True
+        )
+        thread.start()
+        return True
+
+    def wait_compiled(self, timeout: float) -> bool:
+        """For benchmarks and tests: wait until a started compilation is done."""
+        deadline = time.monotonic() + timeout
+        while self.compile_state == "compiling" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.compile_state == "compiled"
+
+    def _compile(self, batch_sizes: list[int]) -> None:
+        started = time.monotonic()
+        try:
+            compiled = torch.compile(self.model, dynamic=True, options={"freezing": True})
+            crop = self.loaded.preprocessing.crop
+            # Sizes in decreasing order: the dynamic graph first, then size 1 (specialised).
+            with torch.inference_mode():
+                for size in sorted(set(batch_sizes), reverse=True):
+                    dummy = torch.zeros((size, crop, crop, 3), dtype=torch.uint8)
+                    self._logits(compiled, dummy)
+        except Exception as exc:
+            log.warning(
+                "torch.compile failed (%s: %s); classifying eagerly",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            self.compile_state = "failed"
+            return
+        self._compiled = compiled
+        self.compile_state = "compiled"
+        log.info(
+            "model compiled for batch sizes %s in %.1fs; using it from the next batch",
+            sorted(set(batch_sizes)),
+            time.monotonic() - started,
+        )
 
     def predict(self, batch: np.ndarray, topk: int) -> list[list[dict[str, Any]]]:
         """Top-k ``{label, confidence}`` per image, best first."""

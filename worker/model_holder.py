@@ -50,8 +50,6 @@ class ModelHolder:
 
     def _first_load(self) -> Classifier:
         s = self._settings
-        if s.torch_threads:
-            torch.set_num_threads(s.torch_threads)
         base = modelzoo.build(s.model, s.weights)
         version_id, trained = self._register_base(base.classes)
         if not trained:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from datetime import timedelta
 
 import redis
@@ -23,8 +25,17 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "inbox_classifier:reconcile"
 
 
-def reconcile(app: Celery, settings: Settings, sessions: sessionmaker[Session]) -> int:
-    """Re-send stuck rows; returns how many. One reconciler at a time (a Redis lock)."""
+def reconcile(
+    app: Celery,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    in_flight: Callable[[], AbstractSet[str]] = frozenset,
+) -> int:
+    """Re-send stuck rows; returns how many. One reconciler at a time (a Redis lock).
+
+    ``in_flight``: the images the calling worker holds right now (received, not yet committed).
+    They are not stuck however long ago they were sent (a backlog waiting its turn, or batches
+    running slowly), and a crash of this worker would end its hold anyway."""
     assert settings.redis_url
     client = redis.Redis.from_url(settings.redis_url)
     lock = client.lock(LOCK_NAME, timeout=max(60.0, settings.reconcile_interval_s))
@@ -34,7 +45,12 @@ def reconcile(app: Celery, settings: Settings, sessions: sessionmaker[Session]) 
         with transaction(sessions) as session:
             # Queued content whose only path now holds other bytes can never be read again.
             fail_orphans(session, timedelta(seconds=settings.requeue_after_s))
-            stuck = find_stuck(session, timedelta(seconds=settings.requeue_after_s))
+            held = in_flight()
+            stuck = [
+                w
+                for w in find_stuck(session, timedelta(seconds=settings.requeue_after_s))
+                if w.sha256 not in held
+            ]
             keep = set(count_attempt(session, [w.sha256 for w in stuck], settings.max_attempts))
         items = [w for w in stuck if w.sha256 in keep]
         if not items:

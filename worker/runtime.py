@@ -37,6 +37,13 @@ class WorkerRuntime:
                 self._batcher = BatchEngine(self.settings, holder, sessions)
             return self._batcher
 
+    def in_flight(self) -> frozenset[str]:
+        """Hashes of the images this worker holds (received, not yet committed); none before
+        its first classify task (the model is not loaded for this)."""
+        with self._lock:
+            batcher = self._batcher
+        return batcher.in_flight() if batcher is not None else frozenset()
+
     def close(self) -> None:
         with self._lock:
             if self._batcher is not None:

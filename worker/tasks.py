@@ -41,7 +41,7 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
 
     @app.task(name=TASK_RECONCILE, ignore_result=True, shared=False)
     def reconcile_task() -> int:
-        return reconcile(app, settings, runtime.sessions())
+        return reconcile(app, settings, runtime.sessions(), in_flight=runtime.in_flight)
 
     @worker_ready.connect(weak=False)
     def _reconcile_at_start(sender: Any = None, **_: Any) -> None:
