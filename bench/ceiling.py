@@ -25,11 +25,22 @@ from worker.preprocess import BadImage, Preprocessing, load_for_model
 MAX_PIXELS = 100_000_000
 
 
-def make_classifier(model: str, device: str, precision: str = "auto") -> Classifier:
-    """The classifier exactly as a worker builds it (random weights: same compute)."""
+def make_classifier(
+    model: str,
+    device: str,
+    precision: str = "auto",
+    compile_for: Sequence[int] = (),
+    compile_mode: str = "auto",
+) -> Classifier:
+    """The classifier exactly as a worker builds it (random weights: same compute); compiled
+    for ``compile_for`` batch sizes first where ``compile_mode`` (the worker's TORCH_COMPILE)
+    compiles on this machine, as a busy worker's is."""
     loaded = build(model, "none")
     dev = pick_device(device)
-    return Classifier(0, loaded, dev, pick_autocast(dev, precision))
+    classifier = Classifier(0, loaded, dev, pick_autocast(dev, precision))
+    if compile_for and classifier.compile_async(compile_for, mode=compile_mode):
+        classifier.wait_compiled(600)
+    return classifier
 
 
 def read_and_preprocess(path: Path, prep: Preprocessing) -> np.ndarray | None:
@@ -46,10 +57,15 @@ class CeilingResult:
     batch_size: int
     decode_threads: int
     torch_threads: int
+    streams: int = 1
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds
+
+    @property
+    def config(self) -> tuple[int, int, int, int]:
+        return (self.batch_size, self.decode_threads, self.torch_threads, self.streams)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +75,7 @@ class CeilingResult:
             "batch_size": self.batch_size,
             "decode_threads": self.decode_threads,
             "torch_threads": self.torch_threads,
+            "streams": self.streams,
         }
 
 
@@ -75,70 +92,57 @@ def run_ceiling(
     batch_size: int,
     decode_threads: int,
     torch_threads: int,
+    streams: int = 1,
     topk: int = 5,
 ) -> CeilingResult:
-    """Decode on ``decode_threads`` threads (bounded read-ahead of two batches) while one
-    inference thread, as in the worker's BatchEngine, runs batches of ``batch_size``.
+    """Decode on ``decode_threads`` threads, as fast as they go, while ``streams`` inference
+    threads (the worker's BatchEngine streams) each run batches of ``batch_size`` on
+    ``torch_threads`` torch threads. Batches are assembled in file order on the calling thread,
+    at most one ahead of each stream.
 
-    Inference runs on its own thread, not the caller's, because that is how the worker runs it
-    and because it matters: on this 2-core CPU, torch driven from the main thread while decode
-    threads compete measured ~25% slower and burned ~40% more CPU than the same loop driven
-    from a plain thread."""
-    result: list[CeilingResult] = []
+    Inference runs on threads of its own, not the caller's, as in the worker: on a 2-core CPU,
+    torch driven from the main thread while decode threads compete measured ~25% slower and
+    burned ~40% more CPU than the same loop driven from a plain thread."""
+    prep = classifier.loaded.preprocessing
+    batches: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=streams + 1)
+    warmed = threading.Barrier(streams + 1)
     errors: list[BaseException] = []
 
-    def target() -> None:
+    def stream() -> None:
         try:
-            result.append(
-                _ceiling_loop(classifier, files, batch_size, decode_threads, torch_threads, topk)
-            )
-        except BaseException as exc:  # re-raised on the caller's thread
+            torch.set_num_threads(torch_threads)  # per thread, as in the worker
+            warm_up(classifier, batch_size)
+        except BaseException as exc:
             errors.append(exc)
+        warmed.wait()
+        while (batch := batches.get()) is not None:
+            if not errors:  # after a failure, keep draining so the feeder never blocks
+                try:
+                    classifier.predict(batch, topk)
+                except BaseException as exc:
+                    errors.append(exc)
 
-    thread = threading.Thread(target=target, name="inference")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
-
-
-def _ceiling_loop(
-    classifier: Classifier,
-    files: Sequence[Path],
-    batch_size: int,
-    decode_threads: int,
-    torch_threads: int,
-    topk: int,
-) -> CeilingResult:
-    torch.set_num_threads(torch_threads)
-    warm_up(classifier, batch_size)
-    prep = classifier.loaded.preprocessing
-    ready: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2 * batch_size)
-
-    def feed(pool: ThreadPoolExecutor) -> None:
-        futures = [pool.submit(read_and_preprocess, f, prep) for f in files]
-        for fut in futures:
-            ready.put(fut.result())
-
+    threads = [threading.Thread(target=stream, name=f"inference-{i}") for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    warmed.wait()
     start = time.perf_counter()
     with ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") as pool:
-        feeder = threading.Thread(target=feed, args=(pool,), daemon=True)
-        feeder.start()
-        remaining = len(files)
-        while remaining:
-            batch: list[np.ndarray] = []
-            take = min(batch_size, remaining)
-            for _ in range(take):
-                array = ready.get()
-                if array is not None:
-                    batch.append(array)
-            remaining -= take
-            if batch:
-                classifier.predict(np.stack(batch), topk)
-        feeder.join()
+        futures = [pool.submit(read_and_preprocess, f, prep) for f in files]
+        for first in range(0, len(futures), batch_size):
+            arrays = [
+                a for f in futures[first : first + batch_size] if (a := f.result()) is not None
+            ]
+            if arrays:
+                batches.put(np.stack(arrays))
+        for _ in threads:
+            batches.put(None)
+        for thread in threads:
+            thread.join()
     seconds = time.perf_counter() - start
-    return CeilingResult(len(files), seconds, batch_size, decode_threads, torch_threads)
+    if errors:
+        raise errors[0]
+    return CeilingResult(len(files), seconds, batch_size, decode_threads, torch_threads, streams)
 
 
 def model_only(
@@ -166,7 +170,7 @@ def decode_only(files: Sequence[Path], prep: Preprocessing, threads: int) -> flo
 def sweep(
     classifier: Classifier,
     files: Sequence[Path],
-    configs: Sequence[tuple[int, int, int]],
+    configs: Sequence[tuple[int, int, int, int]],
 ) -> list[CeilingResult]:
-    """Run each (batch_size, decode_threads, torch_threads); the best is the ceiling."""
-    return [run_ceiling(classifier, files, b, d, t) for b, d, t in configs]
+    """Run each (batch_size, decode_threads, torch_threads, streams); the best is the ceiling."""
+    return [run_ceiling(classifier, files, *config) for config in configs]

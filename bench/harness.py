@@ -55,15 +55,10 @@ def machine_info(device: str) -> dict[str, Any]:
         "device": device,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    try:
-        import simplejpeg
-
-        info["simplejpeg"] = simplejpeg.__version__
-    except ImportError:
-        info["simplejpeg"] = None
     cpu = torch.backends.cpu.get_cpu_capability()
     info["cpu_capability"] = cpu
     info["amx"] = bool(torch.cpu._is_amx_tile_supported())
+    info["avx512_bf16"] = bool(torch.cpu._is_avx512_bf16_supported())
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -201,7 +196,9 @@ class CpuMeter:
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """os.environ without INBOX_CLASSIFIER_* from the shell, plus ``extra``; repo on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    # The caller's PYTHONPATH first (an overlay with other versions of packages, e.g. to
+    # measure a "before"), then this checkout.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), str(REPO)]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

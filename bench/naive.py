@@ -25,7 +25,7 @@ import torch
 import torchvision
 from celery import Celery
 from PIL import Image
-from sqlalchemy import Float, String, create_engine
+from sqlalchemy import Engine, Float, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from torchvision import transforms
 
@@ -55,7 +55,7 @@ class Result(Base):
     classified_at: Mapped[float] = mapped_column(Float)  # time.time(), when committed
 
 
-_engine = None
+_engine: Engine | None = None
 _model: torch.nn.Module | None = None
 
 preprocess = transforms.Compose(
@@ -68,7 +68,7 @@ preprocess = transforms.Compose(
 )
 
 
-def engine():  # type: ignore[no-untyped-def]
+def engine() -> Engine:
     global _engine
     if _engine is None:
         _engine = create_engine(f"sqlite:///{os.environ['BENCH_NAIVE_DB']}")
@@ -76,19 +76,22 @@ def engine():  # type: ignore[no-untyped-def]
     return _engine
 
 
+DEVICE = os.environ.get("BENCH_NAIVE_DEVICE", "cpu")
+
+
 def model() -> torch.nn.Module:
     global _model
     if _model is None:
         arch = os.environ.get("BENCH_NAIVE_MODEL", "resnet18")
         torch.manual_seed(0)
-        _model = torchvision.models.get_model(arch, weights=None).eval()
+        _model = torchvision.models.get_model(arch, weights=None).eval().to(DEVICE)
     return _model
 
 
 @app.task(name=TASK)
 def classify_image(path: str) -> None:
     image = Image.open(path).convert("RGB")
-    batch = preprocess(image).unsqueeze(0)
+    batch = preprocess(image).unsqueeze(0).to(DEVICE)
     with torch.no_grad():
         probs = model()(batch).softmax(dim=1)
     confidence, index = probs.max(dim=1)
@@ -112,6 +115,7 @@ def run_naive(
     warmup: Sequence[Path],
     files: Sequence[Path],
     model_name: str,
+    device: str = "cpu",
     pool: str = "solo",
     concurrency: int = 1,
     tag: int = 7,
@@ -126,7 +130,12 @@ def run_naive(
     server = RedisServer(root / "redis", persist=False)
     url = server.start()
     env = clean_env(
-        {"BENCH_NAIVE_BROKER": url, "BENCH_NAIVE_DB": str(db), "BENCH_NAIVE_MODEL": model_name}
+        {
+            "BENCH_NAIVE_BROKER": url,
+            "BENCH_NAIVE_DB": str(db),
+            "BENCH_NAIVE_MODEL": model_name,
+            "BENCH_NAIVE_DEVICE": device,
+        }
     )
     worker = spawn(
         [

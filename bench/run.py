@@ -1,22 +1,24 @@
 """One command for the whole benchmark (issue #4)::
 
     python -m bench.run --images 600 [--model resnet18] [--device cpu|cuda] [--repeat 3]
-                        [--soak 5000] [--no-naive] [--no-scale-out] [--set BATCH_WAIT_MS=10]
+                        [--soak 20000 [--soak-only]] [--no-naive] [--no-scale-out]
+                        [--set BATCH_WAIT_MS=10]
 
 On one image set, model and machine it measures, in this order:
 
 1. the in-process ceiling (worker.preprocess + worker.classifier, decode threads overlapped
-   with batched inference, no queue, no DB), swept over a few thread/batch layouts: the best
-   is the ceiling;
+   with batched inference, no queue, no DB), swept over batch sizes and layouts (one stream
+   on all cores, and the worker's automatic streams): the best is the ceiling;
 2. the pipeline, started as users start it (``inbox-classifier up --weights none
    --no-trainer --no-beat``): files staged on the same filesystem and renamed into the inbox in
    one burst; images/s from the first rename to the last row committed, and drop->row latency
-   per image. Ceiling and pipeline runs alternate (``--repeat``) so that load from anything
-   else on the machine hits both alike; medians are reported;
-3. idle latency: single files dropped one at a time into the idle pipeline;
-4. the naive baseline (bench/naive.py): a Celery task per image, fp32, batch 1, plain PIL +
+   per image. Ceiling, pipeline and scale-out runs alternate (``--repeat``) so that drift in
+   the machine's speed and load from anything else on it hit all alike; medians are reported;
+3. scale-out: the same burst through 2 worker processes (the cores split between them: one
+   stream, one torch thread, one decode thread each) vs the one default worker;
+4. idle latency: single files dropped one at a time into the idle pipeline;
+5. the naive baseline (bench/naive.py): a Celery task per image, fp32, batch 1, plain PIL +
    torchvision transforms, one ORM commit per row;
-5. scale-out: the same burst through 2 worker processes (1 torch thread each) vs 1;
 6. with ``--soak N``: N more images in waves, worker RSS after each wave.
 
 It prints a summary and writes everything, with machine info, to bench/results/<date>.json.
@@ -37,11 +39,23 @@ from bench import ceiling as ceil
 from bench.harness import CpuMeter, machine_info, median, rmtree
 from bench.images import generate
 from bench.pipeline import Pipeline
+from worker.batching import COMPILE_AFTER_IMAGES
+from worker.classifier import compile_blocker, pick_autocast, pick_device
+from worker.layout import inference_layout, usable_cores
 
 RESULTS = Path(__file__).parent / "results"
 
-# (batch size, decode threads, torch threads) tried for the ceiling.
-CEILING_CONFIGS = [(16, 2, 2), (16, 1, 2), (16, 2, 1), (32, 2, 2)]
+
+def ceiling_configs(device: str, cores: int) -> list[tuple[int, int, int, int]]:
+    """(batch size, decode threads, torch threads per stream, streams) tried for the ceiling:
+    one stream on all cores, and the worker's automatic layout, at two batch sizes."""
+    auto = inference_layout(None, None, "cuda" if device.startswith("cuda") else "cpu", cores)
+    layouts = [(cores, 1), (auto.threads_per_stream, auto.streams)]
+    configs = [(bs, 2, t, n) for t, n in dict.fromkeys(layouts) for bs in (16, 32)]
+    if auto.streams > 1:
+        configs.append((16, 1, auto.threads_per_stream, auto.streams))
+    return configs
+
 
 TARGETS = {
     "pipeline_over_ceiling": 0.90,
@@ -67,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-sweep", action="store_true", help="ceiling: first config only")
     parser.add_argument("--soak", type=int, default=0, help="images for the RSS soak (0: skip)")
     parser.add_argument("--soak-wave", type=int, default=1000, help="images per soak wave")
+    parser.add_argument("--soak-only", action="store_true", help="run the soak alone")
     parser.add_argument(
         "--set",
         action="append",
@@ -77,7 +92,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, DBs)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.soak_only and not args.soak:
+        parser.error("--soak-only needs --soak N")
+    return args
+
+
+def worker_compiles(device: str, env: dict[str, str]) -> bool:
+    """Whether a worker with these settings compiles its model on this machine."""
+    dev = pick_device(device)
+    autocast = pick_autocast(dev, env.get("INBOX_CLASSIFIER_PRECISION", "auto"))
+    mode = env.get("INBOX_CLASSIFIER_TORCH_COMPILE", "auto")
+    return compile_blocker(mode, dev, autocast) is None
 
 
 def settings_env(pairs: list[str]) -> dict[str, str]:
@@ -93,7 +119,7 @@ def say(text: str) -> None:
 
 
 def run_ceiling_phase(
-    classifier: Any, files: list[Path], configs: list[tuple[int, int, int]]
+    classifier: Any, files: list[Path], configs: list[tuple[int, int, int, int]]
 ) -> dict[str, Any]:
     runs = []
     for cfg in configs:
@@ -102,7 +128,7 @@ def run_ceiling_phase(
         entry = {**result.to_dict(), "cpu": meter.result}
         runs.append(entry)
         say(
-            f"  ceiling bs={cfg[0]} decode={cfg[1]} torch={cfg[2]}: "
+            f"  ceiling bs={cfg[0]} decode={cfg[1]} torch={cfg[2]} streams={cfg[3]}: "
             f"{result.images_per_s:.1f} img/s (others on the machine: "
             f"{meter.result['other_processes_share']:.0%})"
         )
@@ -127,18 +153,50 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work dir {work}; {out['machine']['cpu_model']}, {out['machine']['cores']} cores")
 
     images = generate(args.images)
-    warm = generate(32, seed=99).files
+    # Warm-up: enough files for a worker to compile its model (variants: distinct content).
+    env = settings_env(args.set)
+    compiles = worker_compiles(device, env)
+    warm_count = COMPILE_AFTER_IMAGES + 64 if compiles else 64
+    warm = images.files[:warm_count]
+    warm_rounds = -(-warm_count // len(warm))
     out["images"] = images.describe()
     say(f"images: {images.describe()['mix']} ({images.total_bytes / 2**20:.0f} MiB)")
+    if args.soak_only:
+        out["soak"] = soak(work / "soak", args, device, env, warm, warm_rounds)
+        soak_summary = {
+            "soak_images": args.soak,
+            "soak_rss_growth_pct": out["soak"]["rss_growth_pct"],
+            "soak_rss_mib_first_wave_last_wave": [
+                out["soak"]["waves"][1]["rss_mib"],
+                out["soak"]["waves"][-1]["rss_mib"],
+            ],
+        }
+        return report(out, soak_summary, args, device, started, work, kind="soak")
 
     # --- 1. ceiling sweep ----------------------------------------------------------------------
     say("ceiling (in-process, same preprocessing and model):")
-    classifier = ceil.make_classifier(args.model, device)
-    configs = CEILING_CONFIGS[:1] if args.no_sweep else CEILING_CONFIGS
+    classifier = ceil.make_classifier(
+        args.model,
+        device,
+        precision=env.get("INBOX_CLASSIFIER_PRECISION", "auto"),
+        compile_for=(16, 1) if compiles else (),
+        compile_mode=env.get("INBOX_CLASSIFIER_TORCH_COMPILE", "auto"),
+    )
+    state = getattr(classifier, "compile_state", "eager")
+    out["ceiling"] = {"compile_state": state}
+    say(f"  model: {state}")
+    configs = ceiling_configs(device, usable_cores())
+    if args.no_sweep:  # the worker's own default layout only
+        configs = [c for c in configs if c[0] == 16 and c[1] == 2][-1:]
     sweep = run_ceiling_phase(classifier, images.files, configs)
     best = max(sweep["runs"], key=lambda r: r["images_per_s"])
-    best_cfg = (best["batch_size"], best["decode_threads"], best["torch_threads"])
-    out["ceiling"] = {"sweep": sweep["runs"], "best_config": best_cfg}
+    best_cfg = (
+        best["batch_size"],
+        best["decode_threads"],
+        best["torch_threads"],
+        best["streams"],
+    )
+    out["ceiling"].update({"sweep": sweep["runs"], "best_config": best_cfg})
     if device.startswith("cuda"):
         from bench.gpu import run_gpu_decode_ceiling
 
@@ -146,16 +204,32 @@ def main(argv: list[str] | None = None) -> int:
         out["ceiling"]["gpu_decode"] = gpu.to_dict()
         say(f"  ceiling with nvjpeg GPU decode: {gpu.images_per_s:.1f} img/s")
 
-    # --- 2./3. pipeline, alternating with the ceiling ----------------------------------------
-    env = settings_env(args.set)
+    # --- 2./3./5. pipeline and scale-out, alternating with the ceiling --------------------------
     pipe = Pipeline(work / "pipeline", args.model, device, settings_env=env)
+    # Scale-out: the cores split between 2 worker processes, one stream and thread each.
+    two_env = {
+        "INBOX_CLASSIFIER_INFERENCE_STREAMS": "1",
+        "INBOX_CLASSIFIER_TORCH_THREADS": "1",
+        "INBOX_CLASSIFIER_DECODE_THREADS": "1",
+        **env,
+    }
+    two = None
+    if not args.no_scale_out:
+        two = Pipeline(work / "pipeline2", args.model, device, workers=2, settings_env=two_env)
     say(f"pipeline: inbox-classifier up ({env or 'default settings'})")
     pairs = []
     try:
         t0 = time.time()
-        warmup = pipe.start(warm)
+        warmup = pipe.start(warm, rounds=warm_rounds)
         rss_start = pipe.worker_rss_mib()
-        say(f"  up and warm in {time.time() - t0:.1f}s (worker RSS {rss_start} MiB)")
+        say(
+            f"  up and warm in {time.time() - t0:.1f}s (model {pipe.compile_outcome}, "
+            f"worker RSS {rss_start} MiB)"
+        )
+        if two is not None:
+            say("scale-out: 2 worker processes (1 stream, 1 torch thread, 1 decode thread each)")
+            # Each worker must see enough images to compile (where it compiles).
+            two.start(warm, rounds=2 * warm_rounds)
         for i in range(args.repeat):
             with CpuMeter({}) as meter:
                 c = ceil.run_ceiling(classifier, images.files, *best_cfg)
@@ -163,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             p = pipe.run_burst(images.files)
             p_entry = p.to_dict()
             pairs.append({"ceiling": c_entry, "pipeline": p_entry})
-            say(
+            line = (
                 f"  run {i + 1}: ceiling {c.images_per_s:.1f} img/s, pipeline "
                 f"{p.images_per_s:.1f} img/s (ratio {p.images_per_s / c.images_per_s:.2f}); "
                 f"latency p50/p95/p99 {p_entry['latency']['p50_ms']:.0f}/"
@@ -171,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"first row after {p.first_row_s * 1000:.0f} ms; others on the machine "
                 f"{p.cpu['other_processes_share']:.0%}/{meter.result['other_processes_share']:.0%}"
             )
+            if two is not None:
+                b2 = two.run_burst(images.files)
+                pairs[-1]["two_workers"] = b2.to_dict()
+                line += f"; 2 workers {b2.images_per_s:.1f} img/s"
+            say(line)
         idle = pipe.idle_latency(generate(args.idle, seed=7).files, args.idle_pause)
         out["idle"] = idle.to_dict()
         say(
@@ -180,7 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         out["pipeline_rss_mib"] = {"after_warmup": rss_start, "end": pipe.worker_rss_mib()}
     finally:
         pipe.stop()
-    out["pipeline"] = {"warmup": warmup.to_dict(), "settings_env": env, "pairs": pairs}
+        if two is not None:
+            two.stop()
+    out["pipeline"] = {
+        "warmup": warmup.to_dict(),
+        "compile": pipe.compile_outcome,
+        "settings_env": env,
+        "pairs": pairs,
+    }
     c_med = median([x["ceiling"]["images_per_s"] for x in pairs])
     p_med = median([x["pipeline"]["images_per_s"] for x in pairs])
     ratio_med = median(
@@ -193,11 +279,31 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "ceiling_img_s": round(c_med, 2),
         "ceiling_best_sweep_img_s": best["images_per_s"],
+        "ceiling_best_config": dict(
+            zip(("batch_size", "decode", "torch", "streams"), best_cfg, strict=True)
+        ),
         "pipeline_img_s": round(p_med, 2),
         "pipeline_over_ceiling": round(ratio_med, 3),
+        "pipeline_over_best_sweep": round(p_med / best["images_per_s"], 3),
         "burst_latency_ms": lat,
         "idle_latency_ms": out["idle"]["latency"],
     }
+    if two is not None:
+        t_med = median([x["two_workers"]["images_per_s"] for x in pairs])
+        out["scale_out"] = {
+            "workers": 2,
+            "settings_env": two_env,
+            "compile": two.compile_outcome,
+            "bursts": [x["two_workers"] for x in pairs],
+        }
+        summary["two_workers_img_s"] = round(t_med, 2)
+        summary["two_over_one_worker"] = round(
+            median(
+                [x["two_workers"]["images_per_s"] / x["pipeline"]["images_per_s"] for x in pairs]
+            ),
+            3,
+        )
+        say(f"  2 workers: {t_med:.1f} img/s ({summary['two_over_one_worker']:.2f}x one worker)")
 
     # --- 4. naive baseline ---------------------------------------------------------------------
     if not args.no_naive:
@@ -210,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             warm[:8],
             n_images,
             args.model,
+            device=device,
             pool=args.naive_pool,
             concurrency=args.naive_concurrency,
         )
@@ -222,38 +329,30 @@ def main(argv: list[str] | None = None) -> int:
             f"{naive['cpu']['other_processes_share']:.0%})"
         )
 
-    # --- 5. scale-out ----------------------------------------------------------------------------
-    if not args.no_scale_out:
-        two_env = {
-            "INBOX_CLASSIFIER_TORCH_THREADS": "1",
-            "INBOX_CLASSIFIER_DECODE_THREADS": "1",
-            **env,
-        }
-        two = Pipeline(work / "pipeline2", args.model, device, workers=2, settings_env=two_env)
-        say("scale-out: 2 worker processes (1 torch thread, 1 decode thread each)...")
-        try:
-            two.start(warm)
-            burst2 = two.run_burst(images.files)
-        finally:
-            two.stop()
-        out["scale_out"] = {"workers": 2, "settings_env": two_env, "burst": burst2.to_dict()}
-        summary["two_workers_img_s"] = round(burst2.images_per_s, 2)
-        summary["two_over_one_worker"] = round(burst2.images_per_s / p_med, 3)
-        say(f"  2 workers: {burst2.images_per_s:.1f} img/s ({burst2.images_per_s / p_med:.2f}x)")
-
     # --- 6. soak ---------------------------------------------------------------------------------
     if args.soak:
-        out["soak"] = soak(work / "soak", args, device, env, warm)
+        out["soak"] = soak(work / "soak", args, device, env, warm, warm_rounds)
         summary["soak_images"] = args.soak
         summary["soak_rss_growth_pct"] = out["soak"]["rss_growth_pct"]
 
-    # --- report ----------------------------------------------------------------------------------
     summary["targets_met"] = targets_met(summary)
+    return report(out, summary, args, device, started, work)
+
+
+def report(
+    out: dict[str, Any],
+    summary: dict[str, Any],
+    args: argparse.Namespace,
+    device: str,
+    started: float,
+    work: Path,
+    kind: str = "bench",
+) -> int:
     out["summary"] = summary
     out["wall_s"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = args.out / f"bench-{args.model}-{device}-{stamp}.json"
+    path = args.out / f"{kind}-{args.model}-{device}-{stamp}.json"
     path.write_text(json.dumps(out, indent=2, default=str))
     say("")
     say(json.dumps(summary, indent=2))
@@ -264,17 +363,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def soak(
-    root: Path, args: argparse.Namespace, device: str, env: dict[str, str], warm: list[Path]
+    root: Path,
+    args: argparse.Namespace,
+    device: str,
+    env: dict[str, str],
+    warm: list[Path],
+    warm_rounds: int,
 ) -> dict[str, Any]:
     """``args.soak`` images in waves of distinct content; the worker's RSS after each wave.
     Growth is measured from the end of the first wave (allocator pools and caches are warm by
     then) to the end of the last."""
     base = generate(min(args.soak_wave, args.images)).files
     pipe = Pipeline(root, args.model, device, settings_env=env)
-    waves = []
+    waves: list[dict[str, Any]] = []
     say(f"soak: {args.soak} images in waves of {len(base)}...")
     try:
-        pipe.start(warm)
+        pipe.start(warm, rounds=warm_rounds)
         waves.append({"images": 0, "rss_mib": pipe.worker_rss_mib()})
         total = 0
         while total < args.soak:
