@@ -133,12 +133,15 @@ def median(values: Sequence[float]) -> float:
 # --- CPU accounting ------------------------------------------------------------------------------
 
 
-def _busy_seconds() -> float:
-    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat."""
+def _cpu_stat() -> tuple[float, float]:
+    """Machine-wide (busy, steal) CPU seconds so far, all cores, from /proc/stat. Busy counts
+    steal too: time the hypervisor gave this VM's CPUs to someone else."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     values = [int(v) for v in fields]
     idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    steal = values[7] if len(values) > 7 else 0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values[:8]) - idle) / tick, steal / tick
 
 
 def _tree_cpu(pids: Iterable[int]) -> dict[int, float]:
@@ -158,11 +161,12 @@ class CpuMeter:
     named: dict[str, int]
     started: float = 0.0
     busy0: float = 0.0
+    steal0: float = 0.0
     cpu0: dict[int, float] = field(default_factory=dict)
 
     def __enter__(self) -> CpuMeter:
         self.started = time.perf_counter()
-        self.busy0 = _busy_seconds()
+        self.busy0, self.steal0 = _cpu_stat()
         self.cpu0 = _tree_cpu([os.getpid(), *self.named.values()])
         return self
 
@@ -171,7 +175,8 @@ class CpuMeter:
 
     def read(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.started
-        busy = _busy_seconds() - self.busy0
+        busy1, steal1 = _cpu_stat()
+        busy, steal = busy1 - self.busy0, steal1 - self.steal0
         cpu1 = _tree_cpu([os.getpid(), *self.named.values()])
         per = {
             name: round(cpu1.get(pid, 0.0) - self.cpu0.get(pid, 0.0), 2)
@@ -187,6 +192,7 @@ class CpuMeter:
             "other_processes_share": round(max(0.0, busy - ours) / (wall * cores), 3)
             if wall
             else 0.0,
+            "steal_share": round(steal / (wall * cores), 3) if wall else 0.0,
         }
 
 

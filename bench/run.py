@@ -242,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{p.images_per_s:.1f} img/s (ratio {p.images_per_s / c.images_per_s:.2f}); "
                 f"latency p50/p95/p99 {p_entry['latency']['p50_ms']:.0f}/"
                 f"{p_entry['latency']['p95_ms']:.0f}/{p_entry['latency']['p99_ms']:.0f} ms; "
-                f"first row after {p.first_row_s * 1000:.0f} ms; others on the machine "
-                f"{p.cpu['other_processes_share']:.0%}/{meter.result['other_processes_share']:.0%}"
+                f"first row after {p.first_row_s * 1000:.0f} ms; CPU ms/image "
+                f"{c.cpu_s * 1000 / c.images:.0f}/{pipeline_cpu_ms(p_entry):.0f}; others "
+                f"on the machine {meter.result['other_processes_share']:.0%}/"
+                f"{p.cpu['other_processes_share']:.0%}"
             )
             if two is not None:
                 b2 = two.run_burst(images.files)
@@ -285,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_img_s": round(p_med, 2),
         "pipeline_over_ceiling": round(ratio_med, 3),
         "pipeline_over_best_sweep": round(p_med / best["images_per_s"], 3),
+        # CPU time per image (all of the pipeline's processes vs the ceiling's): how much work
+        # the pipeline adds, whatever the speed the machine happened to run at.
+        "cpu_ms_per_image": {
+            "ceiling": median([x["ceiling"]["cpu_ms_per_image"] for x in pairs]),
+            "pipeline": median([pipeline_cpu_ms(x["pipeline"]) for x in pairs]),
+        },
         "burst_latency_ms": lat,
         "idle_latency_ms": out["idle"]["latency"],
     }
@@ -409,6 +417,12 @@ def soak(
             (last - waves[0]["rss_mib"][0]) / waves[0]["rss_mib"][0] * 100, 2
         ),
     }
+
+
+def pipeline_cpu_ms(burst: dict[str, Any]) -> float:
+    """CPU ms per image over a burst, summed over the pipeline's processes (not the bench's)."""
+    cpu = sum(v for k, v in burst["cpu"]["cpu_s"].items() if k != "bench")
+    return round(cpu * 1000 / burst["images"], 2)
 
 
 def targets_met(summary: dict[str, Any]) -> dict[str, bool]:

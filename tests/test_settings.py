@@ -44,12 +44,12 @@ def test_invalid_values_are_rejected() -> None:
         Settings(requeue_after_s=5, reconcile_interval_s=30)
 
 
-def test_concurrency_holds_a_batch_per_stream_and_one_more() -> None:
+def test_concurrency_holds_a_batch_per_stream_and_two_more() -> None:
     def concurrency(**kwargs: int) -> int:
         return Settings(**kwargs).effective_worker_concurrency  # type: ignore[arg-type]
 
-    assert concurrency(batch_size=32, files_per_message=8, inference_streams=1) == 8
-    assert concurrency(batch_size=32, files_per_message=8, inference_streams=2) == 12
+    assert concurrency(batch_size=32, files_per_message=8, inference_streams=1) == 12
+    assert concurrency(batch_size=32, files_per_message=8, inference_streams=2) == 16
     assert concurrency(batch_size=4, files_per_message=16, inference_streams=2) == 2
     assert concurrency(batch_size=16, files_per_message=16, worker_concurrency=7) == 7
 

@@ -101,6 +101,7 @@ class BatchStats:
     read_cpu_s: float = 0.0  # reading and re-hashing files
     decode_cpu_s: float = 0.0
     write_cpu_s: float = 0.0
+    infer_cpu_s: float = 0.0  # the inference threads themselves (torch's helpers not included)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self) -> None:
@@ -108,16 +109,19 @@ class BatchStats:
         self.started_wall = time.time()
         self.process_cpu0 = time.process_time()
 
-    def add_cpu(self, read: float = 0.0, decode: float = 0.0, write: float = 0.0) -> None:
+    def add_cpu(
+        self, read: float = 0.0, decode: float = 0.0, write: float = 0.0, infer: float = 0.0
+    ) -> None:
         with self.lock:
             self.read_cpu_s += read
             self.decode_cpu_s += decode
             self.write_cpu_s += write
+            self.infer_cpu_s += infer
 
     def line(self) -> str:
         wall = time.monotonic() - self.started
         cpu = time.process_time() - self.process_cpu0
-        rest = cpu - self.read_cpu_s - self.decode_cpu_s - self.write_cpu_s
+        rest = cpu - self.read_cpu_s - self.decode_cpu_s - self.write_cpu_s - self.infer_cpu_s
         return (
             f"classified {self.images} image(s) in {self.batches} batch(es) in {wall:.2f}s from "
             f"{time.strftime('%H:%M:%S', time.localtime(self.started_wall))}"
@@ -125,8 +129,9 @@ class BatchStats:
             f"({self.images / wall if wall > 0 else 0:.1f} img/s): inference {self.infer_s:.2f}s, "
             f"waiting for decode {self.decode_wait_s:.2f}s, for the writer "
             f"{self.write_wait_s:.2f}s; writing {self.write_s:.2f}s. CPU {cpu:.2f}s: read+verify "
-            f"{self.read_cpu_s:.2f}, decode {self.decode_cpu_s:.2f}, write {self.write_cpu_s:.2f}, "
-            f"model and the rest {rest:.2f}"
+            f"{self.read_cpu_s:.2f}, decode {self.decode_cpu_s:.2f}, inference threads "
+            f"{self.infer_cpu_s:.2f}, write {self.write_cpu_s:.2f}, the rest (Celery, torch's "
+            f"helper threads) {rest:.2f}"
         )
 
 
@@ -307,7 +312,7 @@ class BatchEngine:
                 continue
             arrays.append(array)
             good.append(pending)
-        inferred = time.monotonic()
+        inferred, infer_cpu = time.monotonic(), time.thread_time()
         classified: list[Classified] = []
         if arrays:
             topks = classifier.predict(np.stack(arrays), self._settings.topk)
@@ -316,6 +321,7 @@ class BatchEngine:
                 for p, top in zip(good, topks, strict=True)
             ]
         queued = time.monotonic()
+        stats.add_cpu(infer=time.thread_time() - infer_cpu)
         self._writes.put(_Write(batch, classifier.version_id, classified, failed))
         with self._lock:
             stats.decode_wait_s += inferred - waited
