@@ -110,92 +110,78 @@ def classify_image(path: str) -> None:
 # --- the bench side: start it, feed it, time it ------------------------------------------------
 
 
-def run_naive(
-    root: Path,
-    warmup: Sequence[Path],
-    files: Sequence[Path],
-    model_name: str,
-    device: str = "cpu",
-    pool: str = "solo",
-    concurrency: int = 1,
-    tag: int = 7,
-) -> dict[str, Any]:
-    """Start Redis and a naive worker, then drop ``files`` (renamed into an inbox, one task
-    sent per file right after its rename) and wait for every row."""
-    from bench.harness import CpuMeter, burst, clean_env, percentiles, spawn, stage, stop_tree
-    from inbox_classifier.redis_server import RedisServer
+class NaiveBaseline:
+    """Redis and a naive worker, started once; each :meth:`run_burst` drops fresh copies of its
+    files (renamed into an inbox, one task sent per file right after its rename) and waits for
+    every row. Kept running between bursts so they can alternate with the pipeline's."""
 
-    root.mkdir(parents=True, exist_ok=True)
-    db = root / "naive.db"
-    server = RedisServer(root / "redis", persist=False)
-    url = server.start()
-    env = clean_env(
-        {
-            "BENCH_NAIVE_BROKER": url,
-            "BENCH_NAIVE_DB": str(db),
-            "BENCH_NAIVE_MODEL": model_name,
-            "BENCH_NAIVE_DEVICE": device,
-        }
-    )
-    worker = spawn(
-        [
-            "-m",
-            "celery",
-            "-A",
-            "bench.naive",
-            "worker",
-            "-P",
-            pool,
-            f"--concurrency={concurrency}",
-            "-l",
-            "WARNING",
-        ],
-        root / "logs" / "naive-worker.log",
-        env,
-        cwd=root,
-    )
-    producer = Celery("naive-producer", broker=url)
-    inbox = root / "inbox"
-    try:
+    def __init__(
+        self,
+        root: Path,
+        model_name: str,
+        device: str = "cpu",
+        pool: str = "solo",
+        concurrency: int = 1,
+    ) -> None:
+        self.root = root
+        self.db = root / "naive.db"
+        self.inbox = root / "inbox"
+        self.model_name = model_name
+        self.device = device
+        self.pool = pool
+        self.concurrency = concurrency
+        self._server: Any = None
+        self._worker: Any = None
+        self._producer: Celery | None = None
+        self._tag = 7
+        self._rows = 0
 
-        def send(paths: Sequence[Path]) -> dict[str, float]:
-            dropped: dict[str, float] = {}
-            for path in paths:
-                dropped.update(burst([path], inbox))
-                producer.send_task(TASK, args=[str(inbox / path.name)], queue=QUEUE)
-            return dropped
+    def start(self, warmup: Sequence[Path]) -> None:
+        from bench.harness import clean_env, spawn
+        from inbox_classifier.redis_server import RedisServer
 
-        def wait_rows(target: int, timeout: float = 120.0) -> None:
-            last, since = -1, time.monotonic()
-            while True:
-                count = 0
-                if db.exists():
-                    with (
-                        contextlib.suppress(sqlite3.OperationalError),
-                        contextlib.closing(sqlite3.connect(db)) as conn,
-                    ):
-                        count = conn.execute("select count(*) from results").fetchone()[0]
-                if count >= target:
-                    return
-                if worker.poll() is not None:
-                    raise RuntimeError(f"naive worker exited with {worker.returncode}")
-                if count != last:
-                    last, since = count, time.monotonic()
-                elif time.monotonic() - since > timeout:
-                    raise RuntimeError(f"naive baseline stalled at {count}/{target}")
-                time.sleep(0.05)
-
-        send(stage(warmup, root / "staging", tag, prefix="warm_"))
-        wait_rows(len(warmup), timeout=180.0)
-        staged = stage(files, root / "staging", tag + 1)
-        named = {"naive_worker": worker.pid}
-        named.update(
-            {f"naive_child{i}": c.pid for i, c in enumerate(psutil.Process(worker.pid).children())}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._server = RedisServer(self.root / "redis", persist=False)
+        url = self._server.start()
+        env = clean_env(
+            {
+                "BENCH_NAIVE_BROKER": url,
+                "BENCH_NAIVE_DB": str(self.db),
+                "BENCH_NAIVE_MODEL": self.model_name,
+                "BENCH_NAIVE_DEVICE": self.device,
+            }
         )
+        args = ["-m", "celery", "-A", "bench.naive", "worker", "-P", self.pool]
+        args += [f"--concurrency={self.concurrency}", "-l", "WARNING"]
+        self._worker = spawn(args, self.root / "logs" / "naive-worker.log", env, cwd=self.root)
+        self._producer = Celery("naive-producer", broker=url)
+        self._send(self._stage(warmup, prefix="warm_"))
+
+    def stop(self) -> None:
+        from bench.harness import stop_tree
+
+        if self._worker is not None:
+            stop_tree(self._worker)
+            self._worker = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def run_burst(self, files: Sequence[Path]) -> dict[str, Any]:
+        from bench.harness import CpuMeter, percentiles
+
+        assert self._worker is not None
+        named = {"naive_worker": self._worker.pid}
+        named.update(
+            {
+                f"naive_child{i}": c.pid
+                for i, c in enumerate(psutil.Process(self._worker.pid).children())
+            }
+        )
+        staged = self._stage(files)
         with CpuMeter(named) as meter:
-            dropped = send(staged)
-            wait_rows(len(warmup) + len(files))
-        with contextlib.closing(sqlite3.connect(db)) as conn:
+            dropped = self._send(staged)
+        with contextlib.closing(sqlite3.connect(self.db)) as conn:
             rows = dict(conn.execute("select path, classified_at from results").fetchall())
         latencies = [rows[p] - t for p, t in dropped.items()]
         seconds = max(rows[p] for p in dropped) - min(dropped.values())
@@ -204,10 +190,47 @@ def run_naive(
             "seconds": round(seconds, 3),
             "images_per_s": round(len(files) / seconds, 2),
             "latency": percentiles(latencies),
-            "pool": pool,
-            "concurrency": concurrency,
+            "pool": self.pool,
+            "concurrency": self.concurrency,
             "cpu": meter.result,
         }
-    finally:
-        stop_tree(worker)
-        server.stop()
+
+    def _stage(self, files: Sequence[Path], prefix: str = "") -> list[Path]:
+        """Fresh variants of ``files`` (content the worker has not seen), next to the inbox."""
+        from bench.harness import stage
+
+        self._tag += 1
+        return stage(files, self.root / "staging", self._tag, prefix=prefix)
+
+    def _send(self, staged: Sequence[Path]) -> dict[str, float]:
+        """Drop each file into the inbox with one task right after it; wait for every row."""
+        from bench.harness import burst
+
+        assert self._producer is not None
+        dropped: dict[str, float] = {}
+        for path in staged:
+            dropped.update(burst([path], self.inbox))
+            self._producer.send_task(TASK, args=[str(self.inbox / path.name)], queue=QUEUE)
+        self._rows += len(staged)
+        self._wait_rows(self._rows, timeout=180.0)
+        return dropped
+
+    def _wait_rows(self, target: int, timeout: float) -> None:
+        last, since = -1, time.monotonic()
+        while True:
+            count = 0
+            if self.db.exists():
+                with (
+                    contextlib.suppress(sqlite3.OperationalError),
+                    contextlib.closing(sqlite3.connect(self.db)) as conn,
+                ):
+                    count = conn.execute("select count(*) from results").fetchone()[0]
+            if count >= target:
+                return
+            if self._worker.poll() is not None:
+                raise RuntimeError(f"naive worker exited with {self._worker.returncode}")
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since > timeout:
+                raise RuntimeError(f"naive baseline stalled at {count}/{target}")
+            time.sleep(0.05)

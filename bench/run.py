@@ -12,8 +12,9 @@ On one image set, model and machine it measures, in this order:
 2. the pipeline, started as users start it (``inbox-classifier up --weights none
    --no-trainer --no-beat``): files staged on the same filesystem and renamed into the inbox in
    one burst; images/s from the first rename to the last row committed, and drop->row latency
-   per image. Ceiling, pipeline and scale-out runs alternate (``--repeat``) so that drift in
-   the machine's speed and load from anything else on it hit all alike; medians are reported;
+   per image. Ceiling, pipeline, scale-out and naive runs alternate (``--repeat``) so that
+   drift in the machine's speed and load from anything else on it hit all alike; medians are
+   reported;
 3. scale-out: the same burst through 2 worker processes (the cores split between them: one
    stream, one torch thread, one decode thread each) vs the one default worker;
 4. idle latency: single files dropped one at a time into the idle pipeline;
@@ -38,6 +39,7 @@ from typing import Any
 from bench import ceiling as ceil
 from bench.harness import CpuMeter, machine_info, median, rmtree
 from bench.images import generate
+from bench.naive import NaiveBaseline
 from bench.pipeline import Pipeline
 from worker.batching import COMPILE_AFTER_IMAGES
 from worker.classifier import compile_blocker, pick_autocast, pick_device
@@ -216,6 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     two = None
     if not args.no_scale_out:
         two = Pipeline(work / "pipeline2", args.model, device, workers=2, settings_env=two_env)
+    naive = None
+    naive_files = images.files[: args.naive_images or args.images]
+    if not args.no_naive:
+        naive = NaiveBaseline(
+            work / "naive",
+            args.model,
+            device=device,
+            pool=args.naive_pool,
+            concurrency=args.naive_concurrency,
+        )
     say(f"pipeline: inbox-classifier up ({env or 'default settings'})")
     pairs = []
     try:
@@ -230,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             say("scale-out: 2 worker processes (1 stream, 1 torch thread, 1 decode thread each)")
             # Each worker must see enough images to compile (where it compiles).
             two.start(warm, rounds=2 * warm_rounds)
+        if naive is not None:
+            say(f"naive baseline ({args.naive_pool}, {len(naive_files)} images a run)")
+            naive.start(warm[:8])
         for i in range(args.repeat):
             with CpuMeter({}) as meter:
                 c = ceil.run_ceiling(classifier, images.files, *best_cfg)
@@ -251,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                 b2 = two.run_burst(images.files)
                 pairs[-1]["two_workers"] = b2.to_dict()
                 line += f"; 2 workers {b2.images_per_s:.1f} img/s"
+            if naive is not None:
+                pairs[-1]["naive"] = n = naive.run_burst(naive_files)
+                line += f"; naive {n['images_per_s']:.1f} img/s"
             say(line)
         idle = pipe.idle_latency(generate(args.idle, seed=7).files, args.idle_pause)
         out["idle"] = idle.to_dict()
@@ -263,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe.stop()
         if two is not None:
             two.stop()
+        if naive is not None:
+            naive.stop()
     out["pipeline"] = {
         "warmup": warmup.to_dict(),
         "compile": pipe.compile_outcome,
@@ -313,29 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         say(f"  2 workers: {t_med:.1f} img/s ({summary['two_over_one_worker']:.2f}x one worker)")
 
-    # --- 4. naive baseline ---------------------------------------------------------------------
-    if not args.no_naive:
-        from bench.naive import run_naive
-
-        n_images = images.files[: args.naive_images or args.images]
-        say(f"naive baseline ({args.naive_pool}, {len(n_images)} images)...")
-        naive = run_naive(
-            work / "naive",
-            warm[:8],
-            n_images,
-            args.model,
-            device=device,
-            pool=args.naive_pool,
-            concurrency=args.naive_concurrency,
+    if naive is not None:
+        n_med = median([x["naive"]["images_per_s"] for x in pairs])
+        out["naive"] = {"runs": [x["naive"] for x in pairs]}
+        summary["naive_img_s"] = round(n_med, 2)
+        summary["naive_cpu_ms_per_image"] = median([pipeline_cpu_ms(x["naive"]) for x in pairs])
+        summary["pipeline_over_naive"] = round(
+            median([x["pipeline"]["images_per_s"] / x["naive"]["images_per_s"] for x in pairs]),
+            2,
         )
-        out["naive"] = naive
-        summary["naive_img_s"] = naive["images_per_s"]
-        summary["pipeline_over_naive"] = round(p_med / naive["images_per_s"], 2)
-        say(
-            f"  naive: {naive['images_per_s']:.1f} img/s, latency p50 "
-            f"{naive['latency']['p50_ms']:.0f} ms (others on the machine "
-            f"{naive['cpu']['other_processes_share']:.0%})"
-        )
+        say(f"  naive: {n_med:.1f} img/s (the pipeline: {summary['pipeline_over_naive']:.2f}x)")
 
     # --- 6. soak ---------------------------------------------------------------------------------
     if args.soak:
