@@ -67,4 +67,5 @@ def test_the_soak_reports_worker_rss_per_wave(tmp_path: Path) -> None:
     waves = result["soak"]["waves"]
     assert [w["images"] for w in waves] == [0, 16, 32]
     assert all(w["rss_mib"][0] > 100 for w in waves), "a worker with a resnet18 loaded"
+    assert all(w["busy_rss_mib"][0] > 100 for w in waves[1:])
     assert isinstance(result["summary"]["soak_rss_growth_pct"], float)

@@ -37,6 +37,7 @@ from inbox_classifier.retry import retry_transient
 from inbox_classifier.settings import Settings
 from worker.classifier import Classifier, compile_blocker, pick_device
 from worker.layout import inference_layout
+from worker.memory import release_free_memory
 from worker.model_holder import ModelHolder
 from worker.pending import Empty, PendingQueue
 from worker.preprocess import BadImage, Preprocessing, load_for_model
@@ -265,6 +266,7 @@ class BatchEngine:
             stats, self._stats = self._stats, BatchStats()
             self.last_stats = stats
         log.info("%s", stats.line())
+        release_free_memory()
 
     def _process(self, batch: list[_Pending]) -> None:
         classifier = self._acquire()
