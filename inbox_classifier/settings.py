@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Messages a worker holds at once; default: a batch per stream plus 2.",
     )
+    malloc_arenas: int | None = Field(
+        2,
+        ge=1,
+        description="glibc malloc arenas a worker allocates from (keeps its RSS flat); "
+        "null = glibc's default (8 per core).",
+    )
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Larger images are refused as decompression bombs."
     )

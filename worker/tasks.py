@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from inbox_classifier.messages import TASK_CLASSIFY, TASK_RECONCILE, BadMessage, decode_items
 from inbox_classifier.settings import Settings
+from worker.memory import limit_arenas
 from worker.reconcile import reconcile
 from worker.runtime import WorkerRuntime
 
@@ -48,6 +49,13 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
         # Recover what a previous crash left behind as soon as a worker is up.
         if getattr(sender, "app", None) is app:
             reconcile_task.apply_async(countdown=1)
+
+    @worker_init.connect(weak=False)
+    def _limit_arenas(sender: Any = None, **_: Any) -> None:
+        # Before the pool's threads exist: they then share a few malloc arenas.
+        if getattr(sender, "app", None) is app and settings.malloc_arenas:
+            if limit_arenas(settings.malloc_arenas):
+                log.info("malloc arenas limited to %d", settings.malloc_arenas)
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
