@@ -40,6 +40,7 @@ def release_free_memory() -> bool:
 #: glibc's mallopt parameter for the most malloc arenas.
 _M_ARENA_MAX = -8
 
+
 def limit_arenas(count: int) -> bool:
     """Cap the malloc arenas of this process, as MALLOC_ARENA_MAX does, for threads that first
     allocate after the call. False where the C library has no such setting.

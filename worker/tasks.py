@@ -53,9 +53,9 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
     @worker_init.connect(weak=False)
     def _limit_arenas(sender: Any = None, **_: Any) -> None:
         # Before the pool's threads exist: they then share a few malloc arenas.
-        if getattr(sender, "app", None) is app and settings.malloc_arenas:
-            if limit_arenas(settings.malloc_arenas):
-                log.info("malloc arenas limited to %d", settings.malloc_arenas)
+        ours = getattr(sender, "app", None) is app
+        if ours and settings.malloc_arenas and limit_arenas(settings.malloc_arenas):
+            log.info("malloc arenas limited to %d", settings.malloc_arenas)
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
