@@ -185,11 +185,11 @@ class Settings(BaseSettings):
         every file held is one more that a crash redelivers."""
         if self.worker_concurrency:
             return self.worker_concurrency
-        from worker.layout import MAX_AUTO_STREAMS, usable_cores
+        from worker.layout import auto_streams, usable_cores
 
         # The device is not known here (the parent of a worker must not touch CUDA): assume a
         # CPU's streams; a GPU worker then just holds a few messages more.
-        streams = self.inference_streams or min(usable_cores(), MAX_AUTO_STREAMS)
+        streams = self.inference_streams or auto_streams("cpu", usable_cores())
         return max(2, -(-(streams + 2) * self.batch_size // self.files_per_message))
 
     def to_env(self) -> dict[str, str]:
