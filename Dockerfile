@@ -47,6 +47,8 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" ${TORCH_PACKAGES}
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY inbox_classifier ./inbox_classifier
+COPY contract ./contract
+COPY broker ./broker
 COPY db ./db
 COPY worker ./worker
 COPY watcher ./watcher

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.classifier import Classifier, pick_autocast, pick_device
+from worker.classifier import Classifier
 from worker.modelzoo import build
+from worker.precision import pick_autocast, pick_device
 from worker.preprocess import BadImage, Preprocessing, load_for_model
 
 MAX_PIXELS = 100_000_000

@@ -1,13 +1,14 @@
-"""Before/after on the same machine at the same time: two worker code trees, or two sets of
+"""Before/after on the same machine at the same time: two code trees, or two sets of
 settings, measured in alternation so that drift in the machine's speed (shared hosts drift by
 10-20% over minutes) hits both alike::
 
-    mkdir -p /tmp/before && git archive <commit> worker | tar -x -C /tmp/before
+    mkdir -p /tmp/before && git archive <commit> | tar -x -C /tmp/before
     python -m bench.compare --before /tmp/before --images 600 --rounds 3
     python -m bench.compare --before-set INFERENCE_STREAMS=1 --images 600 --rounds 3
 
-``--before`` is a folder holding an older ``worker`` package; it goes first on PYTHONPATH of
-the "before" pipeline and ceiling (everything else comes from this checkout). ``--before-set``
+``--before`` is a folder holding an older tree (all its packages, or only an older ``worker``
+where the rest still fits it); it goes first on PYTHONPATH of the "before" pipeline and
+ceiling, so whatever it holds shadows this checkout. ``--before-set``
 and ``--after-set`` give either pipeline settings (as ``bench.run --set``); with settings
 alone, only the pipelines are measured (the ceiling is the same code). Prints per-round figures
 and the medians, and writes bench/results/compare-<date>.json.
@@ -62,9 +63,14 @@ def ceiling(pythonpath: str, model: str, images: int, runs: int) -> list[float]:
     return [float(x) for x in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
+def _can_compile(tree: Path) -> bool:
+    classifier = tree / "worker" / "classifier.py"
+    return classifier.is_file() and "compile_async" in classifier.read_text()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.compare")
-    parser.add_argument("--before", type=Path, default=None, help="folder with a worker/")
+    parser.add_argument("--before", type=Path, default=None, help="folder with an older tree")
     parser.add_argument("--before-set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--after-set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--images", type=int, default=600)
@@ -86,7 +92,10 @@ def main() -> None:
     rounds: list[dict[str, Any]] = []
     try:
         for name, pipe in pipes.items():
-            pipe.start(warm, expect_compile=name == "after" or args.before is None)
+            # Each worker that may compile its model in the background is waited for, so no
+            # round pays for a compilation; a tree older than torch.compile support never does.
+            tree = args.before if name == "before" and args.before is not None else REPO
+            pipe.start(warm, expect_compile=_can_compile(tree))
             print(f"{name}: up, model {pipe.compile_outcome}", flush=True)
         for i in range(args.rounds):
             entry: dict[str, Any] = {}

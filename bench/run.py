@@ -42,8 +42,9 @@ from bench.images import generate
 from bench.naive import NaiveBaseline
 from bench.pipeline import Pipeline
 from worker.batching import COMPILE_AFTER_IMAGES
-from worker.classifier import compile_blocker, pick_autocast, pick_device
+from worker.classifier import compile_blocker
 from worker.layout import inference_layout, usable_cores
+from worker.precision import pick_autocast, pick_device
 
 RESULTS = Path(__file__).parent / "results"
 SOAK_IDLE_S = 1.5  # long enough for a worker to end its busy period (0.2 s idle) and trim

@@ -49,13 +49,14 @@ from torchvision import transforms
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from contract.settings import Settings  # noqa: E402
 from db import migrate  # noqa: E402
-from inbox_classifier.settings import Settings  # noqa: E402
 from worker import modelzoo  # noqa: E402
+from worker.precision import pick_autocast  # noqa: E402
 from worker.training.dataset import LabeledSet, Sample, scan_labeled  # noqa: E402
 from worker.training.features import get_head, set_head  # noqa: E402
 from worker.training.loop import TrainConfig, autocast_context, make_optimizer  # noqa: E402
-from worker.training.run import pick_autocast, run_training  # noqa: E402
+from worker.training.run import run_training  # noqa: E402
 
 DATASET = "skimage.data.lfw_subset (100 faces + 100 non-faces, real 25x25 grey photos)"
 

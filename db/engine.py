@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,3 +47,33 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def has_schema(engine: Engine) -> bool:
+    """True once `db upgrade` has created the tables."""
+    return inspect(engine).has_table("model_versions")
+
+
+class LazySessions:
+    """The ledger of the process that uses it, connected on first use: a Celery parent that
+    forks its pool never holds a connection, and every process makes its own engine."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._factory: sessionmaker[Session] | None = None
+
+    def get(self) -> sessionmaker[Session]:
+        with self._lock:
+            if self._factory is None:
+                self._engine = make_engine(self._url)
+                self._factory = make_sessionmaker(self._engine)
+            return self._factory
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+            self._engine = None
+            self._factory = None

@@ -4,82 +4,23 @@ and is safe to repeat: the pipeline is at-least-once, the ledger makes it exactl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import (
-    Base,
-    Image,
-    ImagePath,
-    ImageStatus,
-    ModelStatus,
-    ModelVersion,
-    Prediction,
-    utcnow,
-)
+from contract.chunks import chunked
+from contract.clock import as_utc, utcnow
+from contract.failures import FailureKind, is_path_failure
+from contract.messages import WorkItem
+from contract.records import Classified, Failed, SeenFile
+from db.models import Base, Image, ImagePath, ImageStatus, Prediction
 
 # SQLite allows 32766 bound parameters per statement; stay well inside it.
-_CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class SeenFile:
-    """A completely written file in the inbox, hashed by the watcher."""
-
-    path: str
-    sha256: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """What a queue message carries per image: a path and a content hash, never bytes."""
-
-    path: str
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class Classified:
-    sha256: str
-    label: str
-    confidence: float
-    topk: list[dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    sha256: str
-    error: str
-
-
-# Reasons the worker gives (worker/batching.py, read_verified) when a *path* failed rather than
-# the content: the file vanished, was replaced, or is not a regular file. The same bytes seen at
-# another path can still be classified, so such a failure must not shadow the content for ever
-# (tests/test_faults_ledger.py pins this list to the worker's wording).
-PATH_FAILURE_PREFIXES = (
-    "file vanished",
-    "file cannot be opened",
-    "file cannot be read",
-    "not a regular file",
-    "file changed after it was queued",
-)
-
-
-def is_path_failure(error: str | None) -> bool:
-    return bool(error) and str(error).startswith(PATH_FAILURE_PREFIXES)
-
-
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+CHUNK = 500
 
 
 def _insert(session: Session, table: type[Base]) -> Any:
@@ -104,7 +45,7 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     by_hash: dict[str, SeenFile] = {}
     for seen in files:
         by_hash.setdefault(seen.sha256, seen)
-    for chunk in _chunks(list(by_hash.values())):
+    for seen_part in chunked(list(by_hash.values()), CHUNK):
         rows = [
             {
                 "sha256": f.sha256,
@@ -114,29 +55,35 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
                 "created_at": now,
                 "updated_at": now,
             }
-            for f in chunk
+            for f in seen_part
         ]
         stmt = _insert(session, Image).values(rows)
         session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
 
     ids: dict[str, tuple[int, str, datetime | None]] = {}
     revive: list[int] = []
-    for chunk in _chunks(list(by_hash)):
+    for hash_part in chunked(list(by_hash), CHUNK):
         query = select(
-            Image.id, Image.sha256, Image.status, Image.enqueued_at, Image.error
-        ).where(Image.sha256.in_(chunk))
-        for image_id, sha, status, enqueued_at, error in session.execute(query):
-            if status == ImageStatus.FAILED and is_path_failure(error):
+            Image.id, Image.sha256, Image.status, Image.enqueued_at, Image.error_kind
+        ).where(Image.sha256.in_(hash_part))
+        for image_id, sha, status, enqueued_at, error_kind in session.execute(query):
+            if status == ImageStatus.FAILED and is_path_failure(error_kind):
                 # Failed because a *path* vanished or changed, and these bytes are here again
                 # (moved, or dropped again): queue the content once more.
                 revive.append(image_id)
                 status, enqueued_at = ImageStatus.QUEUED.value, None
             ids[sha] = (image_id, status, enqueued_at)
-    for chunk in _chunks(revive):
+    for id_part in chunked(revive, CHUNK):
         session.execute(
             update(Image)
-            .where(Image.id.in_(chunk), Image.status == ImageStatus.FAILED)
-            .values(status=ImageStatus.QUEUED.value, error=None, enqueued_at=None, updated_at=now)
+            .where(Image.id.in_(id_part), Image.status == ImageStatus.FAILED)
+            .values(
+                status=ImageStatus.QUEUED.value,
+                error=None,
+                error_kind=None,
+                enqueued_at=None,
+                updated_at=now,
+            )
         )
 
     path_rows = [
@@ -150,8 +97,8 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
         }
         for f in {f.path: f for f in files}.values()
     ]
-    for chunk in _chunks(path_rows):
-        stmt = _insert(session, ImagePath).values(list(chunk))
+    for row_part in chunked(path_rows, CHUNK):
+        stmt = _insert(session, ImagePath).values(list(row_part))
         stmt = stmt.on_conflict_do_update(
             index_elements=["path"],
             set_={
@@ -172,10 +119,10 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
 
 def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
     now = utcnow()
-    for chunk in _chunks(list(sha256s)):
+    for hash_part in chunked(list(sha256s), CHUNK):
         session.execute(
             update(Image)
-            .where(Image.sha256.in_(chunk), Image.status == ImageStatus.QUEUED)
+            .where(Image.sha256.in_(hash_part), Image.status == ImageStatus.QUEUED)
             .values(enqueued_at=now)
         )
 
@@ -183,9 +130,9 @@ def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
 def known_paths(session: Session, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
     """path -> (size, mtime_ns) for paths already recorded, so rescans skip re-hashing them."""
     found: dict[str, tuple[int, int]] = {}
-    for chunk in _chunks(list(paths)):
+    for path_part in chunked(list(paths), CHUNK):
         query = select(ImagePath.path, ImagePath.size, ImagePath.mtime_ns).where(
-            ImagePath.path.in_(chunk)
+            ImagePath.path.in_(path_part)
         )
         for path, size, mtime_ns in session.execute(query):
             found[path] = (size, mtime_ns)
@@ -205,9 +152,9 @@ def save_results(
     now = utcnow()
     hashes = [c.sha256 for c in classified] + [f.sha256 for f in failed]
     ids: dict[str, int] = {}
-    for chunk in _chunks(hashes):
+    for hash_part in chunked(hashes, CHUNK):
         for image_id, sha in session.execute(
-            select(Image.id, Image.sha256).where(Image.sha256.in_(chunk))
+            select(Image.id, Image.sha256).where(Image.sha256.in_(hash_part))
         ):
             ids[sha] = image_id
 
@@ -224,8 +171,8 @@ def save_results(
             }
             for c in known
         ]
-        for chunk in _chunks(rows):
-            stmt = _insert(session, Prediction).values(list(chunk))
+        for row_part in chunked(rows, CHUNK):
+            stmt = _insert(session, Prediction).values(list(row_part))
             session.execute(
                 stmt.on_conflict_do_nothing(index_elements=["image_id", "model_version_id"])
             )
@@ -236,6 +183,7 @@ def save_results(
                     "id": ids[c.sha256],
                     "status": ImageStatus.DONE.value,
                     "error": None,
+                    "error_kind": None,
                     "label": c.label,
                     "confidence": c.confidence,
                     "topk": c.topk,
@@ -255,10 +203,10 @@ def save_results(
         done: set[int] = set()
         has_result: set[int] = set()
         retry_elsewhere: set[int] = set()
-        for chunk in _chunks([ids[f.sha256] for f in bad]):
+        for id_part in chunked([ids[f.sha256] for f in bad], CHUNK):
             states = session.execute(
                 select(Image.id, Image.status, Image.enqueued_at, Image.label).where(
-                    Image.id.in_(chunk)
+                    Image.id.in_(id_part)
                 )
             ).all()
             done.update(i for i, status, _, _ in states if status == ImageStatus.DONE)
@@ -271,7 +219,7 @@ def save_results(
             image_id = ids[f.sha256]
             if image_id in done:
                 continue
-            if image_id in retry_elsewhere and is_path_failure(f.error):
+            if image_id in retry_elsewhere and is_path_failure(f.kind):
                 # The path we were sent is gone, but the watcher saw these bytes at a path
                 # since (the file was moved within the inbox): leave it queued and unsent,
                 # so the reconciler sends it again with the newest path.
@@ -287,6 +235,7 @@ def save_results(
                     "id": image_id,
                     "status": ImageStatus.FAILED.value,
                     "error": f.error,
+                    "error_kind": f.kind.value,
                     "updated_at": now,
                 }
             )
@@ -295,28 +244,21 @@ def save_results(
     return len(known) + len(bad)
 
 
-def _seen_since_sent(
-    session: Session, rows: Sequence[tuple[int, datetime | None]]
-) -> set[int]:
+def _seen_since_sent(session: Session, rows: Sequence[tuple[int, datetime | None]]) -> set[int]:
     """Images (id, enqueued_at) that had a path recorded after they were last sent."""
     sent = {image_id: at for image_id, at in rows if at is not None}
     if not sent:
         return set()
     out: set[int] = set()
-    for chunk in _chunks(list(sent)):
+    for id_part in chunked(list(sent), CHUNK):
         for image_id, last_seen in session.execute(
             select(ImagePath.image_id, ImagePath.last_seen_at).where(
-                ImagePath.image_id.in_(chunk)
+                ImagePath.image_id.in_(id_part)
             )
         ):
-            if _aware(last_seen) > _aware(sent[image_id]):
+            if as_utc(last_seen) > as_utc(sent[image_id]):
                 out.add(image_id)
     return out
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the ledger writes UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def find_stuck(session: Session, older_than: timedelta, limit: int = 10_000) -> list[WorkItem]:
@@ -361,7 +303,12 @@ def fail_orphans(session: Session, older_than: timedelta) -> int:
             Image.created_at < cutoff,
             ~select(ImagePath.id).where(ImagePath.image_id == Image.id).exists(),
         )
-        .values(status=ImageStatus.FAILED.value, error=ORPHAN_ERROR, updated_at=utcnow())
+        .values(
+            status=ImageStatus.FAILED.value,
+            error=ORPHAN_ERROR,
+            error_kind=FailureKind.ORPHANED.value,
+            updated_at=utcnow(),
+        )
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)
@@ -374,9 +321,9 @@ def count_attempt(session: Session, sha256s: Sequence[str], max_attempts: int) -
     """
     keep: list[str] = []
     now = utcnow()
-    for chunk in _chunks(list(sha256s)):
+    for hash_part in chunked(list(sha256s), CHUNK):
         rows = session.execute(
-            select(Image.id, Image.sha256, Image.attempts).where(Image.sha256.in_(chunk))
+            select(Image.id, Image.sha256, Image.attempts).where(Image.sha256.in_(hash_part))
         ).all()
         updates = []
         for image_id, sha, attempts in rows:
@@ -385,6 +332,7 @@ def count_attempt(session: Session, sha256s: Sequence[str], max_attempts: int) -
             if attempts > max_attempts:
                 change["status"] = ImageStatus.FAILED.value
                 change["error"] = f"gave up after {max_attempts} deliveries without a result"
+                change["error_kind"] = FailureKind.GAVE_UP.value
             else:
                 keep.append(sha)
             updates.append(change)
@@ -393,54 +341,18 @@ def count_attempt(session: Session, sha256s: Sequence[str], max_attempts: int) -
     return keep
 
 
-# --- model versions ---------------------------------------------------------------------------
-
-
-def base_model_name(arch: str, weights: str) -> str:
-    return f"base:{arch}:{weights}"
-
-
-def active_model(session: Session) -> ModelVersion | None:
-    return session.scalars(
-        select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE).limit(1)
-    ).first()
-
-
-def ensure_base_model(
-    session: Session, arch: str, weights: str, classes: list[str]
-) -> ModelVersion:
-    """Register the configured base model and return the active model.
-
-    A trained model that is active stays active. If the active model is another base (the
-    configuration changed) or there is none, the configured base becomes active.
-    """
-    name = base_model_name(arch, weights)
-    base = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
-    if base is None:
-        base = ModelVersion(
-            name=name,
-            arch=arch,
-            weights=weights,
-            classes=classes,
-            status=ModelStatus.RETIRED.value,
-            trained=False,
+def requeue_done(session: Session, sha256s: Sequence[str]) -> None:
+    """Set done images back to queued (never sent), for a rescore by the active model. Their
+    results stay until the new ones are written; failures never undo them."""
+    for hash_part in chunked(list(sha256s), CHUNK):
+        session.execute(
+            update(Image)
+            .where(Image.sha256.in_(hash_part), Image.status == ImageStatus.DONE)
+            .values(
+                status=ImageStatus.QUEUED.value,
+                enqueued_at=None,
+                attempts=0,
+                error=None,
+                error_kind=None,
+            )
         )
-        session.add(base)
-        session.flush()
-    current = active_model(session)
-    if current is not None and (current.trained or current.id == base.id):
-        return current
-    activate(session, base)
-    return base
-
-
-def activate(session: Session, version: ModelVersion) -> None:
-    """Make ``version`` the one active model; the previous one is retired."""
-    session.execute(
-        update(ModelVersion)
-        .where(ModelVersion.status == ModelStatus.ACTIVE, ModelVersion.id != version.id)
-        .values(status=ModelStatus.RETIRED.value)
-    )
-    version.status = ModelStatus.ACTIVE.value
-    version.activated_at = utcnow()
-    session.flush()

@@ -3,7 +3,7 @@ model versions hang off it. Documented for plain-SQL users in README.md ("The sc
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -21,9 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from contract.clock import utcnow
 
 
 class ImageStatus(StrEnum):
@@ -79,7 +77,9 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.QUEUED)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed, in words
+    # ... and as a contract.failures.FailureKind, which is what the code decides by.
+    error_kind: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # The current result (the latest prediction), denormalised for plain-SQL queries.
     label: Mapped[str | None] = mapped_column(String(255), index=True)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
 
-from db.models import Image, ImagePath, ModelVersion, Prediction, TrainingRun, utcnow
+from contract.clock import iso, utcnow
+from contract.messages import WorkItem
+from db.models import Image, ImagePath, ImageStatus, ModelVersion
+from db.versions import active_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,39 +70,93 @@ def glob_to_like(pattern: str) -> str:
     return "".join(out)
 
 
-def status_counts() -> Select[str, int]:
-    return select(Image.status, func.count()).group_by(Image.status)
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """One (image, path) of :func:`results`, as ``results --format json`` prints it."""
+
+    path: str
+    sha256: str
+    status: str
+    label: str | None
+    confidence: float | None
+    topk: list[Any]
+    model_version: str | None
+    error: str | None
+    error_kind: str | None
+    classified_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
-def done_since(window: timedelta) -> Select[int]:
+def result_rows(session: Session, f: ResultFilter) -> list[ResultRow]:
+    return [
+        ResultRow(
+            path=path.path,
+            sha256=image.sha256,
+            status=image.status,
+            label=image.label,
+            confidence=image.confidence,
+            topk=image.topk or [],
+            model_version=version.name if version else None,
+            error=image.error,
+            error_kind=image.error_kind,
+            classified_at=iso(image.classified_at),
+        )
+        for image, path, version in session.execute(results(f))
+    ]
+
+
+def ledger_status(session: Session, window_s: int) -> dict[str, Any]:
+    """The ledger's part of ``status --json``: images per status, the active model, and the
+    classification rate over the last ``window_s`` seconds."""
+    model = active_model(session)
+    active = (
+        None
+        if model is None
+        else {
+            "id": model.id,
+            "name": model.name,
+            "arch": model.arch,
+            "classes": len(model.classes),
+            "val_accuracy": model.val_accuracy,
+        }
+    )
+    recent = done_since(session, timedelta(seconds=window_s))
+    return {
+        "images": status_counts(session),
+        "active_model": active,
+        "images_per_second": round(recent / window_s, 2),
+    }
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Images per status, every status present (0 when none)."""
+    counts = {s.value: 0 for s in ImageStatus}
+    query = select(Image.status, func.count()).group_by(Image.status)
+    counts.update({state: n for state, n in session.execute(query)})
+    return counts
+
+
+def done_since(session: Session, window: timedelta) -> int:
     """How many images were classified in the last ``window`` (for img/s)."""
-    return select(func.count()).where(Image.classified_at >= utcnow() - window)
+    query = select(func.count()).where(Image.classified_at >= utcnow() - window)
+    return int(session.execute(query).scalar_one())
 
 
-def model_versions() -> Select[ModelVersion]:
-    return select(ModelVersion).order_by(ModelVersion.id)
-
-
-def predictions_for(image_id: int) -> Select[Prediction]:
-    return select(Prediction).where(Prediction.image_id == image_id).order_by(Prediction.id)
-
-
-def training_runs(limit: int = 20) -> Select[TrainingRun]:
-    return select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
-
-
-def reclassify_candidates(
+def reclassify_items(
+    session: Session,
     active_version_id: int,
     below_confidence: float | None = None,
     older_than_version: bool = False,
     label: str | None = None,
     since: datetime | None = None,
-) -> Select[str, str]:
-    """(sha256, path) of done images to rescore with the active model."""
+) -> list[WorkItem]:
+    """Done images to rescore with the active model, each with one of its paths."""
     query = (
         select(Image.sha256, func.min(ImagePath.path))
         .join(ImagePath, ImagePath.image_id == Image.id)
-        .where(Image.status == "done", Image.model_version_id != active_version_id)
+        .where(Image.status == ImageStatus.DONE, Image.model_version_id != active_version_id)
         .group_by(Image.id, Image.sha256)
     )
     if below_confidence is not None:
@@ -108,4 +167,4 @@ def reclassify_candidates(
         query = query.where(Image.label == label)
     if since is not None:
         query = query.where(Image.classified_at >= since)
-    return query
+    return [WorkItem(path=path, sha256=sha) for sha, path in session.execute(query)]

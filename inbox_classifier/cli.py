@@ -1,4 +1,5 @@
-"""The `inbox-classifier` console script: thin commands over the role packages."""
+"""The `inbox-classifier` console script: thin commands over the role packages. Importing it
+loads no torch: each command imports what it runs when it runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from inbox_classifier import __version__
 from inbox_classifier.cli_db import db
 from inbox_classifier.cli_pipeline import beat, up, watch, worker
 from inbox_classifier.cli_query import results, status
+from inbox_classifier.cli_training import models, reclassify, retrain
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,13 +22,5 @@ def main() -> None:
     """
 
 
-for command in (up, watch, worker, beat, db, results, status):
+for command in (up, watch, worker, beat, db, results, status, retrain, models, reclassify):
     main.add_command(command)
-
-try:
-    from inbox_classifier.cli_training import models, reclassify, retrain
-except ImportError:  # pragma: no cover - only while the training package is absent
-    pass
-else:
-    for command in (retrain, models, reclassify):
-        main.add_command(command)

@@ -1,16 +1,23 @@
-"""Shared CLI plumbing: the options that override Settings, and how commands receive them."""
+"""Shared CLI plumbing: the options that override Settings, how commands receive them, the
+ledger a command reads, and turning the lower layers' errors into messages."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
+from sqlalchemy.orm import Session, sessionmaker
 
-from inbox_classifier.settings import Settings
+from broker.locate import BrokerNotFound, with_broker
+from contract.clock import parse_since
+from contract.settings import Settings
+from db.engine import has_schema, make_engine, make_sessionmaker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,3 +66,39 @@ def configure_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
+
+
+class Since(click.ParamType):
+    """'30m', '2h', '7d' (ago) or an ISO date/time."""
+
+    name = "since"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_since(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@contextmanager
+def ledger(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the configured ledger, which must exist already."""
+    engine = make_engine(settings.db_url)
+    try:
+        if not has_schema(engine):
+            raise click.ClickException(
+                f"no ledger at {settings.db_url}: run `inbox-classifier db upgrade` first"
+            )
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def require_broker(settings: Settings) -> Settings:
+    """``settings`` with the broker URL of a running `up` filled in; a clear error if none."""
+    try:
+        return with_broker(settings)
+    except BrokerNotFound as exc:
+        raise click.ClickException(str(exc)) from exc

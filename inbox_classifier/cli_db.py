@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from contract.settings import Settings
 from db import migrate
 from inbox_classifier.cli_common import settings_options
-from inbox_classifier.settings import Settings
 
 
 @click.group()

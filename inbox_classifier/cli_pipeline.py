@@ -9,9 +9,9 @@ import threading
 
 import click
 
-from inbox_classifier.broker import with_broker
-from inbox_classifier.cli_common import settings_options
-from inbox_classifier.settings import CLASSIFY_QUEUE, TRAIN_QUEUE, Settings
+from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
+from contract.settings import Settings
+from inbox_classifier.cli_common import require_broker, settings_options
 
 
 @click.command()
@@ -37,7 +37,7 @@ def watch(settings: Settings) -> None:
     from db import migrate
     from watcher.service import run_watcher
 
-    settings = with_broker(settings)
+    settings = require_broker(settings)
     migrate.upgrade(settings.db_url)
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -61,9 +61,10 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
     process on the first batch."""
     from db import migrate
     from worker import modelzoo
+    from worker.layout import worker_concurrency
     from worker.tasks import create_worker_app
 
-    settings = with_broker(settings)
+    settings = require_broker(settings)
     wanted = {q.strip() for q in queues.split(",") if q.strip()}
     unknown = wanted - {CLASSIFY_QUEUE, TRAIN_QUEUE}
     if unknown:
@@ -75,7 +76,7 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
         except modelzoo.ModelError as exc:
             raise click.ClickException(str(exc)) from exc
     if concurrency is None:
-        concurrency = settings.effective_worker_concurrency if CLASSIFY_QUEUE in wanted else 1
+        concurrency = worker_concurrency(settings) if CLASSIFY_QUEUE in wanted else 1
     app = create_worker_app(settings)
     node = name or f"{'+'.join(sorted(wanted))}.{os.getpid()}@{socket.gethostname()}"
     app.worker_main(
@@ -97,9 +98,9 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
 @settings_options
 def beat(settings: Settings) -> None:
     """Run the scheduler: retraining on its schedule, and the stuck-row reconciler."""
-    from worker.app import make_celery
+    from broker.app import make_celery
 
-    settings = with_broker(settings)
+    settings = require_broker(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = make_celery(settings)
     app.start(

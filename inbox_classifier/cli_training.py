@@ -6,39 +6,25 @@ Importing this module imports no torch: training code loads only when a command 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import click
-from sqlalchemy import inspect, select, update
-from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_sessionmaker, transaction
-from db.ledger import WorkItem, activate, active_model, mark_enqueued
-from db.models import Image, ImageStatus, ModelStatus, ModelVersion, RunStatus, TrainingRun
-from db.queries import model_versions, reclassify_candidates
-from inbox_classifier.cli_common import settings_options
-from inbox_classifier.cli_query import parse_since
-from inbox_classifier.messages import TASK_RETRAIN
-from inbox_classifier.settings import TRAIN_QUEUE, Settings
-
-_CHUNK = 500
-
-
-@contextmanager
-def _ledger(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.db_url)
-    try:
-        if not inspect(engine).has_table("model_versions"):
-            raise click.ClickException(
-                f"no ledger at {settings.db_url}: run `inbox-classifier db upgrade` first"
-            )
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
-
+from broker.app import NoBroker, make_celery
+from broker.send import send_classify, send_retrain
+from contract.clock import as_utc
+from contract.messages import RetrainRequest
+from contract.queues import TRAIN_QUEUE
+from contract.reports import ProgressEvent, TrainingReport
+from contract.settings import Settings
+from db import runs, versions
+from db.engine import transaction
+from db.ledger import mark_enqueued, requeue_done
+from db.models import ModelStatus, RunStatus
+from db.queries import reclassify_items
+from inbox_classifier.cli_common import Since, ledger, settings_options
 
 # --- retrain -------------------------------------------------------------------------------------
 
@@ -57,7 +43,7 @@ class _Printer:
         self.phase = ""
         self.warning = ""
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         kind = event.get("event")
         warning = event.get("last_warning")
         if warning and warning != self.warning:
@@ -87,8 +73,8 @@ class _Printer:
                 click.echo(phase)
 
 
-def _print_report(report: dict[str, Any], settings: Settings) -> None:
-    version = report.get("version", {})
+def _print_report(report: TrainingReport, settings: Settings) -> None:
+    version: dict[str, Any] = dict(report.get("version") or {})
     click.echo(
         f"\n{version.get('name', 'candidate')}: val accuracy {report['accuracy']:.3f} on "
         f"{report['val_images']} images (best epoch {report['best_epoch']} of "
@@ -125,7 +111,7 @@ def retrain(settings: Settings, wait: bool, force: bool, fresh: bool) -> None:
         return
     from worker.training.run import run_training
 
-    with _ledger(settings) as sessions:
+    with ledger(settings) as sessions:
         click.echo(f"training {settings.model} from {settings.labeled_path}")
         outcome = run_training(
             settings,
@@ -144,29 +130,18 @@ def retrain(settings: Settings, wait: bool, force: bool, fresh: bool) -> None:
 
 
 def _send_retrain(settings: Settings, force: bool, fresh: bool) -> None:
-    from worker.app import PUBLISH_RETRY_POLICY, make_celery
-    from worker.training.run import create_queued_run
-
     try:
         app = make_celery(settings)
-    except ValueError as exc:
+    except NoBroker as exc:
         raise click.UsageError(f"{exc} (or use --wait to train in this process)") from exc
-    with _ledger(settings) as sessions:
-        run_id = create_queued_run(sessions, "manual")
+    with ledger(settings) as sessions:
+        with transaction(sessions) as session:
+            run_id = runs.create_queued(session, "manual")
         try:
-            app.send_task(
-                TASK_RETRAIN,
-                kwargs={"trigger": "manual", "force": force, "run_id": run_id, "fresh": fresh},
-                queue=TRAIN_QUEUE,
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-            )
+            send_retrain(app, RetrainRequest("manual", force=force, run_id=run_id, fresh=fresh))
         except Exception as exc:
             with transaction(sessions) as session:
-                run = session.get(TrainingRun, run_id)
-                if run is not None:
-                    run.status = RunStatus.FAILED.value
-                    run.message = f"could not send the request to the broker: {exc}"
+                runs.fail(session, run_id, f"could not send the request to the broker: {exc}")
             raise click.ClickException(f"could not reach the broker: {exc}") from exc
     click.echo(f"run {run_id} queued on the '{TRAIN_QUEUE}' queue")
 
@@ -209,15 +184,12 @@ def _per_class_text(per_class: dict[str, Any] | None) -> str:
 
 
 def _created_text(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    return "-" if moment is None else as_utc(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _list_versions(settings: Settings, long: bool) -> None:
-    with _ledger(settings) as sessions, transaction(sessions) as session:
-        rows = session.scalars(model_versions()).all()
+    with ledger(settings) as sessions, transaction(sessions) as session:
+        rows = versions.all_versions(session)
         table = [
             (
                 str(v.id),
@@ -264,53 +236,38 @@ def list_models(ctx: click.Context, settings: Settings, long_: bool) -> None:
     _list_versions(_merged(ctx, settings), long_)
 
 
-def _check_loadable(settings: Settings, version: ModelVersion) -> None:
-    if not version.trained:
-        return  # a base model: built from arch + weights spec by the workers
+def _check_loadable(settings: Settings, version_id: int, name: str) -> None:
     from worker import model_store
     from worker.modelzoo import ModelError
 
     try:
-        model_store.load_version(settings.models_path, version.id)
+        model_store.load_version(settings.models_path, version_id)
     except ModelError as exc:
-        raise click.ClickException(f"{version.name} cannot be loaded: {exc}") from exc
+        raise click.ClickException(f"{name} cannot be loaded: {exc}") from exc
 
 
 def _switch(settings: Settings, version_id: int | None, verb: str) -> None:
-    with _ledger(settings) as sessions:
+    with ledger(settings) as sessions:
         with transaction(sessions) as session:
-            current = active_model(session)
+            current = versions.active_model(session)
             if version_id is None:  # rollback: the version active before the current one
-                query = select(ModelVersion).where(
-                    ModelVersion.activated_at.is_not(None),
-                    ModelVersion.status != ModelStatus.ACTIVE,
-                )
-                target = session.scalars(
-                    query.order_by(ModelVersion.activated_at.desc(), ModelVersion.id.desc())
-                ).first()
+                target = versions.previously_active(session)
                 if target is None:
                     raise click.ClickException("no previously active model version to go back to")
             else:
-                target = session.get(ModelVersion, version_id)
+                target = versions.get(session, version_id)
                 if target is None:
                     raise click.ClickException(f"no model version {version_id}")
             if current is not None and current.id == target.id:
                 click.echo(f"{target.name} is already active")
                 return
-            session.expunge(target)
-        _check_loadable(settings, target)
+            target_id, name, trained = target.id, target.name, target.trained
+        if trained:  # a base model is built from arch + weights spec by the workers
+            _check_loadable(settings, target_id, name)
         with transaction(sessions) as session:
-            row = session.get(ModelVersion, target.id)
-            assert row is not None
-            was = row.status
-            previous = current.name if current is not None else "none"
-            note = f"{verb} by hand from {previous}"
-            if was == ModelStatus.REJECTED:
-                note += " (overriding the gate)"
-            row.reason = f"{note}; earlier: {row.reason}" if row.reason else note
-            activate(session, row)
+            previous = versions.activate_by_hand(session, target_id, verb)
     click.echo(
-        f"{target.name} is now active (was {previous}); workers switch to it within "
+        f"{name} is now active (was {previous}); workers switch to it within "
         f"{settings.model_check_interval_s:g}s"
     )
 
@@ -343,7 +300,9 @@ def rollback(ctx: click.Context, settings: Settings) -> None:
     help="Only images whose current confidence is below this.",
 )
 @click.option("--label", default=None, help="Only images currently labeled this.")
-@click.option("--since", default=None, help="Only images classified since: 2h, 7d or ISO time.")
+@click.option(
+    "--since", type=Since(), default=None, help="Only images classified since: 2h, 7d or ISO time."
+)
 @click.option(
     "--older-version",
     is_flag=True,
@@ -355,25 +314,24 @@ def reclassify(
     settings: Settings,
     below_confidence: float | None,
     label: str | None,
-    since: str | None,
+    since: datetime | None,
     older_version: bool,
     dry_run: bool,
 ) -> None:
     """Classify done images again with the active model (older predictions stay as history)."""
-    since_at = parse_since(since) if since is not None else None
-    with _ledger(settings) as sessions:
+    with ledger(settings) as sessions:
         with transaction(sessions) as session:
-            active = active_model(session)
+            active = versions.active_model(session)
             if active is None:
                 raise click.ClickException("no active model yet: start a worker or train one")
-            query = reclassify_candidates(
+            items = reclassify_items(
+                session,
                 active.id,
                 below_confidence=below_confidence,
                 older_than_version=older_version,
                 label=label,
-                since=since_at,
+                since=since,
             )
-            items = [WorkItem(path=path, sha256=sha) for sha, path in session.execute(query)]
             name = active.name
             if dry_run or not items:
                 click.echo(
@@ -382,20 +340,8 @@ def reclassify(
                 )
                 return
             shas = [i.sha256 for i in items]
-            for start in range(0, len(shas), _CHUNK):
-                session.execute(
-                    update(Image)
-                    .where(
-                        Image.sha256.in_(shas[start : start + _CHUNK]),
-                        Image.status == ImageStatus.DONE,
-                    )
-                    .values(
-                        status=ImageStatus.QUEUED.value, enqueued_at=None, attempts=0, error=None
-                    )
-                )
+            requeue_done(session, shas)
         # Rows are queued before they are sent: if sending fails, the reconciler sends them.
-        from worker.app import make_celery, send_classify
-
         try:
             messages = send_classify(make_celery(settings), items, settings.files_per_message)
         except Exception as exc:

@@ -19,10 +19,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from broker.locate import url_file
+from contract.backoff import backoff_delay
+from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
+from contract.settings import Settings
 from db import migrate
-from inbox_classifier.broker import url_file
 from inbox_classifier.redis_server import RedisServer
-from inbox_classifier.settings import CLASSIFY_QUEUE, TRAIN_QUEUE, Settings
 
 log = logging.getLogger("inbox_classifier.up")
 
@@ -181,7 +183,7 @@ def _restart_dead(children: list[Child]) -> None:
             # A child that ran a while before dying starts over with a short delay.
             if now - child.started_at > 60:
                 child.restarts = 0
-            delay = min(MAX_RESTART_DELAY_S, 2.0**child.restarts)
+            delay = backoff_delay(child.restarts + 1, base=1.0, cap=MAX_RESTART_DELAY_S)
             child.next_start = now + delay
             log.error("%s exited with %s; restarting in %.0fs", child.name, code, delay)
         elif now >= child.next_start:

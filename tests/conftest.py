@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from contract.settings import ENV_PREFIX, Settings
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
 from inbox_classifier.redis_server import RedisServer
-from inbox_classifier.settings import ENV_PREFIX, Settings
 
 pytest_plugins = ["tests.pg_fixtures"]
 

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.settings import Settings
 from db.models import ImageStatus
-from inbox_classifier.settings import Settings
 from tests.helpers.faults import (
     enqueue,
     max_attempts_seen,

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.settings import Settings
 from db.engine import transaction
 from db.models import Image, ImageStatus
-from inbox_classifier.settings import Settings
 from tests.helpers.images import write_images
 from tests.helpers.pipeline import record, wait_until
 from worker import batching

@@ -16,14 +16,15 @@ from celery.contrib.testing.worker import start_worker
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
+from broker.send import send_classify
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import activate
 from db.models import Image, ImageStatus, ModelStatus, ModelVersion, Prediction
-from inbox_classifier.settings import Settings
+from db.versions import activate
 from tests.helpers.images import write_image, write_images
 from tests.helpers.pipeline import count, record, wait_until
 from worker import model_store, modelzoo
-from worker.app import send_classify
+from worker.layout import worker_concurrency
 from worker.tasks import create_worker_app
 
 
@@ -34,7 +35,7 @@ def worker_app(settings: Settings) -> Iterator[Celery]:
     with start_worker(
         app,
         pool="threads",
-        concurrency=fast.effective_worker_concurrency,
+        concurrency=worker_concurrency(fast),
         perform_ping_check=False,
         queues=["classify"],
         shutdown_timeout=30,

@@ -8,10 +8,12 @@ import json
 
 from click.testing import CliRunner
 
+from contract.records import Classified, Failed
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import Classified, Failed, ensure_base_model, save_results
+from db.ledger import save_results
+from db.versions import ensure_base_model
 from inbox_classifier.cli import main
-from inbox_classifier.settings import Settings
 from tests.helpers.images import write_images
 from tests.helpers.pipeline import record
 

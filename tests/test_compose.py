@@ -32,7 +32,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from inbox_classifier.settings import ENV_PREFIX, Settings
+from contract.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -620,6 +620,8 @@ def test_dockerignore_keeps_the_context_lean_and_secret_free() -> None:
         "db/migrations/script.py.mako",
         "worker/app.py",
         "watcher/__init__.py",
+        "contract/settings.py",
+        "broker/app.py",
     ):
         assert not ignored(path), f"{path} must be in the build context"
     for path in (

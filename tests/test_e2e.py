@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from contract.settings import Settings
 from db.engine import transaction
 from db.models import Image, ImagePath, ImageStatus, Prediction
-from inbox_classifier.settings import Settings
 from tests.helpers.images import write_image, write_images
 from tests.helpers.pipeline import count, wait_until
 from tests.helpers.procs import cli, running, stop

@@ -24,10 +24,10 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.models import Image, ImageStatus
 from inbox_classifier.redis_server import RedisServer
-from inbox_classifier.settings import Settings
 from tests.helpers.faults import (
     ExclusiveSqliteLock,
     assert_exactly_once,
@@ -384,7 +384,7 @@ def test_file_deleted_replaced_or_moved_between_enqueue_and_decode(
 def _models_invariants(s: Settings, sessions) -> None:  # type: ignore[no-untyped-def]
     """No visible version directory without its model.pt; the active row's file exists and
     loads (weights_only); only hidden .tmp-* leftovers may remain from a killed save."""
-    from db.ledger import active_model
+    from db.versions import active_model
     from worker import model_store
 
     if s.models_path.exists():
@@ -408,8 +408,8 @@ def test_disk_full_while_writing_a_model_version_keeps_the_old_model_active(
     """The models folder is a real 60 MB tmpfs: version 1 (~45 MB for resnet18) fits, the
     next one cannot. Where mounting is not allowed, torch.save is made to fail with ENOSPC
     after writing part of the file (the fallback is reported)."""
-    from db.ledger import active_model
     from db.models import ModelStatus, ModelVersion, RunStatus
+    from db.versions import active_model
     from tests.helpers.faults import enospc, small_filesystem
     from tests.test_training import COLOURS, make_labeled, training_settings, write_class
     from worker.model_holder import ModelHolder

@@ -6,25 +6,22 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import redis
 from sqlalchemy import select, update
 
+from broker.app import make_celery
+from contract.clock import utcnow
+from contract.failures import FailureKind
+from contract.records import Classified, Failed, SeenFile
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import (
-    Classified,
-    Failed,
-    SeenFile,
-    ensure_base_model,
-    mark_enqueued,
-    record_files,
-    save_results,
-)
-from db.models import Image, ImageStatus, utcnow
-from inbox_classifier.settings import Settings
+from db.ledger import mark_enqueued, record_files, save_results
+from db.models import Image, ImageStatus
+from db.versions import ensure_base_model
 from tests.helpers.faults import _message_items
-from worker.app import make_celery
 from worker.batching import read_verified
-from worker.preprocess import BadImage
+from worker.preprocess import BadImage, decode
 from worker.reconcile import reconcile
 
 A, B = "a" * 64, "b" * 64
@@ -62,14 +59,16 @@ def test_late_duplicate_failing_does_not_undo_a_done_image(session_factory) -> N
         base = ensure_base_model(session, "resnet18", "none", ["x"])
         save_results(session, base.id, [Classified(A, "x", 0.9, TOP)])
     with transaction(session_factory) as session:
-        save_results(session, base.id, [], [Failed(A, "file vanished before it could be read")])
+        vanished = Failed(A, "file vanished before it could be read", FailureKind.VANISHED)
+        save_results(session, base.id, [], [vanished])
     row = _row(session_factory, A)
     assert row.status == ImageStatus.DONE and row.label == "x" and row.error is None
     # A rescore (`reclassify` sets the row back to queued) of a file deleted since: the
     # image keeps its result and its `done` status.
     with transaction(session_factory) as session:
         session.execute(update(Image).values(status=ImageStatus.QUEUED.value))
-        save_results(session, base.id, [], [Failed(A, "file vanished before it could be read")])
+        vanished = Failed(A, "file vanished before it could be read", FailureKind.VANISHED)
+        save_results(session, base.id, [], [vanished])
     row = _row(session_factory, A)
     assert row.status == ImageStatus.DONE and row.label == "x" and row.error is None
 
@@ -150,8 +149,8 @@ def test_same_content_seen_again_after_it_vanished_is_classified(
         mark_enqueued(session, [A, B])
         base = ensure_base_model(session, "resnet18", "none", ["x"])
         save_results(session, base.id, [], [
-            Failed(A, "file vanished before it could be read"),
-            Failed(B, "corrupt or truncated image: broken data stream"),
+            Failed(A, "file vanished before it could be read", FailureKind.VANISHED),
+            Failed(B, "corrupt or truncated image: broken data stream", FailureKind.CORRUPT),
         ])
     with transaction(session_factory) as session:
         todo = record_files(session, [SeenFile("/in/moved/a.jpg", A, 10, 2),
@@ -163,23 +162,33 @@ def test_same_content_seen_again_after_it_vanished_is_classified(
     assert _row(session_factory, B).status == ImageStatus.FAILED
 
 
-def test_path_failure_reasons_are_the_ones_the_ledger_recognises(tmp_path: Path) -> None:
-    """The ledger revives path failures by their reason; this pins the worker's wording."""
-    from db.ledger import WorkItem, is_path_failure
+def test_path_failure_kinds_are_the_ones_the_ledger_recognises(tmp_path: Path) -> None:
+    """The ledger revives path failures by their kind; this pins the worker's kinds (and the
+    wording a person reads stays what it was)."""
+    from contract.failures import FailureKind, Unusable, is_path_failure
+    from contract.messages import WorkItem
 
-    reasons = []
+    failures = []
     for make in (
         lambda p: None,  # never created: vanished
         lambda p: p.write_bytes(b"other"),  # changed after it was queued
         lambda p: p.mkdir(),  # not a regular file
     ):
-        path = tmp_path / f"f{len(reasons)}"
+        path = tmp_path / f"f{len(failures)}"
         make(path)
         try:
             read_verified(WorkItem(str(path), A))
-        except BadImage as exc:
-            reasons.append(str(exc))
-    assert len(reasons) == 3
-    assert all(is_path_failure(r) for r in reasons), reasons
-    assert not is_path_failure("corrupt or truncated image: x")
-    assert not is_path_failure("empty file (0 bytes)")
+        except Unusable as exc:
+            failures.append(exc)
+    assert len(failures) == 3
+    assert all(is_path_failure(f.kind) for f in failures), failures
+    assert [str(f) for f in failures] == [
+        "file vanished before it could be read",
+        "file changed after it was queued (content hash differs)",
+        "not a regular file",
+    ]
+    assert not is_path_failure(FailureKind.CORRUPT)
+    assert not is_path_failure(FailureKind.EMPTY)
+    with pytest.raises(BadImage) as corrupt:
+        decode(b"\xff\xd8\xff\xe0 not really a jpeg", 10**8)
+    assert not is_path_failure(corrupt.value.kind)

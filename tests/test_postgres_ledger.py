@@ -16,24 +16,14 @@ from sqlalchemy import inspect, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.messages import WorkItem
+from contract.records import Classified, Failed, SeenFile
 from db import migrate
 from db.engine import make_engine, make_sessionmaker, transaction
-from db.ledger import (
-    Classified,
-    Failed,
-    SeenFile,
-    WorkItem,
-    activate,
-    active_model,
-    count_attempt,
-    ensure_base_model,
-    find_stuck,
-    mark_enqueued,
-    record_files,
-    save_results,
-)
+from db.ledger import count_attempt, find_stuck, mark_enqueued, record_files, save_results
 from db.models import Base, Image, ImagePath, ImageStatus, ModelStatus, ModelVersion, Prediction
 from db.queries import ResultFilter, glob_to_like, results
+from db.versions import activate, active_model, ensure_base_model
 
 pytestmark = pytest.mark.postgres
 

@@ -22,23 +22,19 @@ from celery import Celery
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from broker.app import make_celery
+from contract.queues import TASK_CLASSIFY
+from contract.records import Classified
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import (
-    Classified,
-    activate,
-    base_model_name,
-    ensure_base_model,
-    save_results,
-)
+from db.ledger import save_results
 from db.models import ModelStatus, ModelVersion
+from db.versions import activate, base_model_name, ensure_base_model
 from inbox_classifier.cli import main
-from inbox_classifier.messages import TASK_CLASSIFY
-from inbox_classifier.settings import Settings
 from tests.helpers.faults import enqueue, roles, start_worker, status_counts, wait_for
 from tests.helpers.images import write_images
 from tests.helpers.pipeline import record
 from worker import model_store, modelzoo
-from worker.app import make_celery
 
 pytestmark = pytest.mark.timeout(180)
 

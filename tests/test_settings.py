@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from inbox_classifier.settings import Settings
-from worker.app import beat_schedule
+from broker.app import beat_schedule
+from contract.messages import RetrainRequest
+from contract.settings import Settings
+from worker.layout import worker_concurrency
 
 
 def test_env_prefix_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -46,7 +48,7 @@ def test_invalid_values_are_rejected() -> None:
 
 def test_concurrency_holds_a_batch_per_stream_and_two_more() -> None:
     def concurrency(**kwargs: int) -> int:
-        return Settings(**kwargs).effective_worker_concurrency  # type: ignore[arg-type]
+        return worker_concurrency(Settings(**kwargs))  # type: ignore[arg-type]
 
     assert concurrency(batch_size=32, files_per_message=8, inference_streams=1) == 12
     assert concurrency(batch_size=32, files_per_message=8, inference_streams=2) == 16
@@ -56,9 +58,9 @@ def test_concurrency_holds_a_batch_per_stream_and_two_more() -> None:
 
 def test_beat_schedule_interval_and_cron() -> None:
     assert "retrain" not in beat_schedule(Settings(retrain_interval_s=None))
-    assert beat_schedule(Settings(retrain_interval_s=60))["retrain"]["kwargs"] == {
-        "trigger": "schedule"
-    }
+    assert beat_schedule(Settings(retrain_interval_s=60))["retrain"]["args"] == [
+        RetrainRequest(trigger="schedule").encode()
+    ]
     cron = beat_schedule(Settings(retrain_cron="0 3 * * *"))["retrain"]["schedule"]
     assert "3" in str(cron)
     assert "reconcile" in beat_schedule(Settings())

@@ -1,7 +1,10 @@
+from contract.messages import WorkItem
+from contract.records import Classified, SeenFile
 from db.engine import transaction
-from db.ledger import Classified, SeenFile, WorkItem, ensure_base_model, record_files, save_results
+from db.ledger import record_files, save_results
 from db.models import Image, ImageStatus
 from db.queries import ResultFilter, results
+from db.versions import ensure_base_model
 
 
 def test_record_dedupes_content_and_save_is_idempotent(session_factory) -> None:

@@ -18,13 +18,15 @@ import torch
 from PIL import Image
 from sqlalchemy import select
 
+from broker.app import make_celery
+from contract.clock import utcnow
+from contract.messages import RetrainRequest
+from contract.queues import TASK_RETRAIN
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import active_model
-from db.models import ModelStatus, ModelVersion, RunStatus, TrainingRun, utcnow
-from inbox_classifier.messages import TASK_RETRAIN
-from inbox_classifier.settings import Settings
+from db.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
+from db.versions import active_model
 from worker import model_store
-from worker.app import make_celery
 from worker.classifier import Classifier
 from worker.preprocess import load_for_model
 from worker.training.dataset import (
@@ -36,7 +38,8 @@ from worker.training.dataset import (
     split_score,
 )
 from worker.training.lock import LOCK_NAME
-from worker.training.run import RunOutcome, run_training
+from worker.training.progress import RunOutcome
+from worker.training.run import run_training
 from worker.training.task import register_training_task
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
@@ -259,7 +262,7 @@ def test_two_concurrent_triggers_give_one_training(tsettings: Settings, session_
 
     def beat() -> None:
         barrier.wait()
-        results.append(task(trigger="schedule"))
+        results.append(task(RetrainRequest(trigger="schedule").encode()))
 
     threads = [threading.Thread(target=beat) for _ in range(2)]
     for t in threads:
@@ -324,7 +327,7 @@ def test_a_dead_run_blocks_only_until_its_lock_expires(
 
 KILLABLE = """
 import json, sys
-from inbox_classifier.settings import Settings
+from contract.settings import Settings
 from worker.training.run import run_training
 run_training(Settings(**json.loads(sys.argv[1])), trigger="schedule", lock_timeout_s=3)
 """
@@ -539,7 +542,8 @@ def test_retrain_through_a_real_celery_worker_on_the_train_queue(
     app = make_celery(tsettings)
     register_training_task(app, tsettings)
     run_id = create_queued_run(session_factory)
-    app.send_task(TASK_RETRAIN, kwargs={"trigger": "manual", "run_id": run_id}, queue="train")
+    request = RetrainRequest(trigger="manual", run_id=run_id)
+    app.send_task(TASK_RETRAIN, args=[request.encode()], queue="train")
     with start_worker(
         app, pool="solo", perform_ping_check=False, queues=["train"], shutdown_timeout=60
     ):

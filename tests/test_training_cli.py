@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,12 @@ import redis
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
+from contract.messages import RetrainRequest
+from contract.queues import TASK_CLASSIFY, TASK_RETRAIN
+from contract.records import Classified, SeenFile
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import (
-    Classified,
-    SeenFile,
-    active_model,
-    ensure_base_model,
-    record_files,
-    save_results,
-)
+from db.ledger import record_files, save_results
 from db.models import (
     Image,
     ImageStatus,
@@ -31,9 +29,8 @@ from db.models import (
     RunStatus,
     TrainingRun,
 )
+from db.versions import active_model, ensure_base_model
 from inbox_classifier.cli_training import models, reclassify, retrain
-from inbox_classifier.messages import TASK_CLASSIFY, TASK_RETRAIN
-from inbox_classifier.settings import Settings
 from tests.test_training import make_labeled, training_settings
 from worker.training.run import run_training
 
@@ -124,22 +121,20 @@ def test_retrain_without_wait_queues_a_run_for_the_train_workers(
     run_id = int(result.output.split()[1])
     (message,) = queued_messages(tsettings.redis_url or "", "train")
     assert message["task"] == TASK_RETRAIN
-    assert message["kwargs"] == {
-        "trigger": "manual",
-        "force": True,
-        "run_id": run_id,
-        "fresh": False,
-    }
+    assert message["args"] == [
+        {"v": 1, "trigger": "manual", "force": True, "run_id": run_id, "fresh": False}
+    ]
+    request = asdict(RetrainRequest.decode(message["args"][0]))
     with transaction(session_factory) as s:
         run = s.get(TrainingRun, run_id)
         assert run is not None and run.status == RunStatus.RUNNING
         assert run.progress == {"phase": "queued"}
 
     # What a train worker then does with it: the same row goes running -> promoted.
-    out = run_training(tsettings, session_factory, **message["kwargs"])
+    out = run_training(tsettings, session_factory, **request)
     assert out.run_id == run_id and out.status == RunStatus.PROMOTED
     # A redelivered copy of the finished request does nothing.
-    again = run_training(tsettings, session_factory, **message["kwargs"])
+    again = run_training(tsettings, session_factory, **request)
     assert again.run_id == run_id and again.status == RunStatus.PROMOTED
     with transaction(session_factory) as s:
         assert len(s.scalars(select(ModelVersion)).all()) == 1

@@ -22,10 +22,11 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from contract.queues import CLASSIFY_QUEUE
+from contract.settings import Settings
 from db.engine import transaction
 from db.models import Image, ImagePath, ImageStatus
 from inbox_classifier.redis_server import RedisServer, free_port
-from inbox_classifier.settings import CLASSIFY_QUEUE, Settings
 from tests.helpers.images import write_image, write_images
 from tests.helpers.pipeline import count, wait_until
 from watcher.service import Watcher
@@ -236,9 +237,9 @@ def test_publisher_never_sends_content_twice_while_it_is_in_flight(
     """Two names for one content recorded in two bursts: the second read can predate the
     first one's mark, so the ledger alone would send it again. Content revived after its
     mark (a later read) is sent again."""
-    from db.ledger import WorkItem
+    from broker.app import make_celery
+    from contract.messages import WorkItem
     from watcher.publisher import Publisher
-    from worker.app import make_celery
 
     app = make_celery(settings)
     try:

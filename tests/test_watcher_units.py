@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.backoff import Backoff
 from tests.helpers.images import write_image
-from watcher.backoff import Backoff
 from watcher.filters import Signature, ignored_name, inspect, skip_reason, walk
 from watcher.hashing import CHUNK, ChangedWhileReading, NotHashable, hash_file
 from watcher.stability import FileState, StabilityTracker

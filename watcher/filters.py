@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from enum import StrEnum
 from typing import NamedTuple
 
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".swp")
@@ -22,18 +23,34 @@ class Signature(NamedTuple):
     mtime_ns: int
 
 
-def ignored_name(path: str | os.PathLike[str], inbox: str | os.PathLike[str]) -> str | None:
+class Skip(StrEnum):
+    """Why a path is not a file to hash (the value is the wording the log shows)."""
+
+    OUTSIDE = "outside the inbox"
+    HIDDEN = "hidden"
+    TEMPORARY = "temporary file"
+    VANISHED = "vanished"
+    SYMLINK_OUT = "symlink pointing outside the inbox"
+    BROKEN_SYMLINK = "broken symlink"
+    NOT_REGULAR = "not a regular file"
+
+
+#: What :func:`inspect` finds at a path: its signature, or why it is skipped.
+Inspection = Signature | Skip
+
+
+def ignored_name(path: str | os.PathLike[str], inbox: str | os.PathLike[str]) -> Skip | None:
     """Why the path's name rules it out (outside the inbox, hidden, temporary), or None."""
     path, inbox = os.fspath(path), os.fspath(inbox).rstrip(os.sep)
     if not path.startswith(inbox + os.sep):
-        return "outside the inbox"
+        return Skip.OUTSIDE
     parts = path[len(inbox) + 1 :].split(os.sep)
     # Hidden anywhere below the inbox: editors and sync tools stage their files in dot-folders.
     if any(part.startswith(".") for part in parts):
-        return "hidden"
+        return Skip.HIDDEN
     name = parts[-1]
     if name.lower().endswith(TEMP_SUFFIXES) or name.startswith(TEMP_PREFIXES):
-        return "temporary file"
+        return Skip.TEMPORARY
     return None
 
 
@@ -41,7 +58,7 @@ def inspect(
     path: str | os.PathLike[str],
     inbox: str | os.PathLike[str],
     inbox_real: str | None = None,
-) -> Signature | str:
+) -> Inspection:
     """Size and mtime of a file worth hashing, or why it is not one.
 
     ``inbox_real`` is the inbox with its symlinks resolved (computed here when not given); a
@@ -54,28 +71,28 @@ def inspect(
     try:
         info = os.lstat(path)
     except OSError:
-        return "vanished"
+        return Skip.VANISHED
     # Resolved every time, not only for a symlinked file: a symlinked folder on the way (a
     # polling snapshot follows those) must not lead out of the inbox either.
     real_inbox = (inbox_real or os.path.realpath(inbox)).rstrip(os.sep) + os.sep
     if not os.path.realpath(path).startswith(real_inbox):
-        return "symlink pointing outside the inbox"
+        return Skip.SYMLINK_OUT
     if stat.S_ISLNK(info.st_mode):
         try:
             info = os.stat(path)
         except OSError:
-            return "broken symlink"
+            return Skip.BROKEN_SYMLINK
     if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
+        return Skip.NOT_REGULAR
     return Signature(info.st_size, info.st_mtime_ns)
 
 
 def skip_reason(
     path: str | os.PathLike[str], inbox: str | os.PathLike[str], inbox_real: str | None = None
-) -> str | None:
+) -> Skip | None:
     """Why ``path`` is not a file to classify, or None."""
     found = inspect(path, inbox, inbox_real)
-    return found if isinstance(found, str) else None
+    return found if isinstance(found, Skip) else None
 
 
 def walk(root: str, inbox: str) -> list[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 
-from db.ledger import SeenFile
+from contract.failures import Unusable
+from contract.files import open_regular
+from contract.records import SeenFile
 
 CHUNK = 1 << 20
 
@@ -22,15 +23,11 @@ class ChangedWhileReading(NotHashable):
 def hash_file(path: str) -> SeenFile:
     """sha256, size and mtime_ns of the regular file at ``path``."""
     try:
-        # O_NONBLOCK: should a FIFO have been swapped in after the caller's stat, open does not
-        # block, and the fstat below refuses it before anything is read.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise NotHashable(exc.strerror or str(exc)) from None
+        fd = open_regular(path)
+    except Unusable as exc:
+        raise NotHashable(exc.reason) from None
     try:
         before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            raise NotHashable("not a regular file")
         digest = hashlib.sha256()
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)

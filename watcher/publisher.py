@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.send import send_classify
+from contract.backoff import Backoff
+from contract.messages import WorkItem
 from db.engine import transaction
-from db.ledger import WorkItem, mark_enqueued
-from watcher.backoff import Backoff
-from worker.app import send_classify
+from db.ledger import mark_enqueued
 
 log = logging.getLogger(__name__)
 

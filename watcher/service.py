@@ -27,16 +27,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from broker.app import make_celery
+from contract.backoff import Backoff
+from contract.chunks import chunked
+from contract.records import SeenFile
+from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
-from db.ledger import SeenFile, known_paths, record_files
-from inbox_classifier.settings import Settings
-from watcher.backoff import Backoff
+from db.ledger import known_paths, record_files
 from watcher.events import EventQueue, InboxHandler, Kind, make_observer
-from watcher.filters import Signature, inspect, walk
+from watcher.filters import Signature, Skip, inspect, walk
 from watcher.hashing import ChangedWhileReading, NotHashable, hash_file
 from watcher.publisher import Publisher
 from watcher.stability import StabilityTracker
-from worker.app import make_celery
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +218,11 @@ class Watcher:
         paths = walk(root or self.inbox, self.inbox)
         quiet_ns = int(self.settings.quiet_period_s * 1e9)
         queued = 0
-        for start in range(0, len(paths), KNOWN_CHUNK):
+        for part in chunked(paths, KNOWN_CHUNK):
             if self._stopping.is_set():
                 break
             found: dict[str, Signature] = {}
-            for path in paths[start : start + KNOWN_CHUNK]:
+            for path in part:
                 signature = inspect(path, self.inbox, self.inbox_real)
                 if isinstance(signature, Signature):
                     found[path] = signature
@@ -312,8 +314,8 @@ class Watcher:
 
     def _signature(self, path: str) -> Signature | None:
         found = inspect(path, self.inbox, self.inbox_real)
-        if isinstance(found, str):
-            if found != "vanished":
+        if isinstance(found, Skip):
+            if found is not Skip.VANISHED:
                 log.debug("ignoring %s: %s", path, found)
             return None
         return found

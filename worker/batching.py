@@ -10,9 +10,10 @@ Each batch is written in one transaction, on a writer thread, while the next bat
 the model; a message's task returns (and its message is acked) only after every one of its
 files is committed.
 
-Threads: ``decode_threads`` decoders, one inference thread, one writer thread. Inference runs
-on its own thread rather than a Celery pool thread, and never waits for the database: on a
-2-core CPU, committing a batch on the inference thread left the model idle ~8% of the time.
+Threads: ``decode_threads`` decoders, one inference thread per stream (``worker.layout``), one
+writer thread. Inference runs on its own threads rather than Celery's pool threads, and never
+waits for the database: committing on an inference thread would leave the model idle while
+SQLite syncs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import hashlib
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,16 +31,22 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.backoff import retry
+from contract.failures import FailureKind, Unusable
+from contract.files import open_regular
+from contract.messages import WorkItem
+from contract.records import Classified, Failed
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import Classified, Failed, WorkItem, save_results
-from inbox_classifier.retry import retry_transient
-from inbox_classifier.settings import Settings
-from worker.classifier import Classifier, compile_blocker, pick_device
+from db.errors import is_transient
+from db.ledger import save_results
+from worker.classifier import Classifier, CompileState, compile_blocker
 from worker.layout import inference_layout
 from worker.memory import release_free_memory
 from worker.model_holder import ModelHolder
 from worker.pending import Empty, PendingQueue
-from worker.preprocess import BadImage, Preprocessing, load_for_model
+from worker.precision import pick_device
+from worker.preprocess import Preprocessing, load_for_model
 
 log = logging.getLogger(__name__)
 
@@ -137,25 +143,22 @@ class BatchStats:
 
 
 def read_verified(item: WorkItem) -> bytes:
-    """The file's bytes, if it is still a regular file with the content that was queued."""
+    """The file's bytes, if it is still a regular file with the content that was queued.
+    Raises :class:`~contract.failures.Unusable` (a path failure) otherwise."""
+    fd = open_regular(item.path)
     try:
-        # O_NONBLOCK: a FIFO swapped in for the file must not hang the reader.
-        fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise BadImage("file vanished before it could be read") from None
-    except OSError as exc:
-        raise BadImage(f"file cannot be opened: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise BadImage("not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read()
     except OSError as exc:
-        raise BadImage(f"file cannot be read: {exc.strerror or exc}") from None
+        raise Unusable(
+            FailureKind.UNREADABLE, f"file cannot be read: {exc.strerror or exc}"
+        ) from None
     finally:
         os.close(fd)
     if hashlib.sha256(data).hexdigest() != item.sha256:
-        raise BadImage("file changed after it was queued (content hash differs)")
+        raise Unusable(
+            FailureKind.CHANGED, "file changed after it was queued (content hash differs)"
+        )
     return data
 
 
@@ -288,7 +291,10 @@ class BatchEngine:
             if users > 1:
                 self._in_use[id(classifier)] = (classifier, users - 1)
                 return
-        if classifier.compile_state == "compiled" and classifier is not self._holder.current():
+        if (
+            classifier.compile_state is CompileState.COMPILED
+            and classifier is not self._holder.current()
+        ):
             self._retire(classifier)
 
     def _classify(self, batch: list[_Pending], classifier: Classifier) -> None:
@@ -303,13 +309,17 @@ class BatchEngine:
                 array = pending.decoded.result()
                 if pending.prep != prep:  # the model changed under this file
                     array = self._decode(pending.item, prep)
-            except BadImage as exc:
-                failed.append(Failed(pending.item.sha256, str(exc)))
+            except Unusable as exc:
+                failed.append(Failed(pending.item.sha256, exc.reason, exc.kind))
                 continue
             except Exception as exc:
                 log.exception("unexpected error decoding %s", pending.item.path)
                 failed.append(
-                    Failed(pending.item.sha256, f"decode error: {type(exc).__name__}: {exc}")
+                    Failed(
+                        pending.item.sha256,
+                        f"decode error: {type(exc).__name__}: {exc}",
+                        FailureKind.DECODE_ERROR,
+                    )
                 )
                 continue
             arrays.append(array)
@@ -332,7 +342,7 @@ class BatchEngine:
             stats.batches += 1
             stats.images += len(batch)
             classifier.served += len(arrays)
-            compile_now = classifier.compile_state == "eager" and (
+            compile_now = classifier.compile_state is CompileState.EAGER and (
                 classifier.served >= COMPILE_AFTER_IMAGES
                 # Where it will never compile, say so (once) from the first batch on.
                 or compile_blocker(
@@ -375,7 +385,7 @@ class BatchEngine:
                 save_results(session, write.version_id, write.classified, write.failed)
 
         try:
-            retry_transient(commit, what="writing a batch")
+            retry(commit, transient=is_transient, what="writing a batch")
         except Exception as exc:
             raise BatchWriteError(f"could not commit batch: {exc}") from exc
         self.images_done += len(write.batch)

@@ -4,7 +4,7 @@ Reads Settings from the environment here, once; loads no model (that happens laz
 process that runs the first task).
 """
 
-from inbox_classifier.settings import Settings
+from contract.settings import Settings
 from worker.tasks import create_worker_app
 
 app = create_worker_app(Settings())

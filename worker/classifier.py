@@ -3,9 +3,8 @@
 A classifier starts eager. Where compiling pays (``TORCH_COMPILE``, see :func:`compile_blocker`),
 :meth:`Classifier.compile_async` builds a ``torch.compile``d version (Inductor, frozen weights,
 dynamic batch dimension) on a background thread, warms it up for the batch sizes it will see,
-and only then swaps it in between two batches: serving never waits for a compilation. Measured
-for resnet18 (bs16, 2 threads): ~2.3x on a CPU with AMX running bf16 (~175 -> ~410 img/s), and
-nothing at all (26.8 -> 27.3 img/s, after 86 s of compiling) on an AVX2-only CPU running fp32,
+and only then swaps it in between two batches: serving never waits for a compilation. It pays
+on CPUs that run bf16 natively and not in fp32 on AVX2 (figures in the README, Performance),
 which is why ``auto`` compiles only where the CPU runs bf16 natively. Where compiling is
 impossible (no C++ compiler for CPU, no Triton for CUDA) or fails, the classifier stays eager.
 """
@@ -20,20 +19,24 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import torch
 
+from contract.records import LabelScore
 from worker.modelzoo import LoadedModel
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+class CompileState(StrEnum):
+    EAGER = "eager"  # not (yet) asked to compile
+    OFF = "off"  # compiling does not pay or cannot work here: eager for good
+    COMPILING = "compiling"  # on a background thread
+    COMPILED = "compiled"  # serving the compiled model
+    FAILED = "failed"  # compiling failed: eager for good
 
 
 def compile_blocker(mode: str, device: torch.device, autocast: torch.dtype | None) -> str | None:
@@ -63,23 +66,6 @@ def compile_blocker(mode: str, device: torch.device, autocast: torch.dtype | Non
     return None
 
 
-def pick_autocast(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 autocast where the hardware runs it natively (measured ~2.8x for resnet18 on a
-    CPU with AMX/AVX512-BF16); fp32 elsewhere, where bf16 would be emulated and slower."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    cpu = torch.cpu
-    if cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported():
-        return torch.bfloat16
-    return None
-
-
 @dataclass
 class Classifier:
     version_id: int
@@ -94,7 +80,7 @@ class Classifier:
         self._std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self._compiled: Callable[..., torch.Tensor] | None = None
         self._compile_lock = threading.Lock()
-        self.compile_state = "eager"  # eager -> off | compiling -> compiled | failed
+        self.compile_state = CompileState.EAGER
         self.served = 0  # images classified with this instance (callers may count here)
 
     @property
@@ -128,14 +114,14 @@ class Classifier:
         it in. Returns False if a compilation was already started, or if ``mode`` and this
         machine say not to compile (logged once; the classifier then stays eager for good)."""
         with self._compile_lock:
-            if self.compile_state != "eager":
+            if self.compile_state is not CompileState.EAGER:
                 return False
             reason = compile_blocker(mode, self.device, self.autocast)
             if reason:
                 log.info("classifying eagerly: %s", reason)
-                self.compile_state = "off"
+                self.compile_state = CompileState.OFF
                 return False
-            self.compile_state = "compiling"
+            self.compile_state = CompileState.COMPILING
         thread = threading.Thread(
             target=self._compile, args=(list(batch_sizes),), name="compile", daemon=True
         )
@@ -145,9 +131,9 @@ class Classifier:
     def wait_compiled(self, timeout: float) -> bool:
         """For benchmarks and tests: wait until a started compilation is done."""
         deadline = time.monotonic() + timeout
-        while self.compile_state == "compiling" and time.monotonic() < deadline:
+        while self.compile_state is CompileState.COMPILING and time.monotonic() < deadline:
             time.sleep(0.1)
-        return self.compile_state == "compiled"
+        return self.compile_state is CompileState.COMPILED
 
     def _compile(self, batch_sizes: list[int]) -> None:
         started = time.monotonic()
@@ -165,17 +151,17 @@ class Classifier:
                 type(exc).__name__,
                 str(exc).splitlines()[0] if str(exc) else "",
             )
-            self.compile_state = "failed"
+            self.compile_state = CompileState.FAILED
             return
         self._compiled = compiled
-        self.compile_state = "compiled"
+        self.compile_state = CompileState.COMPILED
         log.info(
             "model compiled for batch sizes %s in %.1fs; using it from the next batch",
             sorted(set(batch_sizes)),
             time.monotonic() - started,
         )
 
-    def predict(self, batch: np.ndarray, topk: int) -> list[list[dict[str, Any]]]:
+    def predict(self, batch: np.ndarray, topk: int) -> list[list[LabelScore]]:
         """Top-k ``{label, confidence}`` per image, best first."""
         with torch.inference_mode():
             probs = self.logits(torch.from_numpy(batch)).softmax(dim=1)
@@ -184,7 +170,7 @@ class Classifier:
         conf_list, idx_list = conf.cpu().tolist(), idx.cpu().tolist()
         return [
             [
-                {"label": self.classes[i], "confidence": round(c, 6)}
+                LabelScore(label=self.classes[i], confidence=round(c, 6))
                 for c, i in zip(cs, ix, strict=True)
             ]
             for cs, ix in zip(conf_list, idx_list, strict=True)

@@ -1,10 +1,10 @@
 """How a worker spreads inference over its cores: how many batches run through the model at
-once (streams, one thread each), and how many torch threads each one uses.
+once (streams, one thread each), how many torch threads each one uses, and how many messages
+the worker holds to keep them fed.
 
 On a CPU, independent streams beat one batch on many threads: intra-op parallelism syncs the
-threads at every layer, and on the 2-core VM this was measured on a second thread added only
-1.0-1.4x (resnet18; bs1 no faster at all), while two streams of one thread each ran 1.3-1.4x
-the images of one stream on two. So ``auto`` runs one stream per core, up to
+threads at every layer, so a second thread adds far less than a second stream (figures in the
+README, "Batching and inference streams"). So ``auto`` runs one stream per core, up to
 :data:`MAX_AUTO_STREAMS`; beyond that the cores are shared out as threads. A GPU runs one
 stream: its kernels queue on one device anyway.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from contract.settings import Settings
 
 MAX_AUTO_STREAMS = 4
 
@@ -42,3 +44,15 @@ def inference_layout(
     cores = cores or usable_cores()
     count = streams or auto_streams(device_type, cores)
     return InferenceLayout(count, torch_threads or max(1, cores // count))
+
+
+def worker_concurrency(settings: Settings) -> int:
+    """Messages a classify worker holds at once: enough for a batch per inference stream plus
+    two more being decoded, so a stream never waits for a message to arrive and decode. Not
+    more: every file held is one more that a crash redelivers."""
+    if settings.worker_concurrency:
+        return settings.worker_concurrency
+    # The device is not known here (the parent of a worker must not touch CUDA): assume a
+    # CPU's streams; a GPU worker then just holds a few messages more.
+    streams = settings.inference_streams or auto_streams("cpu", usable_cores())
+    return max(2, -(-(streams + 2) * settings.batch_size // settings.files_per_message))

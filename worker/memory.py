@@ -44,9 +44,7 @@ def limit_arenas(count: int) -> bool:
 
     glibc gives each new thread its own arena, up to 8 per core; a worker's threads (streams,
     decoders, writer, Celery's) then each keep the free memory of their last big batch, and
-    the RSS drifts up in steps. Measured over 12,000 images on 2 cores, idle RSS after each
-    wave of 1,000: 2 arenas 817 -> 837 MiB (+2.4%); the default 837 -> 931 MiB (+11%) by
-    19,000; same speed."""
+    the RSS drifts up in steps (measured in the README, "Memory")."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False

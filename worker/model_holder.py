@@ -8,16 +8,16 @@ import threading
 import time
 
 import torch
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import active_model, base_model_name, ensure_base_model
 from db.models import ModelVersion
-from inbox_classifier.settings import Settings
+from db.versions import active_model, base_version_id, ensure_base_model
 from worker import model_store, modelzoo
-from worker.classifier import Classifier, pick_autocast, pick_device
+from worker.classifier import Classifier
+from worker.precision import pick_autocast, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ class ModelHolder:
         """The id of the configured base model's row (registered by _register_base)."""
         s = self._settings
         with transaction(self._sessions) as session:
-            return session.scalars(
-                select(ModelVersion.id).where(
-                    ModelVersion.name == base_model_name(s.model, s.weights)
-                )
-            ).one()
+            return base_version_id(session, s.model, s.weights)
 
     def _register_base(self, classes: list[str]) -> tuple[int, bool]:
         """Register the configured base model; returns the active version (id, trained)."""
@@ -98,7 +94,6 @@ class ModelHolder:
             active = active_model(session)
             if active is None or active.id == self._current.version_id:
                 return
-            session.expunge(active)
         failed_at = self._refused.get(active.id)
         if failed_at is not None and time.monotonic() - failed_at < REFUSED_RETRY_S:
             return

@@ -15,10 +15,10 @@ import redis
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.send import send_classify
+from contract.settings import Settings
 from db.engine import transaction
 from db.ledger import count_attempt, fail_orphans, find_stuck, mark_enqueued
-from inbox_classifier.settings import Settings
-from worker.app import send_classify
 
 log = logging.getLogger(__name__)
 

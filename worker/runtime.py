@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_sessionmaker
-from inbox_classifier.settings import Settings
+from contract.settings import Settings
+from db.engine import LazySessions
 from worker.batching import BatchEngine
 from worker.model_holder import ModelHolder
 
@@ -18,16 +17,11 @@ class WorkerRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._engine: Engine | None = None
-        self._sessions: sessionmaker[Session] | None = None
+        self._sessions = LazySessions(settings.db_url)
         self._batcher: BatchEngine | None = None
 
     def sessions(self) -> sessionmaker[Session]:
-        with self._lock:
-            if self._sessions is None:
-                self._engine = make_engine(self.settings.db_url)
-                self._sessions = make_sessionmaker(self._engine)
-            return self._sessions
+        return self._sessions.get()
 
     def batcher(self) -> BatchEngine:
         sessions = self.sessions()
@@ -49,7 +43,4 @@ class WorkerRuntime:
             if self._batcher is not None:
                 self._batcher.stop()
                 self._batcher = None
-            if self._engine is not None:
-                self._engine.dispose()
-                self._engine = None
-                self._sessions = None
+        self._sessions.close()

@@ -1,4 +1,5 @@
-"""Task definitions, bound to an app and its settings by :func:`register_tasks`."""
+"""Task definitions, bound to an app and its settings: classify and reconcile (queue
+``classify``), retrain (queue ``train``)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from inbox_classifier.messages import TASK_CLASSIFY, TASK_RECONCILE, BadMessage, decode_items
-from inbox_classifier.settings import Settings
+from broker.app import make_celery
+from contract.backoff import backoff_delay
+from contract.messages import BadMessage, decode_classify
+from contract.queues import TASK_CLASSIFY, TASK_RECONCILE
+from contract.settings import Settings
 from worker.memory import limit_arenas
 from worker.reconcile import reconcile
 from worker.runtime import WorkerRuntime
+from worker.training.task import register_training_task
 
 log = logging.getLogger(__name__)
 
 MAX_TASK_RETRIES = 10
+MAX_TASK_RETRY_DELAY_S = 60.0
 
 
 def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
@@ -27,7 +33,7 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
     )
     def classify(self: Task, payload: Any) -> int:
         try:
-            items = decode_items(payload)
+            items = decode_classify(payload)
         except BadMessage:
             log.exception("dropping a malformed message")
             return 0
@@ -36,7 +42,7 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
         except Exception as exc:
             # Transient (DB/Redis down, model load hiccup): redeliver later. If retries run
             # out, the rows stay queued and the reconciler sends them again.
-            delay = min(60, 2**self.request.retries)
+            delay = backoff_delay(self.request.retries + 1, base=1.0, cap=MAX_TASK_RETRY_DELAY_S)
             raise self.retry(exc=exc, countdown=delay) from exc
         return len(items)
 
@@ -66,14 +72,7 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
 
 def create_worker_app(settings: Settings) -> Celery:
     """The app as a worker runs it: classify/reconcile tasks, and the retrain task."""
-    from worker.app import make_celery
-
     app = make_celery(settings)
     register_tasks(app, settings)
-    try:
-        from worker.training.task import register_training_task
-    except ImportError:  # pragma: no cover - training package not installed
-        log.warning("retraining is unavailable: worker.training is missing")
-    else:
-        register_training_task(app, settings)
+    register_training_task(app, settings)
     return app

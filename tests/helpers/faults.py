@@ -25,10 +25,12 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.messages import WorkItem
+from contract.queues import CLASSIFY_QUEUE
+from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import WorkItem, mark_enqueued
+from db.ledger import mark_enqueued
 from db.models import Image, ImagePath, ImageStatus, Prediction
-from inbox_classifier.settings import CLASSIFY_QUEUE, Settings
 from tests.helpers.pipeline import record
 from tests.helpers.procs import cli, stop
 
@@ -124,7 +126,8 @@ def roles() -> Iterator[list[Role]]:
 def enqueue(settings: Settings, sessions: sessionmaker[Session], paths: Sequence[Path],
             files_per_message: int | None = None) -> list[WorkItem]:
     """Do what the watcher does for ``paths``: record, send, mark sent."""
-    from worker.app import make_celery, send_classify
+    from broker.app import make_celery
+    from broker.send import send_classify
 
     items = record(sessions, paths)
     app = make_celery(settings)

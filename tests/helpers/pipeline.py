@@ -10,8 +10,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.messages import WorkItem
+from contract.records import SeenFile
 from db.engine import transaction
-from db.ledger import SeenFile, WorkItem, record_files
+from db.ledger import record_files
 from db.models import Image, ImageStatus
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from inbox_classifier.settings import Settings
+from contract.settings import Settings
 
 
 def cli(settings: Settings, *args: str, log: Path, **env: str) -> subprocess.Popen[bytes]:

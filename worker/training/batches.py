@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from contract.chunks import chunked
 from worker.preprocess import BadImage, Preprocessing, decode, load_for_model
 from worker.training.dataset import Sample
 
@@ -91,7 +92,7 @@ class ImageSource:
         order = list(range(len(samples)))
         if generator is not None:
             order = torch.randperm(len(samples), generator=generator).tolist()
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        chunks = [list(chunk) for chunk in chunked(order, batch_size)]
         if drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
             chunks.pop()
         if not chunks:

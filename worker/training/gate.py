@@ -12,9 +12,21 @@ or when the active model was never trained on labeled data (a base model), or th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from contract.reports import GateReport
+from worker import model_store
+from worker.training.batches import EvalSet, ImageSource, Normalizer
+from worker.training.loop import autocast_context
+from worker.training.start import ActiveInfo
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,10 +41,18 @@ class GateVerdict:
     candidate_accuracy: float | None = None
     active_accuracy: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["shared_classes"] = list(self.shared_classes)
-        return data
+    def to_dict(self) -> GateReport:
+        return GateReport(
+            promote=self.promote,
+            reason=self.reason,
+            margin=self.margin,
+            active_version_id=self.active_version_id,
+            active_name=self.active_name,
+            shared_classes=list(self.shared_classes),
+            images=self.images,
+            candidate_accuracy=self.candidate_accuracy,
+            active_accuracy=self.active_accuracy,
+        )
 
 
 def accuracy_on(
@@ -103,3 +123,89 @@ def _verdict(
     if candidate_accuracy + 1e-9 >= active_accuracy - margin:
         return True, f"passed the gate: {comparison}"
     return False, f"rejected by the gate: {comparison}"
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """The candidate's predictions on the validation images, and what scoring the active
+    model on the same images needs."""
+
+    classes: list[str]  # the candidate's (the labeled) classes
+    truth: list[str]  # per validation image
+    predicted: list[str]
+    eval_set: EvalSet
+    models_dir: Path
+    max_pixels: int
+    decode_threads: int
+    batch_size: int
+    device: torch.device
+    autocast: torch.dtype | None
+
+
+def judge(active: ActiveInfo | None, inputs: GateInputs, margin: float) -> GateVerdict:
+    """The gate's verdict on the candidate against the active model."""
+    if active is None or not active.trained:
+        return decide(
+            margin=margin,
+            active_version_id=active.id if active else None,
+            active_name=active.name if active else None,
+            active_trained=False,
+        )
+    shared = [c for c in inputs.classes if c in set(active.classes)]
+    candidate_acc, images = accuracy_on(inputs.truth, inputs.predicted, set(shared))
+    try:
+        active_acc = score_active(active, inputs, set(shared))
+    except Exception as exc:
+        log.exception("could not score the active model %s", active.name)
+        return GateVerdict(
+            True,
+            f"the active model {active.name} could not be evaluated ({exc})",
+            margin,
+            active.id,
+            active.name,
+            tuple(shared),
+            images,
+            candidate_acc,
+            None,
+        )
+    return decide(
+        margin=margin,
+        active_version_id=active.id,
+        active_name=active.name,
+        active_trained=True,
+        shared_classes=shared,
+        candidate_accuracy=candidate_acc if images else None,
+        active_accuracy=active_acc,
+        images=images,
+    )
+
+
+def score_active(active: ActiveInfo, inputs: GateInputs, shared: set[str]) -> float | None:
+    """The active model's accuracy on the validation images of the shared classes, each
+    image preprocessed as that model's own inference does it."""
+    if not shared:
+        return None
+    loaded = model_store.load_version(inputs.models_dir, active.id)
+    device = inputs.device
+    model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
+    labels = {i for i, c in enumerate(inputs.classes) if c in shared}
+    eval_set = inputs.eval_set
+    batches: Any
+    if loaded.preprocessing == eval_set.source.prep:
+        batches = eval_set.subset(labels)
+    else:
+        source = ImageSource(loaded.preprocessing, inputs.max_pixels, inputs.decode_threads)
+        samples = [x for x in eval_set.samples if x.label in labels]
+        batches = source.batches(samples, inputs.batch_size, source.eval_image)
+    normalize = Normalizer(loaded.preprocessing, device)
+    truth: list[str] = []
+    predicted: list[str] = []
+    with torch.inference_mode():
+        for images, targets in batches:
+            with autocast_context(device, inputs.autocast):
+                logits = model(normalize(images))
+            truth += [inputs.classes[int(t)] for t in targets]
+            predicted += [loaded.classes[int(i)] for i in logits.float().argmax(1).cpu()]
+    del model, loaded
+    accuracy, count = accuracy_on(truth, predicted, shared)
+    return accuracy if count else None

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 import redis
 from redis.exceptions import LockError, RedisError
@@ -38,6 +39,13 @@ class TrainingLock:
     def in_redis(self) -> bool:
         """True when the Redis lock is held (not the ledger-only fallback)."""
         return self._lock is not None
+
+    def stale_after(self) -> timedelta:
+        """How long a run's heartbeat may be silent before the run counts as dead. A live run
+        stamps its row every ``interval_s`` (timeout / 4). Holding the Redis lock, a row
+        silent for half the timeout is dead (its own lock expired a whole timeout after its
+        last renewal); without Redis, a whole timeout of silence is required."""
+        return timedelta(seconds=self.timeout_s / 2 if self.in_redis else self.timeout_s)
 
     @property
     def interval_s(self) -> float:

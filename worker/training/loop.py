@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from inbox_classifier.settings import Settings
+from contract.reports import EpochRecord
+from contract.settings import Settings
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
 BatchIterable = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -179,7 +180,7 @@ def evaluate(
 
 @dataclass
 class FitResult:
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     # The references' checkpoint dict, for the best epoch (without the optimizer state: a run
     # is never resumed, and momentum buffers would double the memory it takes).
     best: dict[str, Any] = field(default_factory=dict)
@@ -204,7 +205,7 @@ def fit(
     device: torch.device,
     autocast: torch.dtype | None = None,
     params: Iterable[nn.Parameter] | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
     """Train ``model`` for up to ``cfg.epochs``, stop after ``cfg.patience`` epochs without a
     better validation accuracy (ties go to the lower loss), and load the best epoch's weights
@@ -221,15 +222,15 @@ def fit(
         )
         val = evaluate(model, criterion, val_batches(), prepare_val, device, autocast)
         scheduler.step()
-        record = {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "train_acc": stats.accuracy,
-            "val_loss": val.loss,
-            "val_acc": val.accuracy,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": stats.seconds + val.seconds,
-        }
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=stats.loss,
+            train_acc=stats.accuracy,
+            val_loss=val.loss,
+            val_acc=val.accuracy,
+            lr=optimizer.param_groups[0]["lr"],
+            seconds=stats.seconds + val.seconds,
+        )
         key = (val.accuracy, -val.loss)
         if key > best_key:
             best_key = key

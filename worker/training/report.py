@@ -1,20 +1,104 @@
-"""The training report's pictures: loss/accuracy curves and a grid of validation images with
-their predicted and true labels. Rendered with matplotlib's Agg canvas directly (no pyplot:
-no global figure state, safe in a worker thread)."""
+"""The training report: its JSON (:class:`~contract.reports.TrainingReport`) and its pictures,
+loss/accuracy curves and a grid of validation images with their predicted and true labels.
+Pictures are rendered with matplotlib's Agg canvas directly (no pyplot: no global figure
+state, safe in a worker thread)."""
 
 from __future__ import annotations
 
 import io
 import json
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from contract.clock import iso, utcnow
+from contract.reports import ConfusionMatrix, EpochRecord, TrainingReport
+from contract.settings import Settings
+from worker.preprocess import Preprocessing
+from worker.training.batches import ImageSource
+from worker.training.dataset import LabeledSet
+from worker.training.fit import Fitted
+from worker.training.gate import GateVerdict
+from worker.training.loop import TrainConfig
+
 GRID_MAX = 25
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """How a run went, besides the fit itself."""
+
+    run_id: int | None
+    trigger: str
+    arch: str
+    started_from: str
+    head_rows_kept: int
+    device: torch.device
+    autocast: torch.dtype | None
+    preprocessing: Preprocessing
+    manifest_sha256: str
+    durations: dict[str, float]
+
+
+def build_report(
+    facts: RunFacts,
+    labeled: LabeledSet,
+    source: ImageSource,
+    fitted: Fitted,
+    verdict: GateVerdict,
+    config: TrainConfig,
+    settings: Settings,
+) -> TrainingReport:
+    classes = labeled.classes
+    final = fitted.final
+    per_class = dict(zip(classes, final.per_class(len(classes)), strict=True))
+    corrupt = labeled.corrupt[:100] + [
+        {"path": p, "error": e} for p, e in list(source.failed.items())[:100]
+    ]
+    return TrainingReport(
+        run_id=facts.run_id,
+        trigger=facts.trigger,
+        arch=facts.arch,
+        classes=classes,
+        accuracy=final.accuracy,
+        val_loss=final.loss,
+        per_class_accuracy=per_class,
+        confusion_matrix=ConfusionMatrix(
+            rows="true class",
+            columns="predicted class",
+            classes=classes,
+            matrix=final.confusion(len(classes)),
+        ),
+        history=fitted.result.history,
+        best_epoch=fitted.result.best_epoch,
+        epochs_run=len(fitted.result.history),
+        stopped_early=fitted.result.stopped_early,
+        images_per_class=labeled.images_per_class(),
+        train_images=len(labeled.train),
+        val_images=len(final.targets),
+        val_split="labeled/_val folder"
+        if labeled.explicit_val
+        else f"content hash (val_fraction {settings.val_fraction:g})",
+        skipped_corrupt=len(labeled.corrupt) + len(source.failed),
+        corrupt_files=corrupt,
+        warnings=labeled.warnings,
+        started_from=facts.started_from,
+        head_rows_kept=facts.head_rows_kept,
+        mode=config.mode,
+        config=asdict(config),
+        device=str(facts.device),
+        autocast=str(facts.autocast).replace("torch.", "") if facts.autocast else "fp32",
+        preprocessing=facts.preprocessing.to_dict(),
+        duration_s={k: round(v, 3) for k, v in facts.durations.items()},
+        manifest_sha256=facts.manifest_sha256,
+        gate=verdict.to_dict(),
+        created_at=iso(utcnow()) or "",
+    )
 
 
 def _png(fig: Figure) -> bytes:
@@ -24,14 +108,18 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def curves_png(history: Sequence[dict[str, float]], best_epoch: int, title: str = "") -> bytes:
+def curves_png(history: Sequence[EpochRecord], best_epoch: int, title: str = "") -> bytes:
     epochs = [int(h["epoch"]) for h in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        loss_ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
-    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
-        acc_ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    curves = (
+        (loss_ax, "train", [h["train_loss"] for h in history]),
+        (loss_ax, "validation", [h["val_loss"] for h in history]),
+        (acc_ax, "train", [h["train_acc"] for h in history]),
+        (acc_ax, "validation", [h["val_acc"] for h in history]),
+    )
+    for ax, label, values in curves:
+        ax.plot(epochs, values, marker="o", label=label)
     for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -68,5 +156,5 @@ def val_grid_png(
     return _png(fig)
 
 
-def report_json(report: dict[str, Any]) -> bytes:
+def report_json(report: TrainingReport) -> bytes:
     return json.dumps(report, indent=2, sort_keys=False, default=str).encode()

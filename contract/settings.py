@@ -16,11 +16,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INBOX_CLASSIFIER_"
 
-#: Task queue names. Inference never waits behind training: they are separate queues, served by
-#: separate worker processes.
-CLASSIFY_QUEUE = "classify"
-TRAIN_QUEUE = "train"
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -67,7 +62,7 @@ class Settings(BaseSettings):
     torch_compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="torch.compile a busy worker's model in the background; auto: only on "
-        "CPUs with native bf16, where it measured ~2x.",
+        "CPUs with native bf16 (where it pays; README, Performance).",
     )
 
     # --- dynamic batching ----------------------------------------------------------------------
@@ -176,21 +171,6 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self.data_dir / "models"
-
-    @property
-    def effective_worker_concurrency(self) -> int:
-        """Enough messages in hand for a batch per inference stream plus two more being
-        decoded, so a stream never waits for a message to arrive and decode (with one more,
-        streams on 2 cores still waited for decode ~4% of the time; with two, ~1%). Not more:
-        every file held is one more that a crash redelivers."""
-        if self.worker_concurrency:
-            return self.worker_concurrency
-        from worker.layout import auto_streams, usable_cores
-
-        # The device is not known here (the parent of a worker must not touch CUDA): assume a
-        # CPU's streams; a GPU worker then just holds a few messages more.
-        streams = self.inference_streams or auto_streams("cpu", usable_cores())
-        return max(2, -(-(streams + 2) * self.batch_size // self.files_per_message))
 
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables, for child processes."""

@@ -1,0 +1,38 @@
+"""What the roles hand to the ledger: files the watcher found, and a batch's outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypedDict
+
+from contract.failures import FailureKind
+
+
+@dataclass(frozen=True, slots=True)
+class SeenFile:
+    """A completely written file in the inbox, hashed by the watcher."""
+
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+class LabelScore(TypedDict):
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    sha256: str
+    label: str
+    confidence: float
+    topk: list[LabelScore]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    sha256: str
+    error: str
+    kind: FailureKind = FailureKind.OTHER

@@ -1,0 +1,107 @@
+"""The shapes a training run reports in: the progress events it emits while it runs (the CLI
+prints them, the ledger keeps the latest in ``training_runs.progress``) and the report of a
+trained version (``model_versions.report`` and ``report.json``). TypedDicts, because both
+travel as JSON."""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+
+class EpochRecord(TypedDict):
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    best_epoch: NotRequired[int]
+
+
+class ProgressEvent(TypedDict, total=False):
+    """One event: ``event`` says which, the rest is the run's progress so far."""
+
+    event: str  # 'phase' | 'epoch' | 'warning' | 'heartbeat' | 'finished'
+    phase: str  # queued, starting, scanning, preparing, features, training, gate, saving, <status>
+    heartbeat: str  # ISO time of the last sign of life
+    labeled: str  # scanning: the folder
+    classes: list[str]  # preparing
+    train_images: int
+    val_images: int
+    mode: str
+    feature_passes: int  # features: backbone passes
+    compared_with: str  # gate: the active model's name
+    epochs: int  # training: the most epochs
+    epoch: int  # epoch: the fields of an EpochRecord
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    best_epoch: int
+    last_warning: str
+    run_id: int | None  # finished: the outcome
+    status: str
+    message: str
+    version_id: int | None
+    version_name: str | None
+
+
+class ConfusionMatrix(TypedDict):
+    rows: str
+    columns: str
+    classes: list[str]
+    matrix: list[list[int]]
+
+
+class GateReport(TypedDict):
+    promote: bool
+    reason: str
+    margin: float
+    active_version_id: int | None
+    active_name: str | None
+    shared_classes: list[str]
+    images: int
+    candidate_accuracy: float | None
+    active_accuracy: float | None
+
+
+class VersionRef(TypedDict):
+    id: int
+    name: str
+
+
+class TrainingReport(TypedDict):
+    run_id: int | None
+    trigger: str
+    arch: str
+    classes: list[str]
+    accuracy: float
+    val_loss: float
+    per_class_accuracy: dict[str, float | None]
+    confusion_matrix: ConfusionMatrix
+    history: list[EpochRecord]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    images_per_class: dict[str, dict[str, int]]
+    train_images: int
+    val_images: int
+    val_split: str
+    skipped_corrupt: int
+    corrupt_files: list[dict[str, str]]
+    warnings: list[str]
+    started_from: str
+    head_rows_kept: int
+    mode: str
+    config: dict[str, Any]
+    device: str
+    autocast: str
+    preprocessing: dict[str, Any]
+    duration_s: dict[str, float]
+    manifest_sha256: str
+    gate: GateReport
+    created_at: str
+    version: NotRequired[VersionRef]
