@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from imaging.decode import BadImage
 from worker.classifier import Classifier
 from worker.modelzoo import build
 from worker.precision import pick_autocast, pick_device
-from worker.preprocess import BadImage, Preprocessing, load_for_model
+from worker.preprocess import Preprocessing, load_for_model
 
 MAX_PIXELS = 100_000_000
 

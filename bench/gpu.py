@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from bench.ceiling import MAX_PIXELS, CeilingResult, warm_up
+from imaging.decode import BadImage
 from worker.classifier import Classifier
-from worker.preprocess import BadImage, Preprocessing, load_for_model
+from worker.preprocess import Preprocessing, load_for_model
 
 JPEG_MAGIC = b"\xff\xd8"
 

@@ -125,6 +125,7 @@ class Pipeline:
             str(self.inbox),
             "--no-trainer",
             "--no-beat",
+            "--no-web",
         ]
         if self.workers:
             args += ["--workers", str(self.workers)]
@@ -149,7 +150,10 @@ class Pipeline:
         workers = self.workers or 1
         deadline = time.monotonic() + timeout
         while True:
-            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            text = "".join(  # `up` keeps each worker's output in its own log file
+                path.read_text(errors="replace")
+                for path in sorted((self.data_dir / "logs").glob("worker-*.log"))
+            )
             outcomes = ["compiled"] * text.count("model compiled for batch sizes")
             outcomes += ["eager"] * (
                 text.count("classifying eagerly") + text.count("torch.compile failed")

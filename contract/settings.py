@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INBOX_CLASSIFIER_"
@@ -136,6 +136,32 @@ class Settings(BaseSettings):
     model_check_interval_s: float = Field(
         2.0, gt=0, description="How often workers look for a newly promoted model."
     )
+    retrain_after_labels: int = Field(
+        50, ge=0, description="Human labels that trigger a retrain (0 = never by labels)."
+    )
+    backfill_below_confidence: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="After a promotion, unreviewed rows below this confidence are rescored.",
+    )
+    backfill_limit: int = Field(
+        10_000, ge=0, description="Most rows a backfill rescores, least confident first."
+    )
+
+    # --- the web app and metrics ---------------------------------------------------------------
+    web_host: str = Field("127.0.0.1", description="Address the web app binds to.")
+    web_port: int = Field(8000, ge=1, le=65535, description="Port of the web app (`up`, `serve`).")
+    web_token: SecretStr | None = Field(
+        None,
+        description="Required on every web request when set; needed to bind off loopback.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="A worker serves Prometheus metrics here; `up` assigns one per worker.",
+    )
 
     @model_validator(mode="after")
     def _requeue_after_a_reconcile_tick(self) -> Settings:
@@ -149,6 +175,13 @@ class Settings(BaseSettings):
     def _cron_fields(cls, value: str | None) -> str | None:
         if value is not None and len(value.split()) != 5:
             raise ValueError("retrain_cron needs 5 fields: minute hour day month weekday")
+        return value
+
+    @field_validator("web_token")
+    @classmethod
+    def _token_strength(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("web_token must have 16 characters or more: `openssl rand -hex 24`")
         return value
 
     @field_validator("weights")
@@ -178,6 +211,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None:
                 text = "null"
+            elif isinstance(value, SecretStr):
+                text = value.get_secret_value()
             elif isinstance(value, Path):
                 text = str(value.resolve())
             else:

@@ -5,6 +5,7 @@ and is safe to repeat: the pipeline is at-least-once, the ledger makes it exactl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -117,6 +118,14 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     ]
 
 
+def margin(result: Classified) -> float:
+    """Top-1 minus top-2 probability: small when the model hesitates between two classes."""
+    top = result.topk
+    if len(top) < 2:
+        return result.confidence
+    return float(top[0]["confidence"]) - float(top[1]["confidence"])
+
+
 def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
     now = utcnow()
     for hash_part in chunked(list(sha256s), CHUNK):
@@ -139,6 +148,17 @@ def known_paths(session: Session, paths: Sequence[str]) -> dict[str, tuple[int, 
     return found
 
 
+@dataclass(frozen=True)
+class SavedBatch:
+    """What :func:`save_batch` wrote."""
+
+    updated: int  # images updated, as :func:`save_results` returns
+    # When the watcher recorded each image that got its first result in this batch (the
+    # drop-to-row latency starts there). Rescored and redelivered images are left out: their
+    # created_at is from long before this batch.
+    first_results_created_at: list[datetime]
+
+
 def save_results(
     session: Session,
     model_version_id: int,
@@ -149,14 +169,30 @@ def save_results(
 
     Predictions are unique per (image, model version): a redelivered message adds nothing.
     """
+    return save_batch(session, model_version_id, classified, failed).updated
+
+
+def save_batch(
+    session: Session,
+    model_version_id: int,
+    classified: Sequence[Classified],
+    failed: Sequence[Failed] = (),
+) -> SavedBatch:
+    """:func:`save_results`, also telling when the newly classified images were recorded
+    (read in the same query that finds their ids: no extra round trip)."""
     now = utcnow()
     hashes = [c.sha256 for c in classified] + [f.sha256 for f in failed]
     ids: dict[str, int] = {}
+    unclassified_since: dict[str, datetime] = {}  # sha256 -> created_at, no result before
     for hash_part in chunked(hashes, CHUNK):
-        for image_id, sha in session.execute(
-            select(Image.id, Image.sha256).where(Image.sha256.in_(hash_part))
+        for image_id, sha, created_at, classified_at in session.execute(
+            select(Image.id, Image.sha256, Image.created_at, Image.classified_at).where(
+                Image.sha256.in_(hash_part)
+            )
         ):
             ids[sha] = image_id
+            if classified_at is None:
+                unclassified_since[sha] = created_at
 
     known = [c for c in classified if c.sha256 in ids]
     if known:
@@ -187,6 +223,7 @@ def save_results(
                     "label": c.label,
                     "confidence": c.confidence,
                     "topk": c.topk,
+                    "margin": margin(c),
                     "model_version_id": model_version_id,
                     "classified_at": now,
                     "updated_at": now,
@@ -241,7 +278,8 @@ def save_results(
             )
         if changes:
             session.execute(update(Image), changes)
-    return len(known) + len(bad)
+    first = {c.sha256 for c in known} & unclassified_since.keys()
+    return SavedBatch(len(known) + len(bad), [unclassified_since[sha] for sha in first])
 
 
 def _seen_since_sent(session: Session, rows: Sequence[tuple[int, datetime | None]]) -> set[int]:
@@ -356,3 +394,44 @@ def requeue_done(session: Session, sha256s: Sequence[str]) -> None:
                 error_kind=None,
             )
         )
+
+
+def requeue_failed(
+    session: Session, *, kind: str | None = None, sha256s: Sequence[str] = ()
+) -> list[WorkItem]:
+    """Failed images a person has fixed (the file replaced, permissions mended): back to
+    queued, never sent, with a fresh count of deliveries. By kind, by hash, or both. Returns
+    what to send, each with its most recently seen path."""
+    query = select(Image.id).where(Image.status == ImageStatus.FAILED)
+    if kind is not None:
+        query = query.where(Image.error_kind == kind)
+    if sha256s:
+        query = query.where(Image.sha256.in_(list(sha256s)))
+    elif kind is None:
+        return []
+    ids = list(session.scalars(query))
+    now = utcnow()
+    for id_part in chunked(ids, CHUNK):
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(id_part))
+            .values(
+                status=ImageStatus.QUEUED.value,
+                error=None,
+                error_kind=None,
+                attempts=0,
+                enqueued_at=None,
+                updated_at=now,
+            )
+        )
+    items: dict[int, WorkItem] = {}
+    for id_part in chunked(ids, CHUNK):
+        rows = session.execute(
+            select(ImagePath.image_id, Image.sha256, ImagePath.path)
+            .join(Image, Image.id == ImagePath.image_id)
+            .where(ImagePath.image_id.in_(id_part))
+            .order_by(ImagePath.image_id, ImagePath.last_seen_at.desc(), ImagePath.id.desc())
+        )
+        for image_id, sha, path in rows:
+            items.setdefault(image_id, WorkItem(path=path, sha256=sha))
+    return list(items.values())

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -69,9 +70,36 @@ class ModelVersion(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class LabelSource(StrEnum):
+    MODEL = "model"
+    HUMAN = "human"
+
+
 class Image(Base):
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_status_enqueued", "status", "enqueued_at"),)
+    __table_args__ = (
+        Index("ix_images_status_enqueued", "status", "enqueued_at"),
+        # The web app's keyset pages (README, "The web app"): each filter or sort a page
+        # offers has an index that serves it in order, so a page never scans the table.
+        Index("ix_images_status_id", "status", "id"),
+        Index("ix_images_confidence_id", "confidence", "id"),
+        Index("ix_images_effective_label_id", text("coalesce(human_label, label)"), "id"),
+        Index(
+            "ix_images_effective_label_confidence",
+            text("coalesce(human_label, label)"),
+            "confidence",
+            "id",
+        ),
+        # The review queue: unreviewed results, least certain first.
+        Index(
+            "ix_images_review",
+            "margin",
+            "id",
+            sqlite_where=text("status = 'done' AND human_label IS NULL"),
+            postgresql_where=text("status = 'done' AND human_label IS NULL"),
+        ),
+        Index("ix_images_failed_kind", "status", "error_kind", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -85,7 +113,12 @@ class Image(Base):
     label: Mapped[str | None] = mapped_column(String(255), index=True)
     confidence: Mapped[float | None] = mapped_column(Float)
     topk: Mapped[list[Any] | None] = mapped_column(JSON)
+    # top-1 minus top-2 probability: how sure the model is between its two best guesses.
+    margin: Mapped[float | None] = mapped_column(Float)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    # A person's label (the current one of its `labels` history), which wins over the model's.
+    human_label: Mapped[str | None] = mapped_column(String(255))
+    labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -126,6 +159,27 @@ class Prediction(Base):
     confidence: Mapped[float] = mapped_column(Float)
     topk: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Label(Base):
+    """History of human labels: one row per labeling act; the current one has no
+    ``undone_at`` and no later row (it is mirrored in ``images.human_label``)."""
+
+    __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(16), default=LabelSource.HUMAN)
+    reviewer: Mapped[str | None] = mapped_column(String(255))
+    # What the model said when the person labeled it (for the correction rate per class).
+    model_label: Mapped[str | None] = mapped_column(String(255))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where the training copy was written (labeled/<class>/<sha256>.<ext>), to undo it.
+    file: Mapped[str | None] = mapped_column(Text)
 
 
 class TrainingRun(Base):

@@ -5,27 +5,72 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from contract.clock import iso, utcnow
 from contract.messages import WorkItem
-from db.models import Image, ImagePath, ImageStatus, ModelVersion
+from db.models import Image, ImagePath, ImageStatus, LabelSource, ModelVersion
 from db.versions import active_model
 
 
 @dataclass(frozen=True, slots=True)
 class ResultFilter:
-    label: str | None = None
-    min_confidence: float | None = None
+    label: str | None = None  # the label shown: a person's where there is one, else the model's
+    min_confidence: float | None = None  # the model's confidence
     max_confidence: float | None = None
     status: str | None = None
-    since: datetime | None = None
+    since: datetime | None = None  # changed since
     path_glob: str | None = None
     model_version_id: int | None = None
+    reviewed: bool | None = None  # has a human label (True) or not (False)
     limit: int | None = None
+
+
+def effective_label() -> Any:
+    """The label an image shows: a person's where there is one, else the model's. The same
+    expression as the ``ix_images_effective_label_*`` indexes, so they serve it."""
+    return func.coalesce(Image.human_label, Image.label)
+
+
+def label_source() -> Any:
+    return case(
+        (Image.human_label.is_not(None), LabelSource.HUMAN.value), else_=LabelSource.MODEL.value
+    )
+
+
+Columns = TypeVarTuple("Columns")
+
+
+def apply_filters(
+    query: Select[*Columns], f: ResultFilter, *, confidence_index: bool = True
+) -> Select[*Columns]:
+    """``query`` (over images joined to image_paths) narrowed by ``f``; bound parameters.
+
+    ``confidence_index=False`` keeps the database off the confidence index for the range: a
+    page in id order then walks the ids and filters as it goes (page size / selectivity rows),
+    where the index would make it gather and sort every row in the range first."""
+    if f.label is not None:
+        query = query.where(effective_label() == f.label)
+    confidence = Image.confidence if confidence_index else Image.confidence + 0
+    if f.min_confidence is not None:
+        query = query.where(confidence >= f.min_confidence)
+    if f.max_confidence is not None:
+        query = query.where(confidence <= f.max_confidence)
+    if f.status is not None:
+        query = query.where(Image.status == f.status)
+    if f.since is not None:
+        query = query.where(Image.updated_at >= f.since)
+    if f.path_glob is not None:
+        query = query.where(ImagePath.path.like(glob_to_like(f.path_glob), escape="\\"))
+    if f.model_version_id is not None:
+        query = query.where(Image.model_version_id == f.model_version_id)
+    if f.reviewed is not None:
+        reviewed = Image.human_label.is_not(None)
+        query = query.where(reviewed if f.reviewed else ~reviewed)
+    return query
 
 
 def results(f: ResultFilter) -> Select[Image, ImagePath, ModelVersion]:
@@ -36,20 +81,7 @@ def results(f: ResultFilter) -> Select[Image, ImagePath, ModelVersion]:
         .outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
         .order_by(Image.id, ImagePath.id)
     )
-    if f.label is not None:
-        query = query.where(Image.label == f.label)
-    if f.min_confidence is not None:
-        query = query.where(Image.confidence >= f.min_confidence)
-    if f.max_confidence is not None:
-        query = query.where(Image.confidence <= f.max_confidence)
-    if f.status is not None:
-        query = query.where(Image.status == f.status)
-    if f.since is not None:
-        query = query.where(Image.updated_at >= f.since)
-    if f.path_glob is not None:
-        query = query.where(ImagePath.path.like(glob_to_like(f.path_glob), escape="\\"))
-    if f.model_version_id is not None:
-        query = query.where(Image.model_version_id == f.model_version_id)
+    query = apply_filters(query, f)
     if f.limit is not None:
         query = query.limit(f.limit)
     return query
@@ -77,8 +109,10 @@ class ResultRow:
     path: str
     sha256: str
     status: str
-    label: str | None
-    confidence: float | None
+    label: str | None  # a person's label where there is one, else the model's
+    label_source: str | None  # 'human' | 'model' (None while queued or failed)
+    model_label: str | None  # the model's top label
+    confidence: float | None  # the model's
     topk: list[Any]
     model_version: str | None
     error: str | None
@@ -89,13 +123,21 @@ class ResultRow:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+def source_of(human_label: str | None, model_label: str | None) -> str | None:
+    if human_label is not None:
+        return LabelSource.HUMAN.value
+    return LabelSource.MODEL.value if model_label is not None else None
+
+
 def result_rows(session: Session, f: ResultFilter) -> list[ResultRow]:
     return [
         ResultRow(
             path=path.path,
             sha256=image.sha256,
             status=image.status,
-            label=image.label,
+            label=image.human_label or image.label,
+            label_source=source_of(image.human_label, image.label),
+            model_label=image.label,
             confidence=image.confidence,
             topk=image.topk or [],
             model_version=version.name if version else None,
@@ -151,14 +193,21 @@ def reclassify_items(
     older_than_version: bool = False,
     label: str | None = None,
     since: datetime | None = None,
+    unreviewed: bool = False,
+    limit: int | None = None,
 ) -> list[WorkItem]:
-    """Done images to rescore with the active model, each with one of its paths."""
+    """Done images to rescore with the active model, each with one of its paths; with
+    ``limit``, the least confident first."""
     query = (
         select(Image.sha256, func.min(ImagePath.path))
         .join(ImagePath, ImagePath.image_id == Image.id)
         .where(Image.status == ImageStatus.DONE, Image.model_version_id != active_version_id)
-        .group_by(Image.id, Image.sha256)
+        .group_by(Image.id, Image.sha256, Image.confidence)
     )
+    if unreviewed:
+        query = query.where(Image.human_label.is_(None))
+    if limit is not None:
+        query = query.order_by(Image.confidence, Image.id).limit(limit)
     if below_confidence is not None:
         query = query.where(Image.confidence < below_confidence)
     if older_than_version:

@@ -172,3 +172,54 @@ def _heartbeat(run: TrainingRun) -> datetime:
         return as_utc(datetime.fromisoformat(str((run.progress or {})["heartbeat"])))
     except (KeyError, ValueError):
         return as_utc(run.started_at)
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run as the web app and the CLI show it."""
+
+    id: int
+    status: str
+    trigger: str
+    message: str | None
+    progress: dict[str, Any]
+    model_version_id: int | None
+    started_at: str | None
+    finished_at: str | None
+
+    @classmethod
+    def of(cls, run: TrainingRun) -> RunView:
+        return cls(
+            run.id,
+            run.status,
+            run.trigger,
+            run.message,
+            dict(run.progress or {}),
+            run.model_version_id,
+            iso(run.started_at),
+            iso(run.finished_at),
+        )
+
+
+def recent(session: Session, limit: int = 20) -> list[RunView]:
+    rows = session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit))
+    return [RunView.of(r) for r in rows]
+
+
+def get(session: Session, run_id: int) -> RunView | None:
+    run = session.get(TrainingRun, run_id)
+    return RunView.of(run) if run is not None else None
+
+
+def pending(session: Session) -> bool:
+    """A run is queued or running: a new request would only wait behind it."""
+    query = select(TrainingRun.id).where(TrainingRun.status == RunStatus.RUNNING).limit(1)
+    return session.scalars(query).first() is not None
+
+
+def last_started_at(session: Session) -> datetime | None:
+    """When the newest run started (its labeled data was read after that)."""
+    moment = session.scalars(
+        select(TrainingRun.started_at).order_by(TrainingRun.id.desc()).limit(1)
+    ).first()
+    return as_utc(moment) if moment is not None else None

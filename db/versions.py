@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from contract.clock import utcnow
+from contract.clock import iso, utcnow
 from db.models import ModelStatus, ModelVersion, TrainingRun
 
 
@@ -85,6 +86,81 @@ def previously_active(session: Session) -> ModelVersion | None:
         .where(ModelVersion.activated_at.is_not(None), ModelVersion.status != ModelStatus.ACTIVE)
         .order_by(ModelVersion.activated_at.desc(), ModelVersion.id.desc())
     ).first()
+
+
+class NoSuchVersion(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class SwitchTarget:
+    id: int
+    name: str
+    trained: bool
+    weights: str
+    already_active: bool
+
+
+def switch_target(session: Session, version_id: int | None) -> SwitchTarget:
+    """The version a promote (``version_id``) or a rollback (None: the one active before the
+    current one) would make active. Raises :class:`NoSuchVersion` with a message."""
+    if version_id is None:
+        row = previously_active(session)
+        if row is None:
+            raise NoSuchVersion("no previously active model version to go back to")
+    else:
+        row = session.get(ModelVersion, version_id)
+        if row is None:
+            raise NoSuchVersion(f"no model version {version_id}")
+    return SwitchTarget(
+        row.id, row.name, row.trained, row.weights, row.status == ModelStatus.ACTIVE
+    )
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """A model version as the web app and the CLI list it."""
+
+    id: int
+    name: str
+    arch: str
+    status: str
+    trained: bool
+    classes: list[str]
+    val_accuracy: float | None
+    per_class_accuracy: dict[str, Any] | None
+    reason: str | None
+    weights: str
+    created_at: str | None
+    activated_at: str | None
+
+    @classmethod
+    def of(cls, row: ModelVersion) -> VersionView:
+        return cls(
+            row.id,
+            row.name,
+            row.arch,
+            row.status,
+            row.trained,
+            [str(c) for c in row.classes],
+            row.val_accuracy,
+            row.per_class_accuracy,
+            row.reason,
+            row.weights,
+            iso(row.created_at),
+            iso(row.activated_at),
+        )
+
+
+def views(session: Session) -> list[VersionView]:
+    """Every version, newest first."""
+    rows = session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()))
+    return [VersionView.of(r) for r in rows]
+
+
+def report(session: Session, version_id: int) -> dict[str, Any] | None:
+    row = session.get(ModelVersion, version_id)
+    return dict(row.report) if row is not None and row.report else None
 
 
 def activate_by_hand(session: Session, version_id: int, verb: str) -> str:

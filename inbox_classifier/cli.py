@@ -7,9 +7,9 @@ import click
 
 from inbox_classifier import __version__
 from inbox_classifier.cli_db import db
-from inbox_classifier.cli_pipeline import beat, up, watch, worker
+from inbox_classifier.cli_pipeline import beat, serve, up, watch, worker
 from inbox_classifier.cli_query import results, status
-from inbox_classifier.cli_training import models, reclassify, retrain
+from inbox_classifier.cli_training import label, models, reclassify, retrain
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,5 +22,7 @@ def main() -> None:
     """
 
 
-for command in (up, watch, worker, beat, db, results, status, retrain, models, reclassify):
+for command in (
+    up, watch, worker, beat, serve, db, results, status, label, retrain, models, reclassify
+):
     main.add_command(command)

@@ -61,11 +61,13 @@ def settings_options(func: F) -> F:
     return cast(F, decorated)
 
 
+# Every process logs in this format; `up` reads its children's records back by it
+# (inbox_classifier.console).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
 def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
 
 
 class Since(click.ParamType):

@@ -21,13 +21,20 @@ from inbox_classifier.cli_common import require_broker, settings_options
 )
 @click.option("--no-trainer", is_flag=True, help="Do not run the `train` queue worker.")
 @click.option("--no-beat", is_flag=True, help="Do not run the scheduler.")
-def up(settings: Settings, workers: int | None, no_trainer: bool, no_beat: bool) -> None:
+@click.option("--no-web", is_flag=True, help="Do not run the web app.")
+def up(
+    settings: Settings, workers: int | None, no_trainer: bool, no_beat: bool, no_web: bool
+) -> None:
     """Run the whole pipeline on this machine: Redis (private, unless --redis-url), the
-    ledger (SQLite in the data dir unless --database-url), watcher, workers and beat.
-    Ctrl-C stops everything cleanly; queued files are picked up at the next start."""
+    ledger (SQLite in the data dir unless --database-url), watcher, workers, beat and the web
+    app. The terminal shows the addresses, each worker's busy periods and every warning; each
+    process's full output goes to <data dir>/logs/. Ctrl-C stops everything cleanly; queued
+    files are picked up at the next start."""
     from inbox_classifier.supervisor import run_pipeline
 
-    raise SystemExit(run_pipeline(settings, workers, trainer=not no_trainer, beat=not no_beat))
+    raise SystemExit(
+        run_pipeline(settings, workers, trainer=not no_trainer, beat=not no_beat, web=not no_web)
+    )
 
 
 @click.command()
@@ -92,6 +99,19 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
             "--loglevel=INFO",
         ]
     )
+
+
+@click.command()
+@settings_options
+@click.option("--host", default=None, help="Address to bind (default: WEB_HOST, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: WEB_PORT.")
+def serve(settings: Settings, host: str | None, port: int | None) -> None:
+    """Serve the web app alone (for a deployment: it reads the same DB and Redis).
+
+    Off loopback it needs INBOX_CLASSIFIER_WEB_TOKEN; every request must then carry it."""
+    from web.server import serve as run_server
+
+    raise SystemExit(run_server(settings, host, port))
 
 
 @click.command()

@@ -6,6 +6,8 @@ Importing this module imports no torch: training code loads only when a command 
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,13 +15,12 @@ from typing import Any
 import click
 
 from broker.app import NoBroker, make_celery
-from broker.send import send_classify, send_retrain
+from broker.send import send_classify
 from contract.clock import as_utc
-from contract.messages import RetrainRequest
 from contract.queues import TRAIN_QUEUE
 from contract.reports import ProgressEvent, TrainingReport
 from contract.settings import Settings
-from db import runs, versions
+from db import versions
 from db.engine import transaction
 from db.ledger import mark_enqueued, requeue_done
 from db.models import ModelStatus, RunStatus
@@ -130,19 +131,17 @@ def retrain(settings: Settings, wait: bool, force: bool, fresh: bool) -> None:
 
 
 def _send_retrain(settings: Settings, force: bool, fresh: bool) -> None:
+    from web.retrain import NotSent, request_retrain
+
     try:
         app = make_celery(settings)
     except NoBroker as exc:
         raise click.UsageError(f"{exc} (or use --wait to train in this process)") from exc
     with ledger(settings) as sessions:
-        with transaction(sessions) as session:
-            run_id = runs.create_queued(session, "manual")
         try:
-            send_retrain(app, RetrainRequest("manual", force=force, run_id=run_id, fresh=fresh))
-        except Exception as exc:
-            with transaction(sessions) as session:
-                runs.fail(session, run_id, f"could not send the request to the broker: {exc}")
-            raise click.ClickException(f"could not reach the broker: {exc}") from exc
+            run_id = request_retrain(sessions, app, force=force, fresh=fresh)
+        except NotSent as exc:
+            raise click.ClickException(str(exc)) from exc
     click.echo(f"run {run_id} queued on the '{TRAIN_QUEUE}' queue")
 
 
@@ -354,4 +353,42 @@ def reclassify(
     click.echo(f"{len(items)} image(s) queued for {name} in {messages} message(s)")
 
 
-__all__ = ["models", "reclassify", "retrain"]
+
+
+# --- label -------------------------------------------------------------------------------------
+
+
+@click.command("label")
+@click.argument("image")
+@click.argument("class_name", metavar="CLASS", required=False)
+@click.option("--undo", is_flag=True, help="Remove IMAGE's human label instead.")
+@click.option("--reviewer", default=None, help="Who labeled it (kept in the label history).")
+@settings_options
+def label(
+    settings: Settings, image: str, class_name: str | None, undo: bool, reviewer: str | None
+) -> None:
+    """Give IMAGE (a path in the inbox, or a sha256) the label CLASS, as the web app does: the
+    label wins over the model's, and the image becomes a training example in labeled/CLASS/."""
+    from db import labels
+    from web.labeling import LabelError, apply_label, remove_label
+
+    if class_name is None and not undo:
+        raise click.UsageError("say which class: `inbox-classifier label IMAGE CLASS`")
+    with ledger(settings) as sessions:
+        sha = image.lower() if re.fullmatch(r"[0-9a-fA-F]{64}", image) else None
+        if sha is None:
+            with transaction(sessions) as session:
+                sha = labels.sha_for_path(session, os.path.abspath(image))
+            if sha is None:
+                raise click.ClickException(f"{image}: not a path the ledger has seen")
+        try:
+            if undo or class_name is None:
+                remove_label(settings, sessions, sha)
+            else:
+                done = apply_label(settings, sessions, sha, class_name, reviewer)
+        except LabelError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if undo:
+        click.echo(f"{sha[:12]}: label removed")
+    else:
+        click.echo(f"{sha[:12]}: labeled {class_name!r}; training copy {done.file}")

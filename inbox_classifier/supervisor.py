@@ -5,6 +5,12 @@ which then stops them in order: the watcher first (no new work), then beat, then
 (SIGTERM = Celery's warm shutdown: batches in flight finish and are committed), Redis last.
 A child that dies is restarted with backoff. Nothing is lost across a restart: rows still
 `queued` in the ledger are sent again by the reconciler.
+
+Each child's output goes to ``<data_dir>/logs/<child>.log`` (this process's own to
+``up.log``); the terminal shows the addresses (web app, each worker's metrics), then one line
+per busy period of each worker, the warnings and errors of every child, and the supervisor's
+own messages (``inbox_classifier.console``). Each classify worker serves its metrics on its own
+port: ``METRICS_PORT``, ``METRICS_PORT + 1``, ... when set, else free ports picked here.
 """
 
 from __future__ import annotations
@@ -13,23 +19,40 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from broker.locate import url_file
 from contract.backoff import backoff_delay
 from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
-from contract.settings import Settings
+from contract.settings import ENV_PREFIX, Settings
 from db import migrate
-from inbox_classifier.redis_server import RedisServer
+from inbox_classifier.console import Console, follow_output, route_supervisor_logging
+from inbox_classifier.redis_server import RedisServer, free_port
 
+# Its INFO records are for the terminal; everything else this process logs reaches it only
+# from WARNING on (inbox_classifier.console).
 log = logging.getLogger("inbox_classifier.up")
+# Details for the log file only (pids, the private Redis's address).
+detail = logging.getLogger("inbox_classifier.up.detail")
 
 STOP_TIMEOUT_S = 60.0
 MAX_RESTART_DELAY_S = 30.0
+# How long the stop waits for each child's last lines to reach its log file. A reader whose
+# pipe some grandchild still holds open is a daemon thread: it never holds the exit.
+READER_JOIN_S = 5.0
+METRICS_PORT_ENV = ENV_PREFIX + "METRICS_PORT"
+
+
+class PortError(ValueError):
+    """The ports asked for cannot be assigned."""
 
 
 def visible_gpus() -> list[str]:
@@ -47,25 +70,103 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # As the servers bind (http.server sets it): a port in TIME_WAIT is free to them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError:
+        return False
+    return True
+
+
+def metrics_ports(settings: Settings, count: int, avoid: set[int]) -> list[int]:
+    """One metrics port per classify worker: ``metrics_port``, ``metrics_port + 1``, ... when
+    set (as given: a worker that finds its port taken says so and runs without metrics), else
+    free ports, distinct and not in ``avoid``."""
+    if settings.metrics_port is not None:
+        last = settings.metrics_port + count - 1
+        if last > 65535:
+            raise PortError(
+                f"{count} workers need metrics ports {settings.metrics_port}-{last}: "
+                "past 65535; lower METRICS_PORT"
+            )
+        return list(range(settings.metrics_port, last + 1))
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports and port not in avoid:
+            ports.append(port)
+    return ports
+
+
+def web_port(settings: Settings, avoid: set[int]) -> tuple[int, str]:
+    """``web_port`` if it is free, else a free port; and a note saying why it moved."""
+    wanted = settings.web_port
+    if wanted not in avoid and port_is_free(settings.web_host, wanted):
+        return wanted, ""
+    while (port := free_port()) in avoid:
+        pass
+    why = "a worker's metrics port" if wanted in avoid else "in use"
+    return port, f" (port {wanted} is {why})"
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL a person can open on this machine."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True)
+class ChildOutput:
+    """Where the children's output goes: each one's own log file, and the terminal."""
+
+    console: Console
+    log_dir: Path
+
+    def log_path(self, child: str) -> Path:
+        return self.log_dir / f"{child}.log"
+
+    def follow(self, child: str, process: subprocess.Popen[bytes]) -> threading.Thread:
+        assert process.stdout is not None
+        return follow_output(child, process.pid, process.stdout, self.log_path(child), self.console)
+
+
 @dataclass
 class Child:
     name: str
     args: list[str]
     env: dict[str, str]
+    url: str | None = None  # what a person opens: the web app, or this worker's metrics
+    note: str = ""  # why it serves where it does, when that is not where it was asked to
     process: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = None
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
 
-    def start(self) -> None:
+    def start(self, output: ChildOutput) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "inbox_classifier", *self.args],
-            env=self.env,
+            # Unbuffered: its lines reach the log file (and the terminal) as they are written.
+            env={**self.env, "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.reader = output.follow(self.name, self.process)
         self.started_at = time.monotonic()
-        log.info("started %s (pid %d)", self.name, self.process.pid)
+        if self.restarts:
+            log.info("restarted %s (pid %d)", self.name, self.process.pid)
+        else:
+            detail.info("started %s (pid %d)", self.name, self.process.pid)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -84,14 +185,18 @@ class Child:
 
 
 def plan_children(
-    settings: Settings, workers: int | None, trainer: bool, beat: bool
+    settings: Settings, workers: int | None, trainer: bool, beat: bool, web: bool = False
 ) -> list[Child]:
     env = settings.with_env()
+    env[METRICS_PORT_ENV] = "null"  # only classify workers serve metrics, each on its own port
+    host = url_host(settings.web_host)
     children = [Child("watcher", ["watch"], env)]
     gpus = visible_gpus()
     count = workers or max(1, len(gpus))
-    for i in range(count):
+    ports = metrics_ports(settings, count, avoid={settings.web_port} if web else set())
+    for i, port in enumerate(ports):
         child_env = dict(env)
+        child_env[METRICS_PORT_ENV] = str(port)
         if gpus:
             child_env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         device = f"gpu{gpus[i % len(gpus)]}" if gpus else f"cpu{i}"
@@ -100,6 +205,7 @@ def plan_children(
                 f"worker-{device}",
                 ["worker", "--queues", CLASSIFY_QUEUE, "--name", f"classify-{device}@%h"],
                 child_env,
+                url=f"http://{host}:{port}/metrics",
             )
         )
     if trainer:
@@ -111,10 +217,16 @@ def plan_children(
         )
     if beat:
         children.append(Child("beat", ["beat"], env))
+    if web:
+        port, note = web_port(settings, avoid=set(ports))
+        serve = ["serve", "--host", settings.web_host, "--port", str(port)]
+        children.append(Child("web", serve, env, url=f"http://{host}:{port}", note=note))
     return children
 
 
-def run_pipeline(settings: Settings, workers: int | None, trainer: bool, beat: bool) -> int:
+def run_pipeline(
+    settings: Settings, workers: int | None, trainer: bool, beat: bool, web: bool = True
+) -> int:
     for folder in (settings.data_dir, settings.inbox, settings.labeled_path):
         folder.mkdir(parents=True, exist_ok=True)
     settings = settings.model_copy(
@@ -123,6 +235,8 @@ def run_pipeline(settings: Settings, workers: int | None, trainer: bool, beat: b
             "inbox": settings.inbox.resolve(),
         }
     )
+    output = ChildOutput(Console(), settings.data_dir / "logs")
+    route_supervisor_logging(output.console, output.log_path("up"), log.name)
     from worker.modelzoo import ModelError, ensure_weights
 
     try:
@@ -138,8 +252,24 @@ def run_pipeline(settings: Settings, workers: int | None, trainer: bool, beat: b
         url = redis_server.start()
         url_file(settings).write_text(url)
         settings = settings.model_copy(update={"redis_url": url})
-        log.info("private Redis at %s", url)
+        detail.info("private Redis at %s", url)
+    try:
+        return _supervise(settings, workers, trainer, beat, web, output)
+    finally:
+        if redis_server is not None:
+            redis_server.stop()
+            url_file(settings).unlink(missing_ok=True)
+        log.info("stopped")
 
+
+def _supervise(
+    settings: Settings,
+    workers: int | None,
+    trainer: bool,
+    beat: bool,
+    web: bool,
+    output: ChildOutput,
+) -> int:
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -149,13 +279,27 @@ def run_pipeline(settings: Settings, workers: int | None, trainer: bool, beat: b
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    children = plan_children(settings, workers, trainer, beat)
+    try:
+        children = plan_children(settings, workers, trainer, beat, web)
+    except PortError as exc:
+        log.error("%s", exc)
+        return 2
     for child in children:
-        child.start()
-    log.info("watching %s; results in %s", settings.inbox, settings.db_url)
+        if child.name == "web":
+            log.info("web: %s%s", child.url, child.note)
+    served = [f"{c.name} {c.url}" for c in children if c.name.startswith("worker-")]
+    log.info("metrics: %s", ", ".join(served))
+    log.info(
+        "watching %s; results in %s; logs in %s",
+        settings.inbox,
+        make_url(settings.db_url).render_as_string(hide_password=True),
+        output.log_dir,
+    )
+    for child in children:
+        child.start(output)
     try:
         while not stopping.wait(0.5):
-            _restart_dead(children)
+            _restart_dead(children, output)
     finally:
         for group in (["watcher"], ["beat"]):
             for child in children:
@@ -166,14 +310,13 @@ def run_pipeline(settings: Settings, workers: int | None, trainer: bool, beat: b
             thread.start()
         for thread in threads:
             thread.join()
-        if redis_server is not None:
-            redis_server.stop()
-            url_file(settings).unlink(missing_ok=True)
-        log.info("stopped")
+        for child in children:
+            if child.reader is not None:
+                child.reader.join(READER_JOIN_S)
     return 0
 
 
-def _restart_dead(children: list[Child]) -> None:
+def _restart_dead(children: list[Child], output: ChildOutput) -> None:
     now = time.monotonic()
     for child in children:
         if child.alive() or child.process is None:
@@ -185,8 +328,14 @@ def _restart_dead(children: list[Child]) -> None:
                 child.restarts = 0
             delay = backoff_delay(child.restarts + 1, base=1.0, cap=MAX_RESTART_DELAY_S)
             child.next_start = now + delay
-            log.error("%s exited with %s; restarting in %.0fs", child.name, code, delay)
+            log.error(
+                "%s exited with %s (its log: %s); restarting in %.0fs",
+                child.name,
+                code,
+                output.log_path(child.name),
+                delay,
+            )
         elif now >= child.next_start:
             child.restarts += 1
             child.next_start = 0.0
-            child.start()
+            child.start(output)

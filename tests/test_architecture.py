@@ -29,7 +29,12 @@ def test_the_contract_forbids_every_dependency_but_pydantic() -> None:
         re.split(r"[<>=!\[ ;]", dep, maxsplit=1)[0].lower()
         for dep in PYPROJECT["project"]["dependencies"]
     }
-    import_names = {"pillow": "pil"}  # distribution name -> top-level module
+    # distribution name -> top-level module
+    import_names = {
+        "pillow": "pil",
+        "prometheus-client": "prometheus_client",
+        "python-multipart": "python_multipart",
+    }
     contract = next(
         c
         for c in PYPROJECT["tool"]["importlinter"]["contracts"]

@@ -31,6 +31,7 @@ from PIL import Image
 
 from contract.settings import Settings
 from db.models import ImageStatus
+from imaging.decode import BadImage, decode
 from tests.helpers.faults import (
     enqueue,
     max_attempts_seen,
@@ -42,7 +43,7 @@ from tests.helpers.faults import (
     wait_for,
 )
 from tests.helpers.images import random_image
-from worker.preprocess import BadImage, Preprocessing, decode, load_for_model
+from worker.preprocess import Preprocessing, load_for_model
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,9 +19,9 @@ from db.engine import transaction
 from db.ledger import mark_enqueued, record_files, save_results
 from db.models import Image, ImageStatus
 from db.versions import ensure_base_model
+from imaging.decode import BadImage, decode
 from tests.helpers.faults import _message_items
 from worker.batching import read_verified
-from worker.preprocess import BadImage, decode
 from worker.reconcile import reconcile
 
 A, B = "a" * 64, "b" * 64

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.preprocess import BadImage, Preprocessing, decode, load_for_model, resize_crop, to_rgb
+from imaging.decode import BadImage, decode, to_rgb
+from worker.preprocess import Preprocessing, load_for_model, resize_crop
 
 PREP = Preprocessing()
 LIMIT = 100_000_000

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from broker.app import make_celery
 from contract.clock import utcnow
+from contract.labeled import class_name_problem
 from contract.messages import RetrainRequest
 from contract.queues import TASK_RETRAIN
 from contract.settings import Settings
@@ -31,7 +32,6 @@ from worker.classifier import Classifier
 from worker.preprocess import load_for_model
 from worker.training.dataset import (
     TrainingRefused,
-    class_name_problem,
     list_labeled,
     manifest_sha256,
     scan_labeled,

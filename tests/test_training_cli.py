@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from contract.messages import RetrainRequest
 from contract.queues import TASK_CLASSIFY, TASK_RETRAIN
@@ -203,6 +203,42 @@ def _classified(session_factory, model_id: int, rows: list[tuple[str, str, float
         )
 
 
+def test_a_promotion_rescores_the_unreviewed_low_confidence_rows(
+    tsettings: Settings, session_factory
+) -> None:
+    """The backfill: after the promotion, unreviewed rows below BACKFILL_BELOW_CONFIDENCE are
+    queued and sent for the new version, least confident first, up to BACKFILL_LIMIT; a row a
+    person labeled, and a confident one, are left alone."""
+    with transaction(session_factory) as s:
+        base_id = ensure_base_model(s, "resnet18", "none", ["x", "y"]).id
+    shas = [c * 64 for c in "abcde"]
+    _classified(
+        session_factory,
+        base_id,
+        [
+            (shas[0], "red", 0.40),
+            (shas[1], "red", 0.95),  # confident: stays
+            (shas[2], "blue", 0.55),
+            (shas[3], "blue", 0.30),
+            (shas[4], "blue", 0.20),  # labeled by a person: stays
+        ],
+    )
+    with transaction(session_factory) as s:
+        s.execute(update(Image).where(Image.sha256 == shas[4]).values(human_label="blue"))
+    settings = tsettings.model_copy(
+        update={"backfill_below_confidence": 0.6, "backfill_limit": 2}
+    )
+    trained = run_training(settings, session_factory)
+    assert trained.status == RunStatus.PROMOTED
+    messages = queued_messages(tsettings.redis_url or "", "classify")
+    sent = [item["sha256"] for m in messages for item in m["args"][0]["items"]]
+    assert sent == [shas[3], shas[0]]  # the two least confident unreviewed rows
+    with transaction(session_factory) as s:
+        status = {i.sha256: i.status for i in s.scalars(select(Image))}
+    assert status[shas[3]] == status[shas[0]] == ImageStatus.QUEUED
+    assert status[shas[1]] == status[shas[2]] == status[shas[4]] == ImageStatus.DONE
+
+
 def test_reclassify_requeues_matching_done_images_for_the_active_model(
     tsettings: Settings, session_factory
 ) -> None:
@@ -219,7 +255,8 @@ def test_reclassify_requeues_matching_done_images_for_the_active_model(
             (shas[3], "blue", 0.30),
         ],
     )
-    trained = run_training(tsettings, session_factory)
+    # No backfill here: this is about what reclassify selects (the next test is the backfill).
+    trained = run_training(tsettings.model_copy(update={"backfill_limit": 0}), session_factory)
     assert trained.status == RunStatus.PROMOTED
 
     dry = invoke(reclassify, ["--below-confidence", "0.6", "--dry-run", *flags(tsettings)])

@@ -39,10 +39,11 @@ from contract.records import Classified, Failed
 from contract.settings import Settings
 from db.engine import transaction
 from db.errors import is_transient
-from db.ledger import save_results
+from db.ledger import SavedBatch, save_batch
 from worker.classifier import Classifier, CompileState, compile_blocker
 from worker.layout import inference_layout
 from worker.memory import release_free_memory
+from worker.metrics import WorkerMetrics
 from worker.model_holder import ModelHolder
 from worker.pending import Empty, PendingQueue
 from worker.precision import pick_device
@@ -88,6 +89,7 @@ class _Write:
     version_id: int
     classified: list[Classified]
     failed: list[Failed]
+    taken_at: float  # monotonic: when the batch was taken off the queue
 
 
 @dataclass
@@ -164,11 +166,16 @@ def read_verified(item: WorkItem) -> bytes:
 
 class BatchEngine:
     def __init__(
-        self, settings: Settings, holder: ModelHolder, sessions: sessionmaker[Session]
+        self,
+        settings: Settings,
+        holder: ModelHolder,
+        sessions: sessionmaker[Session],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._holder = holder
         self._sessions = sessions
+        self.metrics = metrics or WorkerMetrics()
         self._queue: PendingQueue[_Pending] = PendingQueue()
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # At most one batch committing and one waiting: the model runs ahead of the database
@@ -183,6 +190,7 @@ class BatchEngine:
         self._busy_streams = 0
         self._in_use: dict[int, tuple[Classifier, int]] = {}
         self._held: dict[str, int] = {}  # sha256 -> files held (submitted, not yet settled)
+        self.metrics.images_in_flight.set_function(self._files_held)
         self.images_done = 0
         self.layout = inference_layout(
             settings.inference_streams,
@@ -219,15 +227,16 @@ class BatchEngine:
 
     def _decode(self, item: WorkItem, prep: Preprocessing) -> np.ndarray:
         stats = self._stats
-        t0 = time.thread_time()
+        started, t0 = time.monotonic(), time.thread_time()
+        t1: float | None = None
         try:
             data = read_verified(item)
-        finally:
             t1 = time.thread_time()
-        try:
             return load_for_model(data, prep, self._settings.max_image_pixels)
         finally:
-            stats.add_cpu(read=t1 - t0, decode=time.thread_time() - t1)
+            if t1 is not None:
+                stats.add_cpu(read=t1 - t0, decode=time.thread_time() - t1)
+            self.metrics.decode_seconds.observe(time.monotonic() - started)
 
     # --- the inference thread ------------------------------------------------------------------
 
@@ -240,8 +249,9 @@ class BatchEngine:
             except Empty:
                 self._end_busy_period()
                 continue
+            taken_at = time.monotonic()
             try:
-                self._process(batch)
+                self._process(batch, taken_at)
             except Exception as exc:  # never let an inference thread die
                 log.exception("batch of %d failed; its messages will be retried", len(batch))
                 self._fail_jobs(batch, exc)
@@ -271,10 +281,10 @@ class BatchEngine:
         log.info("%s", stats.line())
         release_free_memory()
 
-    def _process(self, batch: list[_Pending]) -> None:
+    def _process(self, batch: list[_Pending], taken_at: float) -> None:
         classifier = self._acquire()
         try:
-            self._classify(batch, classifier)
+            self._classify(batch, classifier, taken_at)
         finally:
             self._release(classifier)
 
@@ -297,8 +307,11 @@ class BatchEngine:
         ):
             self._retire(classifier)
 
-    def _classify(self, batch: list[_Pending], classifier: Classifier) -> None:
+    def _classify(self, batch: list[_Pending], classifier: Classifier, taken_at: float) -> None:
         stats = self._stats
+        metrics = self.metrics
+        metrics.batch_size.observe(len(batch))
+        metrics.model_version.set(classifier.version_id)
         prep = classifier.loaded.preprocessing
         arrays: list[np.ndarray] = []
         good: list[_Pending] = []
@@ -334,7 +347,9 @@ class BatchEngine:
             ]
         queued = time.monotonic()
         stats.add_cpu(infer=time.thread_time() - infer_cpu)
-        self._writes.put(_Write(batch, classifier.version_id, classified, failed))
+        if arrays:
+            metrics.inference_seconds.observe(queued - inferred)
+        self._writes.put(_Write(batch, classifier.version_id, classified, failed, taken_at))
         with self._lock:
             stats.decode_wait_s += inferred - waited
             stats.infer_s += queued - inferred
@@ -380,14 +395,18 @@ class BatchEngine:
             self._stats.add_cpu(write=time.thread_time() - cpu)
 
     def _write(self, write: _Write) -> None:
-        def commit() -> None:
+        def commit() -> SavedBatch:
             with transaction(self._sessions) as session:
-                save_results(session, write.version_id, write.classified, write.failed)
+                return save_batch(session, write.version_id, write.classified, write.failed)
 
         try:
-            retry(commit, transient=is_transient, what="writing a batch")
+            saved = retry(commit, transient=is_transient, what="writing a batch")
         except Exception as exc:
             raise BatchWriteError(f"could not commit batch: {exc}") from exc
+        self.metrics.committed(
+            len(write.classified), (f.kind for f in write.failed), saved.first_results_created_at
+        )
+        self.metrics.batch_seconds.observe(time.monotonic() - write.taken_at)
         self.images_done += len(write.batch)
         self._let_go(write.batch)
         for pending in write.batch:
@@ -410,6 +429,10 @@ class BatchEngine:
                     self._held[sha] = left
                 else:
                     self._held.pop(sha, None)
+
+    def _files_held(self) -> float:
+        with self._lock:
+            return float(sum(self._held.values()))
 
     def in_flight(self) -> frozenset[str]:
         """Hashes of the images held right now: submitted, not yet committed or given up."""

@@ -1,5 +1,6 @@
 """Per-process state of a worker, created lazily on first use in the process that runs the
-tasks (never at import, never in a parent that forks): engine, model, batch engine."""
+tasks (never at import, never in a parent that forks): engine, model, batch engine. Its
+metrics exist from the start (empty until the first batch), so they can be served at once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from contract.settings import Settings
 from db.engine import LazySessions
 from worker.batching import BatchEngine
+from worker.metrics import WorkerMetrics
 from worker.model_holder import ModelHolder
 
 
@@ -19,6 +21,7 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._sessions = LazySessions(settings.db_url)
         self._batcher: BatchEngine | None = None
+        self.metrics = WorkerMetrics()
 
     def sessions(self) -> sessionmaker[Session]:
         return self._sessions.get()
@@ -28,7 +31,7 @@ class WorkerRuntime:
         with self._lock:
             if self._batcher is None:
                 holder = ModelHolder(self.settings, sessions)
-                self._batcher = BatchEngine(self.settings, holder, sessions)
+                self._batcher = BatchEngine(self.settings, holder, sessions, self.metrics)
             return self._batcher
 
     def in_flight(self) -> frozenset[str]:
@@ -44,3 +47,4 @@ class WorkerRuntime:
                 self._batcher.stop()
                 self._batcher = None
         self._sessions.close()
+        self.metrics.close()

@@ -15,6 +15,7 @@ from contract.messages import BadMessage, decode_classify
 from contract.queues import TASK_CLASSIFY, TASK_RECONCILE
 from contract.settings import Settings
 from worker.memory import limit_arenas
+from worker.metrics import serve_metrics
 from worker.reconcile import reconcile
 from worker.runtime import WorkerRuntime
 from worker.training.task import register_training_task
@@ -62,6 +63,12 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
         ours = getattr(sender, "app", None) is app
         if ours and settings.malloc_arenas and limit_arenas(settings.malloc_arenas):
             log.info("malloc arenas limited to %d", settings.malloc_arenas)
+
+    @worker_init.connect(weak=False)
+    def _serve_metrics(sender: Any = None, **_: Any) -> None:
+        # Here, not at import or app creation: only the process that runs the tasks serves.
+        if getattr(sender, "app", None) is app:
+            serve_metrics(settings, runtime.metrics)
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:

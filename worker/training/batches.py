@@ -18,7 +18,8 @@ import torch
 from torchvision.transforms import v2
 
 from contract.chunks import chunked
-from worker.preprocess import BadImage, Preprocessing, decode, load_for_model
+from imaging.decode import BadImage, decode
+from worker.preprocess import Preprocessing, load_for_model
 from worker.training.dataset import Sample
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (uint8 NCHW images, int64 labels)

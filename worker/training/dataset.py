@@ -15,49 +15,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.preprocess import BadImage, decode
+from contract.labeled import VAL_DIR, class_name_problem, is_image_name
+from imaging.decode import BadImage, decode
 
 log = logging.getLogger(__name__)
 
-VAL_DIR = "_val"
-MAX_CLASS_NAME = 100
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
 
 
 class TrainingRefused(Exception):
     """The labeled data cannot train a model; the message says what to fix."""
-
-
-def class_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a safe class (folder) name, or None when it is."""
-    if not name or name in {".", ".."}:
-        return "empty or a relative path"
-    if "/" in name or "\\" in name:
-        return "contains a path separator"
-    if "\x00" in name:
-        return "contains a NUL byte"
-    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs"} for ch in name):
-        return "contains control, invisible or undecodable characters"
-    if name.startswith("."):
-        return "starts with '.'"
-    if name != name.strip():
-        return "starts or ends with whitespace"
-    if len(name) > MAX_CLASS_NAME:
-        return f"longer than {MAX_CLASS_NAME} characters"
-    return None
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from db import runs, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
 from worker.precision import pick_autocast, pick_device
+from worker.training.backfill import backfill
 from worker.training.batches import EvalSet, ImageSource
 from worker.training.dataset import TrainingRefused, list_labeled, manifest_sha256, scan_labeled
 from worker.training.features import remap_head
@@ -279,7 +280,10 @@ class _Run:
             status, message = RunStatus.REJECTED, f"{saved.name} rejected ({accuracy}): "
         if not saved.failed:
             message += saved.reason
-        return rec.finish(status, message, saved.version_id, saved.name, report)
+        outcome = rec.finish(status, message, saved.version_id, saved.name, report)
+        if saved.promoted:
+            backfill(s, self.sessions, saved.version_id)
+        return outcome
 
     # --- helpers --------------------------------------------------------------------------------
 

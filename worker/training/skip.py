@@ -8,10 +8,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.labeled import VAL_DIR
 from db import versions
 from db.engine import transaction
 from db.models import ModelStatus
-from worker.training.dataset import VAL_DIR
 from worker.training.start import ActiveInfo
 
 

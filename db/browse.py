@@ -1,0 +1,316 @@
+"""The web app's reads: keyset pages of results and of the review queue, an image with its
+history, label and failure counts, throughput by minute. A page never uses OFFSET: it asks
+for the rows after the last one it showed (the cursor), in an order an index serves, so page
+10,000 costs what page 1 does."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Integer, Select, cast, func, select, text, tuple_
+from sqlalchemy.orm import Session
+
+from contract.clock import iso, utcnow
+from db.labels import LabelAct, history
+from db.models import Image, ImagePath, ImageStatus, ModelVersion, Prediction
+from db.queries import ResultFilter, ResultRow, apply_filters, effective_label, source_of
+
+MAX_PAGE = 500
+
+# Literal, not bound, so that SQLite sees the partial index's own condition and uses it.
+_IN_REVIEW_QUEUE = text("images.status = 'done' AND images.human_label IS NULL")
+
+
+class Sort(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    LEAST_CONFIDENT = "confidence"  # classified rows only, least confident first
+    MOST_CONFIDENT = "-confidence"
+
+
+class BadCursor(ValueError):
+    """A cursor this query did not hand out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[ResultRow]
+    next_cursor: str | None
+
+
+def encode_cursor(kind: str, key: list[Any]) -> str:
+    raw = json.dumps([kind, *key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise BadCursor("malformed cursor") from None
+    if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
+        raise BadCursor("cursor from another listing or sort order")
+    key = data[1:]
+    for value, kind_of in zip(key, types, strict=True):
+        if not isinstance(value, kind_of) or isinstance(value, bool):
+            raise BadCursor("malformed cursor")
+    return key
+
+
+def _columns() -> Select[Any]:
+    return select(
+        Image.id,
+        Image.sha256,
+        Image.status,
+        Image.label,
+        Image.human_label,
+        Image.confidence,
+        Image.topk,
+        Image.error,
+        Image.error_kind,
+        Image.classified_at,
+        ModelVersion.name.label("version_name"),
+    ).outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
+
+
+def _row(r: Any, path: str) -> ResultRow:
+    return ResultRow(
+        path=path,
+        sha256=r.sha256,
+        status=r.status,
+        label=r.human_label or r.label,
+        label_source=source_of(r.human_label, r.label),
+        model_label=r.label,
+        confidence=r.confidence,
+        topk=r.topk or [],
+        model_version=r.version_name,
+        error=r.error,
+        error_kind=r.error_kind,
+        classified_at=iso(r.classified_at),
+    )
+
+
+def result_page(
+    session: Session,
+    f: ResultFilter,
+    sort: Sort = Sort.NEWEST,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> Page:
+    """One row per (image, path), like ``results``, a page at a time."""
+    limit = max(1, min(limit, MAX_PAGE))
+    by_confidence = sort in (Sort.LEAST_CONFIDENT, Sort.MOST_CONFIDENT)
+    query = apply_filters(
+        _columns()
+        .add_columns(ImagePath.id.label("path_id"), ImagePath.path)
+        .join(ImagePath, ImagePath.image_id == Image.id),
+        f,
+        confidence_index=by_confidence,
+    )
+    keys: list[Any] = [Image.id, ImagePath.id]
+    types: tuple[type, ...] = (int, int)
+    if by_confidence:
+        query = query.where(Image.confidence.is_not(None))
+        keys.insert(0, Image.confidence)
+        types = (float | int, int, int)  # type: ignore[assignment]
+    descending = sort in (Sort.NEWEST, Sort.MOST_CONFIDENT)
+    if cursor is not None:
+        after = decode_cursor(cursor, f"results:{sort.value}", types)
+        key = tuple_(*keys)
+        query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
+    query = query.order_by(*(k.desc() if descending else k.asc() for k in keys))
+    rows = session.execute(query.limit(limit + 1)).all()
+    items = [_row(r, r.path) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        key_values = [last.id, last.path_id]
+        if by_confidence:
+            key_values.insert(0, last.confidence)
+        next_cursor = encode_cursor(f"results:{sort.value}", key_values)
+    return Page(items, next_cursor)
+
+
+def _latest_path() -> Any:
+    return (
+        select(ImagePath.path)
+        .where(ImagePath.image_id == Image.id)
+        .order_by(ImagePath.last_seen_at.desc(), ImagePath.id.desc())
+        .limit(1)
+        .correlate(Image)
+        .scalar_subquery()
+    )
+
+
+def review_page(session: Session, cursor: str | None = None, limit: int = 20) -> Page:
+    """Unreviewed results, the ones the model is least sure of first (smallest margin between
+    its two best classes)."""
+    limit = max(1, min(limit, MAX_PAGE))
+    query = (
+        _columns().add_columns(Image.margin, _latest_path().label("path")).where(_IN_REVIEW_QUEUE)
+    )
+    if cursor is not None:
+        margin, image_id = decode_cursor(cursor, "review", (float | int, int))  # type: ignore[arg-type]
+        query = query.where(tuple_(Image.margin, Image.id) > tuple_(margin, image_id))
+    query = query.order_by(Image.margin, Image.id)
+    rows = session.execute(query.limit(limit + 1)).all()
+    items = [_row(r, r.path or "") for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor("review", [last.margin, last.id])
+    return Page(items, next_cursor)
+
+
+def review_backlog(session: Session, cap: int | None = None) -> int:
+    """Images waiting for a person: classified, not labeled. With ``cap``, counting stops
+    there (a count of a million index entries costs a third of a second in SQLite; a page
+    that only needs "10,000+" should not pay it)."""
+    waiting = select(Image.id).where(_IN_REVIEW_QUEUE)
+    if cap is not None:
+        waiting = waiting.limit(cap)
+    query = select(func.count()).select_from(waiting.subquery())
+    return int(session.execute(query).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class SeenAt:
+    path: str
+    first_seen_at: str | None
+    last_seen_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PastPrediction:
+    model_version: str
+    model_version_id: int
+    label: str
+    confidence: float
+    topk: list[Any]
+    created_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDetail:
+    item: ResultRow
+    size: int
+    margin: float | None
+    paths: list[SeenAt]
+    predictions: list[PastPrediction]
+    labels: list[LabelAct] = field(default_factory=list)
+
+
+def image_detail(session: Session, sha256: str) -> ImageDetail | None:
+    row = session.execute(
+        _columns()
+        .add_columns(Image.size, Image.margin, _latest_path().label("path"))
+        .where(Image.sha256 == sha256)
+    ).first()
+    if row is None:
+        return None
+    paths = [
+        SeenAt(p.path, iso(p.first_seen_at), iso(p.last_seen_at))
+        for p in session.scalars(
+            select(ImagePath)
+            .where(ImagePath.image_id == row.id)
+            .order_by(ImagePath.last_seen_at.desc(), ImagePath.id.desc())
+        )
+    ]
+    predictions = [
+        PastPrediction(name, version_id, label, confidence, topk or [], iso(created))
+        for name, version_id, label, confidence, topk, created in session.execute(
+            select(
+                ModelVersion.name,
+                Prediction.model_version_id,
+                Prediction.label,
+                Prediction.confidence,
+                Prediction.topk,
+                Prediction.created_at,
+            )
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.image_id == row.id)
+            .order_by(Prediction.id.desc())
+        )
+    ]
+    return ImageDetail(
+        item=_row(row, row.path or ""),
+        size=row.size,
+        margin=row.margin,
+        paths=paths,
+        predictions=predictions,
+        labels=history(session, row.id),
+    )
+
+
+def label_counts(session: Session, limit: int = 100) -> list[tuple[str, int]]:
+    """The labels shown on classified images, most common first."""
+    label = effective_label()
+    query = (
+        select(label, func.count())
+        .where(label.is_not(None))
+        .group_by(label)
+        .order_by(func.count().desc(), label)
+        .limit(limit)
+    )
+    return [(str(name), int(n)) for name, n in session.execute(query)]
+
+
+def failure_counts(session: Session) -> list[tuple[str, int]]:
+    """Failed images per failure kind, most common first."""
+    query = (
+        select(Image.error_kind, func.count())
+        .where(Image.status == ImageStatus.FAILED)
+        .group_by(Image.error_kind)
+        .order_by(func.count().desc())
+    )
+    return [(str(kind or "other"), int(n)) for kind, n in session.execute(query)]
+
+
+def failed_page(
+    session: Session, kind: str | None = None, cursor: str | None = None, limit: int = 100
+) -> Page:
+    """Failed images (newest first), of one kind or all, with their latest path."""
+    limit = max(1, min(limit, MAX_PAGE))
+    query = (
+        _columns()
+        .add_columns(_latest_path().label("path"))
+        .where(Image.status == ImageStatus.FAILED)
+    )
+    if kind is not None:
+        query = query.where(Image.error_kind == kind)
+    if cursor is not None:
+        (image_id,) = decode_cursor(cursor, f"failed:{kind or ''}", (int,))
+        query = query.where(Image.id < image_id)
+    rows = session.execute(query.order_by(Image.id.desc()).limit(limit + 1)).all()
+    items = [_row(r, r.path or "") for r in rows[:limit]]
+    next_cursor = (
+        encode_cursor(f"failed:{kind or ''}", [rows[limit - 1].id]) if len(rows) > limit else None
+    )
+    return Page(items, next_cursor)
+
+
+def classified_per_minute(session: Session, minutes: int = 60) -> list[int]:
+    """Images classified in each of the last ``minutes`` minutes, oldest first."""
+    start = utcnow().replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+    bucket = _minutes_since(session, start)
+    counts: dict[int, int] = dict(
+        session.execute(
+            select(bucket, func.count()).where(Image.classified_at >= start).group_by(bucket)
+        ).all()
+    )
+    return [int(counts.get(i, 0)) for i in range(minutes)]
+
+
+def _minutes_since(session: Session, start: datetime) -> Any:
+    if session.get_bind().dialect.name == "sqlite":
+        # Stored as ISO text; julianday() parses it (days, fractional).
+        since = start.strftime("%Y-%m-%d %H:%M:%S")
+        return cast((func.julianday(Image.classified_at) - func.julianday(since)) * 1440, Integer)
+    return func.floor(func.extract("epoch", Image.classified_at - start) / 60)

@@ -1,0 +1,400 @@
+"""The JSON API under /api (the pages use it too). Every image is addressed by its content
+hash; no parameter anywhere is a path."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
+
+from broker.app import NoBroker
+from broker.send import send_classify
+from contract.clock import iso, parse_since
+from contract.failures import FailureKind
+from db import browse, labels, ledger, runs, versions
+from db.browse import BadCursor, Sort
+from db.engine import transaction
+from db.models import ImageStatus
+from db.queries import ResultFilter, ResultRow, ledger_status
+from imaging.decode import BadImage
+from imaging.formats import sniff
+from web import schemas
+from web.files import FileGone, read_from_inbox
+from web.labeling import LabelError, apply_label, remove_label
+from web.retrain import NotSent, request_retrain, retrain_if_enough_labels
+from web.state import REVIEW_COUNT_CAP, WebState
+from web.thumbs import cached_thumbnail, make_thumbnail
+
+router = APIRouter(prefix="/api")
+ThumbSize = Literal["small", "large"]
+IMMUTABLE = "public, max-age=31536000, immutable"  # content-addressed: never changes
+
+
+def state(request: Request) -> WebState:
+    value: WebState = request.app.state.web
+    return value
+
+
+def item(row: ResultRow) -> schemas.ResultItem:
+    return schemas.ResultItem.model_validate(row.to_dict())
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+# --- status and results ---------------------------------------------------------------------
+
+
+@router.get("/status", summary="The `status --json` object")
+def status(request: Request, window: Annotated[int, Query(ge=1, le=86_400)] = 60) -> Any:
+    web = state(request)
+    with transaction(web.sessions) as session:
+        ledger_part = ledger_status(session, window)
+    queues = web.queues.get()
+    backlog = web.review_backlog.get()
+    return {
+        **ledger_part,
+        "queue_depth": queues.depth,
+        "workers": queues.workers,
+        "review_backlog": backlog,  # counted up to 10,000
+        "review_backlog_is_lower_bound": backlog >= REVIEW_COUNT_CAP,
+    }
+
+
+@router.get("/results", response_model=schemas.ResultPage, summary="Results, a page at a time")
+def results(
+    request: Request,
+    label: str | None = None,
+    min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    status: ImageStatus | None = None,
+    since: Annotated[str | None, Query(description="30m, 2h, 7d or an ISO time")] = None,
+    path_glob: Annotated[str | None, Query(max_length=1000)] = None,
+    reviewed: bool | None = None,
+    sort: Sort = Sort.NEWEST,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
+) -> schemas.ResultPage:
+    filters = ResultFilter(
+        label=label,
+        min_confidence=min_confidence,
+        max_confidence=max_confidence,
+        status=status.value if status else None,
+        since=_since(since),
+        path_glob=path_glob,
+        reviewed=reviewed,
+    )
+    try:
+        with transaction(state(request).sessions) as session:
+            page = browse.result_page(session, filters, sort, cursor, limit)
+    except BadCursor as exc:
+        raise HTTPException(400, str(exc)) from None
+    return schemas.ResultPage(items=[item(r) for r in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/labels", response_model=list[schemas.LabelCount], summary="Images per label")
+def label_counts(request: Request) -> list[schemas.LabelCount]:
+    web = state(request)
+    return [schemas.LabelCount(label=n, images=c) for n, c in web.label_counts.get()]
+
+
+# --- review and labels ------------------------------------------------------------------------
+
+
+@router.get("/review", response_model=schemas.ReviewPage, summary="The next images to review")
+def review(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 20,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> schemas.ReviewPage:
+    """Least certain first: the smallest margin between the model's two best classes."""
+    web = state(request)
+    try:
+        with transaction(web.sessions) as session:
+            page = browse.review_page(session, cursor, limit)
+    except BadCursor as exc:
+        raise HTTPException(400, str(exc)) from None
+    remaining = web.review_backlog.get()
+    return schemas.ReviewPage(
+        items=[item(r) for r in page.items],
+        next_cursor=page.next_cursor,
+        remaining=remaining,
+        remaining_is_lower_bound=remaining >= REVIEW_COUNT_CAP,
+    )
+
+
+@router.get("/classes", summary="Classes people have labeled with, first used first")
+def classes(request: Request) -> list[str]:
+    with transaction(state(request).sessions) as session:
+        return labels.human_classes(session)
+
+
+@router.post("/labels", status_code=201, response_model=schemas.ImageOut, summary="Label an image")
+def add_label(request: Request, body: schemas.LabelRequest) -> schemas.ImageOut:
+    """The label becomes the image's truth and a training example in labeled/<label>/."""
+    web = state(request)
+    try:
+        apply_label(web.settings, web.sessions, body.sha256, body.label, body.reviewer)
+    except LabelError as exc:
+        raise HTTPException(int(exc.problem), str(exc)) from None
+    web.label_counts.clear()
+    web.review_backlog.clear()
+    # Without a broker, labeling still works; only retraining by labels needs one.
+    with contextlib.suppress(NoBroker):
+        retrain_if_enough_labels(web.settings, web.sessions, web.celery())
+    return _image(web, body.sha256)
+
+
+@router.delete("/labels/{sha256}", response_model=schemas.ImageOut, summary="Undo an image's label")
+def undo_label(request: Request, sha256: str) -> schemas.ImageOut:
+    _check_sha(sha256)
+    web = state(request)
+    try:
+        remove_label(web.settings, web.sessions, sha256)
+    except LabelError as exc:
+        raise HTTPException(int(exc.problem), str(exc)) from None
+    web.label_counts.clear()
+    web.review_backlog.clear()
+    return _image(web, sha256)
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def _image(web: WebState, sha256: str) -> schemas.ImageOut:
+    with transaction(web.sessions) as session:
+        detail = browse.image_detail(session, sha256)
+    if detail is None:
+        raise HTTPException(404, f"no image with content hash {sha256}")
+    acts = [
+        {**asdict(a), "created_at": iso(a.created_at), "undone_at": iso(a.undone_at)}
+        for a in detail.labels
+    ]
+    return schemas.ImageOut.model_validate(
+        {
+            **detail.item.to_dict(),
+            "size": detail.size,
+            "margin": detail.margin,
+            "paths": [asdict(p) for p in detail.paths],
+            "predictions": [asdict(p) for p in detail.predictions],
+            "labels": acts,
+        }
+    )
+
+
+@router.get("/images/{sha256}", response_model=schemas.ImageOut, summary="One image")
+def image(request: Request, sha256: str) -> schemas.ImageOut:
+    _check_sha(sha256)
+    return _image(state(request), sha256)
+
+
+def _check_sha(sha256: str) -> None:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise HTTPException(422, "an image is addressed by its sha256: 64 hex digits")
+
+
+def _inbox_bytes(web: WebState, sha256: str) -> bytes:
+    with transaction(web.sessions) as session:
+        target = labels.target(session, sha256)
+    if target is None:
+        raise HTTPException(404, f"no image with content hash {sha256}")
+    try:
+        return read_from_inbox(str(web.settings.inbox), target.paths, sha256).data
+    except FileGone as exc:
+        raise HTTPException(410, str(exc)) from None
+
+
+@router.get("/images/{sha256}/thumbnail", summary="A JPEG thumbnail (cached)")
+def thumbnail(
+    request: Request,
+    sha256: str,
+    size: Annotated[ThumbSize, Query(description="small: 320 px, large: 1024 px")] = "small",
+) -> Response:
+    _check_sha(sha256)
+    web = state(request)
+    path = cached_thumbnail(web.thumbs, sha256, size)
+    if path is None:
+        data = _inbox_bytes(web, sha256)
+        try:
+            path = make_thumbnail(web.thumbs, sha256, size, data, web.settings.max_image_pixels)
+        except BadImage as exc:
+            raise HTTPException(422, f"no thumbnail: {exc}") from None
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+
+@router.get("/images/{sha256}/original", summary="The file's bytes, as dropped")
+def original(request: Request, sha256: str) -> Response:
+    _check_sha(sha256)
+    data = _inbox_bytes(state(request), sha256)
+    kind = sniff(data)
+    if kind is None:
+        raise HTTPException(422, "not an image format this app serves")
+    return Response(
+        data,
+        media_type=kind.media_type,
+        headers={
+            "Cache-Control": IMMUTABLE,
+            # Bytes from the inbox are untrusted: never run as a page, never sniffed as one.
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Content-Disposition": f'inline; filename="{sha256[:16]}{kind.extension}"',
+        },
+    )
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+@router.get("/failed/kinds", response_model=list[schemas.FailureGroup], summary="By kind")
+def failure_kinds(request: Request) -> list[schemas.FailureGroup]:
+    with transaction(state(request).sessions) as session:
+        groups = browse.failure_counts(session)
+    return [schemas.FailureGroup(kind=k, images=n) for k, n in groups]
+
+
+@router.get("/failed", response_model=schemas.ResultPage, summary="Failed images")
+def failed(
+    request: Request,
+    kind: FailureKind | None = None,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
+) -> schemas.ResultPage:
+    try:
+        with transaction(state(request).sessions) as session:
+            page = browse.failed_page(session, kind.value if kind else None, cursor, limit)
+    except BadCursor as exc:
+        raise HTTPException(400, str(exc)) from None
+    return schemas.ResultPage(items=[item(r) for r in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("/failed/retry", response_model=schemas.RetryOut, summary="Classify them again")
+def retry_failed(request: Request, body: schemas.RetryRequest) -> schemas.RetryOut:
+    """For files a person fixed: the images go back to queued and are sent to the workers."""
+    if body.kind is None and not body.sha256s:
+        raise HTTPException(422, "say which: a kind, or sha256s")
+    if body.kind is not None and body.kind not in set(FailureKind):
+        raise HTTPException(422, f"unknown failure kind {body.kind!r}")
+    for sha in body.sha256s:
+        _check_sha(sha)
+    web = state(request)
+    with transaction(web.sessions) as session:
+        items = ledger.requeue_failed(session, kind=body.kind, sha256s=body.sha256s)
+    if not items:
+        return schemas.RetryOut(queued=0, messages=0)
+    try:
+        messages = send_classify(web.celery(), items, web.settings.files_per_message)
+    except Exception as exc:  # the rows are queued: the reconciler sends them later
+        raise HTTPException(
+            503, f"{len(items)} image(s) queued, but the broker is unreachable ({exc})"
+        ) from None
+    with transaction(web.sessions) as session:
+        ledger.mark_enqueued(session, [i.sha256 for i in items])
+    return schemas.RetryOut(queued=len(items), messages=messages)
+
+
+# --- models and training ----------------------------------------------------------------------
+
+
+def _model(view: versions.VersionView, models_dir: Path) -> dict[str, Any]:
+    return {
+        **asdict(view),
+        "has_curves": (models_dir / str(view.id) / "curves.png").is_file(),
+    }
+
+
+@router.get("/models", response_model=list[schemas.ModelOut], summary="Model versions")
+def models(request: Request) -> list[schemas.ModelOut]:
+    web = state(request)
+    with transaction(web.sessions) as session:
+        views = versions.views(session)
+    return [schemas.ModelOut.model_validate(_model(v, web.settings.models_path)) for v in views]
+
+
+@router.get("/models/{version_id}", response_model=schemas.ModelDetailOut, summary="One version")
+def model(request: Request, version_id: int) -> schemas.ModelDetailOut:
+    web = state(request)
+    with transaction(web.sessions) as session:
+        view = next((v for v in versions.views(session) if v.id == version_id), None)
+        report = versions.report(session, version_id)
+    if view is None:
+        raise HTTPException(404, f"no model version {version_id}")
+    data = {**_model(view, web.settings.models_path), "report": report}
+    return schemas.ModelDetailOut.model_validate(data)
+
+
+@router.get("/models/{version_id}/{picture}.png", summary="curves or val_grid")
+def model_picture(request: Request, version_id: int, picture: str) -> Response:
+    if picture not in {"curves", "val_grid"}:
+        raise HTTPException(404, "no such picture: curves or val_grid")
+    path = state(request).settings.models_path / str(version_id) / f"{picture}.png"
+    if not path.is_file():
+        raise HTTPException(404, f"model version {version_id} has no {picture}.png")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": IMMUTABLE})
+
+
+def _switch(web: WebState, version_id: int | None, verb: str) -> schemas.SwitchOut:
+    with transaction(web.sessions) as session:
+        try:
+            target = versions.switch_target(session, version_id)
+        except versions.NoSuchVersion as exc:
+            raise HTTPException(404, str(exc)) from None
+        if target.already_active:
+            return schemas.SwitchOut(active=target.name, previous=target.name)
+        if target.trained and not Path(target.weights).is_file():
+            raise HTTPException(409, f"{target.name} cannot be loaded: {target.weights} is missing")
+        previous = versions.activate_by_hand(session, target.id, verb)
+    return schemas.SwitchOut(active=target.name, previous=previous)
+
+
+@router.post("/models/{version_id}/promote", response_model=schemas.SwitchOut, summary="Promote")
+def promote(request: Request, version_id: int) -> schemas.SwitchOut:
+    """Make this version active (even one the gate rejected); workers switch within seconds."""
+    return _switch(state(request), version_id, "promoted")
+
+
+@router.post("/models/rollback", response_model=schemas.SwitchOut, summary="Roll back")
+def rollback(request: Request) -> schemas.SwitchOut:
+    return _switch(state(request), None, "rolled back")
+
+
+@router.post("/retrain", status_code=202, response_model=schemas.RunOut, summary="Retrain now")
+def retrain(request: Request, body: schemas.RetrainRequestIn | None = None) -> schemas.RunOut:
+    body = body or schemas.RetrainRequestIn()
+    web = state(request)
+    try:
+        run_id = request_retrain(web.sessions, web.celery(), force=body.force, fresh=body.fresh)
+    except (NoBroker, NotSent) as exc:
+        raise HTTPException(503, str(exc)) from None
+    return _run(web, run_id)
+
+
+def _run(web: WebState, run_id: int) -> schemas.RunOut:
+    with transaction(web.sessions) as session:
+        run = runs.get(session, run_id)
+    if run is None:
+        raise HTTPException(404, f"no training run {run_id}")
+    return schemas.RunOut.model_validate(asdict(run))
+
+
+@router.get("/runs", response_model=list[schemas.RunOut], summary="Recent training runs")
+def recent_runs(
+    request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> list[schemas.RunOut]:
+    with transaction(state(request).sessions) as session:
+        views = runs.recent(session, limit)
+    return [schemas.RunOut.model_validate(asdict(r)) for r in views]
+
+
+@router.get("/runs/{run_id}", response_model=schemas.RunOut, summary="One training run")
+def run(request: Request, run_id: int) -> schemas.RunOut:
+    return _run(state(request), run_id)

@@ -1,0 +1,141 @@
+"""A person's label: stored in the ledger (the truth from then on) and written into the
+training data as ``labeled/<class>/<sha256>.<ext>``, so the next retrain learns from it.
+
+The training copy is a hard link to the inbox file where the file system allows (no second
+copy of the bytes), else a copy; either way it is written under a temporary name and renamed
+into place, and checked to hold the labeled bytes. Undoing a label removes its copy. Used by
+the web app and by ``inbox-classifier label``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from contract.labeled import label_problem
+from contract.settings import Settings
+from db import labels
+from db.engine import transaction
+from imaging.formats import sniff
+from web.files import FileGone, read_from_inbox
+
+log = logging.getLogger(__name__)
+
+
+class Problem(IntEnum):
+    """What went wrong, as the HTTP status the API answers with."""
+
+    NOT_FOUND = 404
+    CONFLICT = 409
+    INVALID = 422
+
+
+class LabelError(Exception):
+    def __init__(self, problem: Problem, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Labeled:
+    sha256: str
+    label: str | None  # None: the label was undone
+    file: Path | None  # the training copy
+
+
+def apply_label(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    sha256: str,
+    label: str,
+    reviewer: str | None = None,
+) -> Labeled:
+    """Give image ``sha256`` the human label ``label``. Raises :class:`LabelError`."""
+    problem = label_problem(label)
+    if problem is not None:
+        raise LabelError(Problem.INVALID, f"{label!r} cannot be a class name: {problem}")
+    with transaction(sessions) as session:
+        image = labels.target(session, sha256)
+        old_file = labels.current_file(session, image.image_id) if image else None
+    if image is None:
+        raise LabelError(Problem.NOT_FOUND, f"no image with content hash {sha256}")
+    try:
+        found = read_from_inbox(str(settings.inbox), image.paths, sha256)
+    except FileGone as exc:
+        raise LabelError(Problem.CONFLICT, f"cannot be used for training: {exc}") from None
+    kind = sniff(found.data)
+    if kind is None:
+        raise LabelError(
+            Problem.CONFLICT, "cannot be used for training: not an image format it can learn from"
+        )
+    target = settings.labeled_path / label / f"{sha256}{kind.extension}"
+    created = not target.exists()
+    if created:
+        _place(found.path, found.data, target)
+    try:
+        with transaction(sessions) as session:
+            labels.set_label(session, image, label, file=str(target), reviewer=reviewer)
+    except BaseException:
+        if created:
+            target.unlink(missing_ok=True)
+        raise
+    if old_file and Path(old_file) != target:
+        _remove(Path(old_file), settings.labeled_path)
+    return Labeled(sha256, label, target)
+
+
+def remove_label(settings: Settings, sessions: sessionmaker[Session], sha256: str) -> Labeled:
+    """Undo the image's human label: it goes back to the review queue and its training copy
+    is removed. Raises :class:`LabelError` when there is no such image or label."""
+    with transaction(sessions) as session:
+        image = labels.target(session, sha256)
+        if image is None:
+            raise LabelError(Problem.NOT_FOUND, f"no image with content hash {sha256}")
+        if image.human_label is None:
+            raise LabelError(Problem.NOT_FOUND, "this image has no human label to undo")
+        old_file = labels.current_file(session, image.image_id)
+        labels.clear_label(session, image)
+    if old_file:
+        _remove(Path(old_file), settings.labeled_path)
+    return Labeled(sha256, None, None)
+
+
+def _place(source: str, data: bytes, target: Path) -> None:
+    """``target`` with the bytes ``data`` (read from ``source``): a hard link when it works
+    and still holds those bytes, else a copy; atomic either way."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(os.path.realpath(source), tmp)
+            linked = hashlib.sha256(tmp.read_bytes()).digest() == hashlib.sha256(data).digest()
+        except OSError:  # another file system, or links not allowed
+            linked = False
+        if not linked:
+            tmp.unlink(missing_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remove(path: Path, labeled_root: Path) -> None:
+    """Remove a training copy this module wrote (never anything outside labeled/)."""
+    root = labeled_root.resolve()
+    if path.resolve().parent.parent != root:
+        log.warning("not removing %s: not a training copy under %s", path, root)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,272 @@
+"""The HTML pages. Each renders what its JSON twin under /api returns (the same functions
+build both), so every page has a machine-readable form; actions are plain HTML forms that
+work without JavaScript, and the review page adds a little of our own for the keyboard."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from contract.failures import FailureKind
+from db import browse, runs
+from db.browse import Sort
+from db.engine import transaction
+from db.models import ImageStatus
+from web import api, schemas
+from web.security import COOKIE, token_matches, wants_html
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+router = APIRouter(include_in_schema=False)
+
+
+def render(request: Request, name: str, twin: str | None, **context: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request, name, {"twin": twin, "nav": name.removesuffix(".html"), **context}
+    )
+
+
+def back(request: Request, default: str) -> RedirectResponse:
+    """After a form's action: where the form said (a path on this site only), or ``default``."""
+    target = request.query_params.get("next") or default
+    if not target.startswith("/") or target.startswith("//"):
+        target = default
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request) -> HTMLResponse:
+    web = api.state(request)
+    status = api.status(request)
+    with transaction(web.sessions) as session:
+        per_minute = browse.classified_per_minute(session, 60)
+        recent = runs.recent(session, 5)
+    return render(
+        request,
+        "overview.html",
+        "/api/status",
+        status=status,
+        per_minute=per_minute,
+        runs=recent,
+    )
+
+
+@router.get("/browse", response_class=HTMLResponse)
+def browse_page(
+    request: Request,
+    label: str | None = None,
+    min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    status: ImageStatus | None = None,
+    since: str | None = None,
+    path_glob: str | None = None,
+    reviewed: bool | None = None,
+    sort: Sort = Sort.NEWEST,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> HTMLResponse:
+    filters = {
+        "label": label or None,
+        "min_confidence": min_confidence,
+        "max_confidence": max_confidence,
+        "status": status,
+        "since": since or None,
+        "path_glob": path_glob or None,
+        "reviewed": reviewed,
+        "sort": sort,
+        "limit": limit,
+    }
+    page = api.results(request, cursor=cursor, **filters)  # type: ignore[arg-type]
+    # Rows are (image, path): an image seen at two paths shows once, with both.
+    tiles: list[dict[str, Any]] = []
+    for row in page.items:
+        if tiles and tiles[-1]["item"].sha256 == row.sha256:
+            tiles[-1]["paths"].append(row.path)
+        else:
+            tiles.append({"item": row, "paths": [row.path]})
+    query = {
+        k: (v.value if isinstance(v, Enum) else v) for k, v in filters.items() if v is not None
+    }
+    next_url = None
+    if page.next_cursor:
+        next_url = "/browse?" + urlencode({**query, "cursor": page.next_cursor})
+    return render(
+        request,
+        "browse.html",
+        "/api/results?" + urlencode({**query, **({"cursor": cursor} if cursor else {})}),
+        tiles=tiles,
+        filters=query,
+        labels=api.label_counts(request),
+        statuses=[s.value for s in ImageStatus],
+        sorts=[s.value for s in Sort],
+        next_url=next_url,
+        first_page=cursor is None,
+    )
+
+
+@router.get("/images/{sha256}", response_class=HTMLResponse)
+def image_page(request: Request, sha256: str) -> HTMLResponse:
+    detail = api.image(request, sha256)
+    return render(
+        request,
+        "image.html",
+        f"/api/images/{sha256}",
+        image=detail,
+        classes=api.classes(request),
+    )
+
+
+@router.post("/images/{sha256}/label")
+def label_form(request: Request, sha256: str, label: Annotated[str, Form()]) -> Response:
+    try:
+        api.add_label(request, schemas.LabelRequest(sha256=sha256, label=label.strip()))
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, f"/images/{sha256}")
+
+
+@router.post("/images/{sha256}/unlabel")
+def unlabel_form(request: Request, sha256: str) -> Response:
+    try:
+        api.undo_label(request, sha256)
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, f"/images/{sha256}")
+
+
+@router.get("/review", response_class=HTMLResponse)
+def review_page(request: Request) -> HTMLResponse:
+    first = api.review(request, limit=1)
+    return render(
+        request,
+        "review.html",
+        "/api/review",
+        first=first.items[0] if first.items else None,
+        remaining=first.remaining,
+        more=first.remaining_is_lower_bound,
+        classes=api.classes(request),
+    )
+
+
+@router.get("/failed", response_class=HTMLResponse)
+def failed_page(
+    request: Request, kind: FailureKind | None = None, cursor: str | None = None
+) -> HTMLResponse:
+    page = api.failed(request, kind=kind, cursor=cursor, limit=100)
+    query = {"kind": kind.value} if kind else {}
+    next_url = None
+    if page.next_cursor:
+        next_url = "/failed?" + urlencode({**query, "cursor": page.next_cursor})
+    return render(
+        request,
+        "failed.html",
+        "/api/failed" + (f"?kind={kind.value}" if kind else ""),
+        groups=api.failure_kinds(request),
+        kind=kind.value if kind else None,
+        items=page.items,
+        next_url=next_url,
+    )
+
+
+@router.post("/failed/retry")
+def retry_form(request: Request, kind: Annotated[str, Form()]) -> Response:
+    try:
+        api.retry_failed(request, schemas.RetryRequest(kind=kind))
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, "/failed")
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, version: int | None = None) -> HTMLResponse:
+    versions_list = api.models(request)
+    chosen = (
+        version
+        if version is not None
+        else next((v.id for v in versions_list if v.status == "active"), None)
+    )
+    detail = api.model(request, chosen) if chosen is not None else None
+    return render(
+        request,
+        "models.html",
+        "/api/models",
+        versions=versions_list,
+        detail=detail,
+        runs=api.recent_runs(request, limit=10),
+    )
+
+
+@router.post("/models/{version_id}/promote")
+def promote_form(request: Request, version_id: int) -> Response:
+    try:
+        api.promote(request, version_id)
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, "/models")
+
+
+@router.post("/models/rollback")
+def rollback_form(request: Request) -> Response:
+    try:
+        api.rollback(request)
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, "/models")
+
+
+@router.post("/retrain")
+def retrain_form(request: Request) -> Response:
+    try:
+        api.retrain(request, schemas.RetrainRequestIn())
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, "/models")
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def docs(request: Request) -> HTMLResponse:
+    """The API reference, from the OpenAPI schema (Swagger UI would need a CDN)."""
+    schema = request.app.openapi()
+    return render(request, "docs.html", "/openapi.json", schema=schema)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/") -> HTMLResponse:
+    return render(request, "login.html", None, next=next, failed=False)
+
+
+@router.post("/login")
+def login(
+    request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+) -> Response:
+    expected = api.state(request).settings.web_token
+    if expected is None or not token_matches(token, expected.get_secret_value()):
+        response = render(request, "login.html", None, next=next, failed=True)
+        response.status_code = 401
+        return response
+    target = next if next.startswith("/") and not next.startswith("//") else "/"
+    redirect = RedirectResponse(target, status_code=303)
+    redirect.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=30 * 24 * 3600,
+    )
+    return redirect
+
+
+def wants_page(request: Request) -> bool:
+    return wants_html(request)
+
+
+def error_page(request: Request, exc: HTTPException) -> HTMLResponse:
+    response = render(request, "error.html", None, status=exc.status_code, detail=exc.detail)
+    response.status_code = exc.status_code
+    return response

@@ -1,0 +1,139 @@
+"""The JSON API's shapes (and so its OpenAPI schema at /openapi.json, shown at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class LabelScore(BaseModel):
+    label: str
+    confidence: float
+
+
+class ResultItem(BaseModel):
+    """One (image, path), as ``inbox-classifier results --format json`` prints it."""
+
+    path: str
+    sha256: str
+    status: str = Field(description="queued | done | failed")
+    label: str | None = Field(description="a person's label where there is one, else the model's")
+    label_source: str | None = Field(description="human | model (null while queued or failed)")
+    model_label: str | None = Field(description="the model's top label")
+    confidence: float | None = Field(description="the model's confidence in model_label")
+    topk: list[LabelScore]
+    model_version: str | None
+    error: str | None
+    error_kind: str | None
+    classified_at: str | None
+
+
+class ResultPage(BaseModel):
+    items: list[ResultItem]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null: done")
+
+
+class ReviewPage(ResultPage):
+    remaining: int = Field(description="images waiting for a person, this page included")
+    remaining_is_lower_bound: bool = Field(
+        description="true when there are at least `remaining` (counting stops at 10,000)"
+    )
+
+
+class LabelRequest(BaseModel):
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    label: str = Field(min_length=1, max_length=255)
+    reviewer: str | None = Field(default=None, max_length=255)
+
+
+class SeenAtOut(BaseModel):
+    path: str
+    first_seen_at: str | None
+    last_seen_at: str | None
+
+
+class PredictionOut(BaseModel):
+    model_version: str
+    model_version_id: int
+    label: str
+    confidence: float
+    topk: list[LabelScore]
+    created_at: str | None
+
+
+class LabelActOut(BaseModel):
+    label: str
+    source: str
+    reviewer: str | None
+    model_label: str | None
+    created_at: str | None
+    undone_at: str | None
+
+
+class ImageOut(ResultItem):
+    size: int
+    margin: float | None
+    paths: list[SeenAtOut]
+    predictions: list[PredictionOut]
+    labels: list[LabelActOut]
+
+
+class LabelCount(BaseModel):
+    label: str
+    images: int
+
+
+class FailureGroup(BaseModel):
+    kind: str
+    images: int
+
+
+class RetryRequest(BaseModel):
+    kind: str | None = Field(default=None, description="every failed image of this kind")
+    sha256s: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class RetryOut(BaseModel):
+    queued: int
+    messages: int
+
+
+class RetrainRequestIn(BaseModel):
+    force: bool = False
+    fresh: bool = False
+
+
+class RunOut(BaseModel):
+    id: int
+    status: str
+    trigger: str
+    message: str | None
+    progress: dict[str, Any]
+    model_version_id: int | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ModelOut(BaseModel):
+    id: int
+    name: str
+    arch: str
+    status: str
+    trained: bool
+    classes: list[str]
+    val_accuracy: float | None
+    per_class_accuracy: dict[str, float | None] | None
+    reason: str | None
+    created_at: str | None
+    activated_at: str | None
+    has_curves: bool
+
+
+class ModelDetailOut(ModelOut):
+    report: dict[str, Any] | None
+
+
+class SwitchOut(BaseModel):
+    active: str
+    previous: str
