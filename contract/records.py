@@ -27,8 +27,13 @@ class LabelScore(TypedDict):
 class Classified:
     sha256: str
     label: str
-    confidence: float
+    confidence: float  # calibrated where the version is (contract.calibration)
     topk: list[LabelScore]
+    # The version's conformal prediction set holds more or fewer than one class; None when
+    # the version is not calibrated.
+    needs_review: bool | None = None
+    # At or above the class's target-precision threshold; None where the class has none.
+    sure: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

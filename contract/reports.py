@@ -68,6 +68,33 @@ class GateReport(TypedDict):
     active_accuracy: float | None
 
 
+class ReliabilityBin(TypedDict):
+    low: float
+    high: float
+    images: int
+    confidence: float  # their mean confidence
+    accuracy: float  # the share of them predicted right
+
+
+class CalibrationReport(TypedDict):
+    """How a run's calibration did on its validation split (worker/training/calibration.py)."""
+
+    temperature: float
+    ece_before: float | None  # expected calibration error, 15 bins, raw softmax
+    ece_after: float | None  # ... with the temperature
+    reliability_before: list[ReliabilityBin]
+    reliability_after: list[ReliabilityBin]
+    coverage_target: float  # COVERAGE
+    set_threshold: float | None  # a class is in an image's set when p >= this
+    val_coverage: float | None  # the share of validation sets holding the true class
+    val_needs_review: float | None  # the share of validation sets that are not one class
+    mean_set_size: float | None
+    class_thresholds: dict[str, float]  # per class: p >= this reaches target_precision
+    target_precision: float
+    val_confidence_histogram: list[float]  # calibrated top-1 confidence, 10 bins (drift)
+    note: str
+
+
 class VersionRef(TypedDict):
     id: int
     name: str
@@ -86,6 +113,8 @@ class TrainingReport(TypedDict):
     best_epoch: int
     epochs_run: int
     stopped_early: bool
+    stopped_by_budget: bool  # TRAIN_BUDGET_S ran out; the best epoch so far is kept
+    budget_s: float | None
     images_per_class: dict[str, dict[str, int]]
     train_images: int
     val_images: int
@@ -95,7 +124,10 @@ class TrainingReport(TypedDict):
     warnings: list[str]
     started_from: str
     head_rows_kept: int
-    mode: str
+    mode: str  # full | frozen | frozen+unfreeze
+    mode_reason: str  # why this mode (TRAIN_MODE=auto decides by hardware and weights)
+    input_size: str  # the input size trained and served at, and why
+    notes: list[str]
     config: dict[str, Any]
     device: str
     autocast: str
@@ -103,5 +135,6 @@ class TrainingReport(TypedDict):
     duration_s: dict[str, float]
     manifest_sha256: str
     gate: GateReport
+    calibration: NotRequired[CalibrationReport]
     created_at: str
     version: NotRequired[VersionRef]

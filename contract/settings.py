@@ -117,7 +117,14 @@ class Settings(BaseSettings):
     retrain_cron: str | None = Field(
         None, description="Crontab for beat instead of the interval, e.g. '0 3 * * *'."
     )
-    train_mode: Literal["full", "frozen"] = Field("full", description="Fine-tune all or the head.")
+    train_mode: Literal["auto", "full", "frozen"] = Field(
+        "auto",
+        description="full: every layer; frozen: the head on cached features; auto: frozen then "
+        "unfreezing on a CPU from pretrained weights, full otherwise.",
+    )
+    train_budget_s: float | None = Field(
+        None, gt=0, description="Stop a run at its best epoch so far after this many seconds."
+    )
     train_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD+StepLR, or AdamW.")
     train_lr: float = Field(1e-3, gt=0, description="Learning rate.")
     train_momentum: float = Field(0.9, ge=0, description="SGD momentum.")
@@ -129,6 +136,23 @@ class Settings(BaseSettings):
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Hash-based validation split.")
     min_images_per_class: int = Field(
         5, ge=1, description="Fewer labeled images in a class: training is refused."
+    )
+    coverage: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="Conformal target: an image's set of likely classes holds the true one "
+        "this often; a set of more or fewer than one class needs review.",
+    )
+    target_precision: float = Field(
+        0.95, gt=0, lt=1, description="Per-class confidence thresholds reach this precision."
+    )
+    drift_warn: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Warn when a version's production confidences drift this far (total "
+        "variation distance) from its validation ones.",
     )
     gate_margin: float = Field(
         0.0, ge=0, description="Candidate may be this much less accurate and still be promoted."

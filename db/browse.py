@@ -76,6 +76,8 @@ def _columns() -> Select[Any]:
         Image.error,
         Image.error_kind,
         Image.classified_at,
+        Image.needs_review,
+        Image.sure,
         ModelVersion.name.label("version_name"),
     ).outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
 
@@ -94,6 +96,8 @@ def _row(r: Any, path: str) -> ResultRow:
         error=r.error,
         error_kind=r.error_kind,
         classified_at=iso(r.classified_at),
+        needs_review=r.needs_review,
+        sure=r.sure,
     )
 
 
@@ -150,22 +154,25 @@ def _latest_path() -> Any:
 
 
 def review_page(session: Session, cursor: str | None = None, limit: int = 20) -> Page:
-    """Unreviewed results, the ones the model is least sure of first (smallest margin between
-    its two best classes)."""
+    """Unreviewed results, the ones a person should see first first: those whose conformal
+    prediction set is not a single class (``needs_review``), then the rest; each group by the
+    smallest margin between the model's two best classes."""
     limit = max(1, min(limit, MAX_PAGE))
     query = (
-        _columns().add_columns(Image.margin, _latest_path().label("path")).where(_IN_REVIEW_QUEUE)
+        _columns()
+        .add_columns(Image.review_score, _latest_path().label("path"))
+        .where(_IN_REVIEW_QUEUE)
     )
     if cursor is not None:
-        margin, image_id = decode_cursor(cursor, "review", (float | int, int))  # type: ignore[arg-type]
-        query = query.where(tuple_(Image.margin, Image.id) > tuple_(margin, image_id))
-    query = query.order_by(Image.margin, Image.id)
+        score, image_id = decode_cursor(cursor, "review", (float | int, int))  # type: ignore[arg-type]
+        query = query.where(tuple_(Image.review_score, Image.id) > tuple_(score, image_id))
+    query = query.order_by(Image.review_score, Image.id)
     rows = session.execute(query.limit(limit + 1)).all()
     items = [_row(r, r.path or "") for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor("review", [last.margin, last.id])
+        next_cursor = encode_cursor("review", [last.review_score, last.id])
     return Page(items, next_cursor)
 
 

@@ -126,6 +126,13 @@ def margin(result: Classified) -> float:
     return float(top[0]["confidence"]) - float(top[1]["confidence"])
 
 
+def review_score(result: Classified) -> float:
+    """The review queue's order, lowest first: an image whose conformal set is not a single
+    class comes before any whose set is (its margin in [0, 1] against 1 + margin), and
+    within each, the one the model hesitates on most. Uncalibrated results order by margin."""
+    return margin(result) + (0.0 if result.needs_review else 1.0)
+
+
 def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
     now = utcnow()
     for hash_part in chunked(list(sha256s), CHUNK):
@@ -224,6 +231,9 @@ def save_batch(
                     "confidence": c.confidence,
                     "topk": c.topk,
                     "margin": margin(c),
+                    "needs_review": c.needs_review,
+                    "sure": c.sure,
+                    "review_score": review_score(c),
                     "model_version_id": model_version_id,
                     "classified_at": now,
                     "updated_at": now,

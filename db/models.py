@@ -65,6 +65,8 @@ class ModelVersion(Base):
     per_class_accuracy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))
+    # contract.calibration.Calibration: temperature, conformal threshold, class thresholds.
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     reason: Mapped[str | None] = mapped_column(Text)  # why promoted / rejected
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -90,10 +92,10 @@ class Image(Base):
             "confidence",
             "id",
         ),
-        # The review queue: unreviewed results, least certain first.
+        # The review queue: unreviewed results, the ones a person should see first first.
         Index(
             "ix_images_review",
-            "margin",
+            "review_score",
             "id",
             sqlite_where=text("status = 'done' AND human_label IS NULL"),
             postgresql_where=text("status = 'done' AND human_label IS NULL"),
@@ -115,6 +117,12 @@ class Image(Base):
     topk: Mapped[list[Any] | None] = mapped_column(JSON)
     # top-1 minus top-2 probability: how sure the model is between its two best guesses.
     margin: Mapped[float | None] = mapped_column(Float)
+    # The version's conformal prediction set is not a single class (None: uncalibrated).
+    needs_review: Mapped[bool | None] = mapped_column()
+    # At or above its class's target-precision threshold (None: the class has none).
+    sure: Mapped[bool | None] = mapped_column()
+    # The review queue's order (db.ledger.review_score): needs_review first, then by margin.
+    review_score: Mapped[float | None] = mapped_column(Float)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     # A person's label (the current one of its `labels` history), which wins over the model's.
     human_label: Mapped[str | None] = mapped_column(String(255))

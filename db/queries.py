@@ -26,6 +26,8 @@ class ResultFilter:
     path_glob: str | None = None
     model_version_id: int | None = None
     reviewed: bool | None = None  # has a human label (True) or not (False)
+    needs_review: bool | None = None  # its conformal prediction set is not a single class
+    sure: bool | None = None  # at or above its class's target-precision threshold
     limit: int | None = None
 
 
@@ -70,6 +72,10 @@ def apply_filters(
     if f.reviewed is not None:
         reviewed = Image.human_label.is_not(None)
         query = query.where(reviewed if f.reviewed else ~reviewed)
+    if f.needs_review is not None:
+        query = query.where(Image.needs_review.is_(f.needs_review))
+    if f.sure is not None:
+        query = query.where(Image.sure.is_(f.sure))
     return query
 
 
@@ -118,6 +124,8 @@ class ResultRow:
     error: str | None
     error_kind: str | None
     classified_at: str | None
+    needs_review: bool | None = None  # the conformal set is not one class (None: uncalibrated)
+    sure: bool | None = None  # at or above the class's target-precision threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -144,6 +152,8 @@ def result_rows(session: Session, f: ResultFilter) -> list[ResultRow]:
             error=image.error,
             error_kind=image.error_kind,
             classified_at=iso(image.classified_at),
+            needs_review=image.needs_review,
+            sure=image.sure,
         )
         for image, path, version in session.execute(results(f))
     ]

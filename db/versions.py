@@ -133,6 +133,7 @@ class VersionView:
     weights: str
     created_at: str | None
     activated_at: str | None
+    calibration: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionView:
@@ -149,6 +150,7 @@ class VersionView:
             row.weights,
             iso(row.created_at),
             iso(row.activated_at),
+            dict(row.calibration) if row.calibration else None,
         )
 
 
@@ -199,6 +201,7 @@ def create_candidate(
     manifest_sha256: str,
     weights_path: Callable[[int], str],
     report: Mapping[str, Any],
+    calibration: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """A trained version awaiting the gate, named ``v<id>``; ``weights_path(id)`` is where
     its files will be. ``report`` is stored with it, plus a ``version`` entry naming it."""
@@ -212,6 +215,7 @@ def create_candidate(
         val_accuracy=val_accuracy,
         per_class_accuracy=per_class_accuracy,
         manifest_sha256=manifest_sha256,
+        calibration=calibration,
         reason="awaiting the gate",
     )
     session.add(version)

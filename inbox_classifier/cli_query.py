@@ -29,6 +29,14 @@ RESULT_FIELDS = list(ResultRow.__slots__)
 @click.option("--status", "status_", type=click.Choice([s.value for s in ImageStatus]))
 @click.option("--since", type=Since(), help="Changed since: 30m, 2h, 7d, or an ISO date/time.")
 @click.option("--path-glob", help="Shell-style pattern on the full path, e.g. '*/2026/*.jpg'.")
+@click.option(
+    "--needs-review",
+    is_flag=True,
+    help="Only images whose set of likely classes (COVERAGE) is not one class.",
+)
+@click.option(
+    "--sure", is_flag=True, help="Only images at their class's TARGET_PRECISION threshold."
+)
 @click.option("--limit", type=click.IntRange(min=1))
 @click.option(
     "--format",
@@ -45,6 +53,8 @@ def results(
     status_: str | None,
     since: datetime | None,
     path_glob: str | None,
+    needs_review: bool,
+    sure: bool,
     limit: int | None,
     fmt: str,
 ) -> None:
@@ -56,6 +66,8 @@ def results(
         status=status_,
         since=since,
         path_glob=path_glob,
+        needs_review=True if needs_review else None,
+        sure=True if sure else None,
         limit=limit,
     )
     engine = make_engine(settings.db_url)

@@ -16,14 +16,15 @@ import click
 
 from broker.app import NoBroker, make_celery
 from broker.send import send_classify
+from contract.calibration import Calibration
 from contract.clock import as_utc
 from contract.queues import TRAIN_QUEUE
 from contract.reports import ProgressEvent, TrainingReport
 from contract.settings import Settings
-from db import versions
+from db import quality, versions
 from db.engine import transaction
 from db.ledger import mark_enqueued, requeue_done
-from db.models import ModelStatus, RunStatus
+from db.models import ModelStatus, ModelVersion, RunStatus
 from db.queries import reclassify_items
 from inbox_classifier.cli_common import Since, ledger, settings_options
 
@@ -186,9 +187,51 @@ def _created_text(moment: datetime | None) -> str:
     return "-" if moment is None else as_utc(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def _quality_lines(version: ModelVersion, found: quality.Quality | None, bound: float) -> list[str]:
+    """What ``models --long`` says of a version's calibration and its production."""
+    lines = []
+    calibration = Calibration.from_dict(version.calibration)
+    report = dict((version.report or {}).get("calibration") or {})
+    if version.calibration:
+        ece = report.get("ece_before"), report.get("ece_after")
+        text = f"calibration: T {calibration.temperature:.3g}"
+        if ece[0] is not None and ece[1] is not None:
+            text += f", ECE {ece[0]:.3f} -> {ece[1]:.3f}"
+        if calibration.set_threshold is not None:
+            text += (
+                f", sets at {calibration.coverage:.0%} coverage from p >= "
+                f"{calibration.set_threshold:.3f}"
+            )
+        text += f", {len(calibration.class_thresholds)} class threshold(s)"
+        lines.append(text)
+    else:
+        lines.append("calibration: none (a base model: no validation set; T = 1)")
+    if found is not None and found.predictions:
+        drift = "-" if found.confidence_drift is None else f"{found.confidence_drift:.2f}"
+        mix = "-" if found.class_mix_drift is None else f"{found.class_mix_drift:.2f}"
+        review = "-" if found.needs_review_share is None else f"{found.needs_review_share:.1%}"
+        warn = "  DRIFTED" if found.drifted(bound) else ""
+        lines.append(
+            f"production: {found.predictions} predictions, confidence drift {drift} "
+            f"(warn > {bound:g}), class-mix drift {mix}, needs review {review}{warn}"
+        )
+        worst = sorted(found.corrections.items(), key=lambda kv: -kv[1].rate)[:5]
+        if worst:
+            lines.append(
+                "corrected by people: "
+                + ", ".join(f"{k} {c.corrected}/{c.labeled}" for k, c in worst)
+            )
+    return lines
+
+
 def _list_versions(settings: Settings, long: bool) -> None:
     with ledger(settings) as sessions, transaction(sessions) as session:
         rows = versions.all_versions(session)
+        details = {
+            v.id: _quality_lines(v, quality.version_quality(session, v.id), settings.drift_warn)
+            for v in rows
+            if long
+        }
         table = [
             (
                 str(v.id),
@@ -213,10 +256,17 @@ def _list_versions(settings: Settings, long: bool) -> None:
         click.secho(line, bold=row[5] == ModelStatus.ACTIVE)
         if long and row[7]:
             click.echo(f"    {row[7]}")
+        for detail in details.get(int(row[0]), []):
+            click.echo(f"    {detail}")
 
 
 @click.group("models", invoke_without_command=True)
-@click.option("--long", "long_", is_flag=True, help="Also print why each was promoted/rejected.")
+@click.option(
+    "--long",
+    "long_",
+    is_flag=True,
+    help="Also print why each was promoted/rejected, its calibration and production drift.",
+)
 @settings_options
 @click.pass_context
 def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
@@ -227,7 +277,12 @@ def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
 
 
 @models.command("list")
-@click.option("--long", "long_", is_flag=True, help="Also print why each was promoted/rejected.")
+@click.option(
+    "--long",
+    "long_",
+    is_flag=True,
+    help="Also print why each was promoted/rejected, its calibration and production drift.",
+)
 @settings_options
 @click.pass_context
 def list_models(ctx: click.Context, settings: Settings, long_: bool) -> None:

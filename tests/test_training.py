@@ -140,6 +140,7 @@ def test_frozen_training_learns_promotes_and_writes_a_loadable_version(
         "report.json",
         "curves.png",
         "val_grid.png",
+        "reliability.png",
     }
     on_disk = json.loads((folder / "report.json").read_text())
     assert on_disk["accuracy"] == report["accuracy"] and on_disk["history"]

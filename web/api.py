@@ -16,7 +16,7 @@ from broker.app import NoBroker
 from broker.send import send_classify
 from contract.clock import iso, parse_since
 from contract.failures import FailureKind
-from db import browse, labels, ledger, runs, versions
+from db import browse, labels, ledger, quality, runs, versions
 from db.browse import BadCursor, Sort
 from db.engine import transaction
 from db.models import ImageStatus
@@ -82,6 +82,12 @@ def results(
     since: Annotated[str | None, Query(description="30m, 2h, 7d or an ISO time")] = None,
     path_glob: Annotated[str | None, Query(max_length=1000)] = None,
     reviewed: bool | None = None,
+    needs_review: Annotated[
+        bool | None, Query(description="its conformal set of likely classes is not one class")
+    ] = None,
+    sure: Annotated[
+        bool | None, Query(description="at or above its class's TARGET_PRECISION threshold")
+    ] = None,
     sort: Sort = Sort.NEWEST,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
@@ -94,6 +100,8 @@ def results(
         since=_since(since),
         path_glob=path_glob,
         reviewed=reviewed,
+        needs_review=needs_review,
+        sure=sure,
     )
     try:
         with transaction(state(request).sessions) as session:
@@ -332,10 +340,34 @@ def model(request: Request, version_id: int) -> schemas.ModelDetailOut:
     return schemas.ModelDetailOut.model_validate(data)
 
 
-@router.get("/models/{version_id}/{picture}.png", summary="curves or val_grid")
+@router.get(
+    "/models/{version_id}/quality",
+    response_model=schemas.QualityOut,
+    summary="Production against validation: drift, needs-review share, corrections",
+)
+def model_quality(request: Request, version_id: int) -> schemas.QualityOut:
+    web = state(request)
+    with transaction(web.sessions) as session:
+        found = quality.version_quality(session, version_id)
+    if found is None:
+        raise HTTPException(404, f"no model version {version_id}")
+    return schemas.QualityOut.model_validate(
+        {
+            **asdict(found),
+            "corrections": {
+                k: {"labeled": c.labeled, "corrected": c.corrected, "rate": round(c.rate, 6)}
+                for k, c in found.corrections.items()
+            },
+            "drift_warn": web.settings.drift_warn,
+            "drifted": found.drifted(web.settings.drift_warn),
+        }
+    )
+
+
+@router.get("/models/{version_id}/{picture}.png", summary="curves, val_grid or reliability")
 def model_picture(request: Request, version_id: int, picture: str) -> Response:
-    if picture not in {"curves", "val_grid"}:
-        raise HTTPException(404, "no such picture: curves or val_grid")
+    if picture not in {"curves", "val_grid", "reliability"}:
+        raise HTTPException(404, "no such picture: curves, val_grid or reliability")
     path = state(request).settings.models_path / str(version_id) / f"{picture}.png"
     if not path.is_file():
         raise HTTPException(404, f"model version {version_id} has no {picture}.png")

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from db import browse, labels, versions
 from db.engine import transaction
+from db.quality import Quality, version_quality
 from db.queries import status_counts
 from web.state import Cached, WebState
 
@@ -26,6 +27,7 @@ class LedgerFigures:
     review_backlog: int
     human_labels: int
     active: tuple[int, str, str] | None  # id, name, arch
+    quality: Quality | None  # of the active version
 
 
 class LedgerCollector(Collector):
@@ -41,6 +43,7 @@ class LedgerCollector(Collector):
                 review_backlog=browse.review_backlog(session),
                 human_labels=labels.labeled_since(session, None),
                 active=(active.id, active.name, active.arch) if active else None,
+                quality=version_quality(session, active.id) if active else None,
             )
 
     def collect(self) -> Iterator[Metric]:
@@ -85,6 +88,46 @@ class LedgerCollector(Collector):
             info = InfoMetricFamily("inbox_classifier_active_model", "The model workers use")
             info.add_metric([], {"id": str(version_id), "name": name, "arch": arch})
             yield info
+        if figures.quality is not None:
+            yield from self._quality(figures.quality)
+
+    def _quality(self, q: Quality) -> Iterator[Metric]:
+        version = [q.name]
+        drift = GaugeMetricFamily(
+            "inbox_classifier_drift",
+            "Total variation distance of the active version's production from its validation "
+            "(confidence: the confidence distribution; class_mix: predicted vs trained classes)",
+            labels=["version", "measure"],
+        )
+        if q.confidence_drift is not None:
+            drift.add_metric([*version, "confidence"], q.confidence_drift)
+        if q.class_mix_drift is not None:
+            drift.add_metric([*version, "class_mix"], q.class_mix_drift)
+        yield drift
+        bound = self.web.settings.drift_warn
+        warning = GaugeMetricFamily(
+            "inbox_classifier_drift_warning",
+            f"1 when the confidence drift exceeds DRIFT_WARN ({bound:g})",
+            labels=["version"],
+        )
+        warning.add_metric(version, int(q.drifted(bound)))
+        yield warning
+        if q.needs_review_share is not None:
+            share = GaugeMetricFamily(
+                "inbox_classifier_needs_review_share",
+                "Share of the active version's results whose conformal set is not one class",
+                labels=["version"],
+            )
+            share.add_metric(version, q.needs_review_share)
+            yield share
+        corrections = GaugeMetricFamily(
+            "inbox_classifier_correction_rate",
+            "Share of the active version's results of a class that a person labeled otherwise",
+            labels=["version", "class"],
+        )
+        for name, c in sorted(q.corrections.items()):
+            corrections.add_metric([*version, name], round(c.rate, 6))
+        yield corrections
 
 
 def make_registry(web: WebState) -> CollectorRegistry:

@@ -66,6 +66,8 @@ def browse_page(
     since: str | None = None,
     path_glob: str | None = None,
     reviewed: bool | None = None,
+    needs_review: bool | None = None,
+    sure: bool | None = None,
     sort: Sort = Sort.NEWEST,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -78,6 +80,8 @@ def browse_page(
         "since": since or None,
         "path_glob": path_glob or None,
         "reviewed": reviewed,
+        "needs_review": needs_review,
+        "sure": sure,
         "sort": sort,
         "limit": limit,
     }
@@ -191,12 +195,14 @@ def models_page(request: Request, version: int | None = None) -> HTMLResponse:
         else next((v.id for v in versions_list if v.status == "active"), None)
     )
     detail = api.model(request, chosen) if chosen is not None else None
+    quality = api.model_quality(request, chosen) if chosen is not None else None
     return render(
         request,
         "models.html",
         "/api/models",
         versions=versions_list,
         detail=detail,
+        quality=quality,
         runs=api.recent_runs(request, limit=10),
     )
 

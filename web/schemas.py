@@ -27,6 +27,16 @@ class ResultItem(BaseModel):
     error: str | None
     error_kind: str | None
     classified_at: str | None
+    needs_review: bool | None = Field(
+        default=None,
+        description="the model's set of likely classes (COVERAGE) is not one class: a person "
+        "should check it (null: the version is not calibrated)",
+    )
+    sure: bool | None = Field(
+        default=None,
+        description="confidence at or above its class's TARGET_PRECISION threshold "
+        "(null: the class has none)",
+    )
 
 
 class ResultPage(BaseModel):
@@ -117,6 +127,7 @@ class RunOut(BaseModel):
 
 class ModelOut(BaseModel):
     id: int
+    calibration: dict[str, Any] | None = None
     name: str
     arch: str
     status: str
@@ -137,3 +148,26 @@ class ModelDetailOut(ModelOut):
 class SwitchOut(BaseModel):
     active: str
     previous: str
+
+
+class CorrectionOut(BaseModel):
+    labeled: int
+    corrected: int
+    rate: float
+
+
+class QualityOut(BaseModel):
+    version_id: int
+    name: str
+    predictions: int
+    confidence_histogram: list[float]
+    validation_histogram: list[float]
+    confidence_drift: float | None = Field(description="total variation distance, 0-1")
+    needs_review_share: float | None
+    validation_needs_review: float | None
+    class_mix: dict[str, float]
+    training_mix: dict[str, float]
+    class_mix_drift: float | None
+    corrections: dict[str, CorrectionOut]
+    drift_warn: float
+    drifted: bool

@@ -340,10 +340,17 @@ class BatchEngine:
         inferred, infer_cpu = time.monotonic(), time.thread_time()
         classified: list[Classified] = []
         if arrays:
-            topks = classifier.predict(np.stack(arrays), self._settings.topk)
+            scored = classifier.score(np.stack(arrays), self._settings.topk)
             classified = [
-                Classified(p.item.sha256, top[0]["label"], top[0]["confidence"], top)
-                for p, top in zip(good, topks, strict=True)
+                Classified(
+                    p.item.sha256,
+                    s.topk[0]["label"],
+                    s.topk[0]["confidence"],
+                    s.topk,
+                    needs_review=s.needs_review,
+                    sure=s.sure,
+                )
+                for p, s in zip(good, scored, strict=True)
             ]
         queued = time.monotonic()
         stats.add_cpu(infer=time.thread_time() - infer_cpu)

@@ -162,16 +162,50 @@ class Classifier:
         )
 
     def predict(self, batch: np.ndarray, topk: int) -> list[list[LabelScore]]:
-        """Top-k ``{label, confidence}`` per image, best first."""
+        """Top-k ``{label, confidence}`` per image, best first (calibrated)."""
+        return [scored.topk for scored in self.score(batch, topk)]
+
+    def score(self, batch: np.ndarray, topk: int) -> list[Scored]:
+        """Per image: the top-k ``{label, confidence}`` (calibrated: the logits are divided by
+        the version's temperature), best first, and what the calibration says of it."""
+        calibration = self.loaded.calibration
         with torch.inference_mode():
-            probs = self.logits(torch.from_numpy(batch)).softmax(dim=1)
+            logits = self.logits(torch.from_numpy(batch))
+            if calibration.temperature != 1.0:
+                logits = logits / calibration.temperature
+            probs = logits.softmax(dim=1)
             k = min(topk, probs.shape[1])
             conf, idx = probs.topk(k, dim=1)
+            set_sizes = (
+                (probs >= calibration.set_threshold).sum(dim=1).cpu().tolist()
+                if calibration.set_threshold is not None
+                else None
+            )
         conf_list, idx_list = conf.cpu().tolist(), idx.cpu().tolist()
-        return [
-            [
+        out = []
+        for n, (cs, ix) in enumerate(zip(conf_list, idx_list, strict=True)):
+            top = [
                 LabelScore(label=self.classes[i], confidence=round(c, 6))
                 for c, i in zip(cs, ix, strict=True)
             ]
-            for cs, ix in zip(conf_list, idx_list, strict=True)
-        ]
+            needed = calibration.class_thresholds.get(top[0]["label"])
+            out.append(
+                Scored(
+                    topk=top,
+                    needs_review=None if set_sizes is None else set_sizes[n] != 1,
+                    sure=None if needed is None else cs[0] >= needed,
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One image's prediction."""
+
+    topk: list[LabelScore]
+    # The conformal prediction set holds more than one class, or none: a person should look.
+    # None when the version has no calibration to say so.
+    needs_review: bool | None = None
+    # At or above its class's target-precision threshold; None where the class has none.
+    sure: bool | None = None

@@ -7,7 +7,7 @@ project wrote or a plain torchvision state dict. Files always load with ``weight
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+from contract.calibration import Calibration
 from worker.preprocess import Preprocessing
 
 CHECKPOINT_FORMAT = 1
@@ -32,6 +33,7 @@ class LoadedModel:
     model: nn.Module
     classes: list[str]
     preprocessing: Preprocessing
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 def classification_models() -> list[str]:
@@ -134,7 +136,8 @@ def from_checkpoint(data: dict[str, Any], origin: str) -> LoadedModel:
     check_arch(arch)
     model = with_new_head(get_model(arch, weights=None), len(classes))
     _load_state(model, state, origin)
-    return LoadedModel(arch, model, classes, prep)
+    calibration = Calibration.from_dict(data.get("calibration"))
+    return LoadedModel(arch, model, classes, prep, calibration)
 
 
 def checkpoint_dict(loaded: LoadedModel, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -144,6 +147,7 @@ def checkpoint_dict(loaded: LoadedModel, extra: dict[str, Any] | None = None) ->
         "arch": loaded.arch,
         "classes": list(loaded.classes),
         "preprocessing": loaded.preprocessing.to_dict(),
+        "calibration": loaded.calibration.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()},
         **(extra or {}),
     }

@@ -14,6 +14,7 @@ from contract.backoff import backoff_delay
 from contract.messages import BadMessage, decode_classify
 from contract.queues import TASK_CLASSIFY, TASK_RECONCILE
 from contract.settings import Settings
+from worker.drift import DriftWatch
 from worker.memory import limit_arenas
 from worker.metrics import serve_metrics
 from worker.reconcile import reconcile
@@ -28,6 +29,7 @@ MAX_TASK_RETRY_DELAY_S = 60.0
 
 def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
     runtime = WorkerRuntime(settings)
+    drift = DriftWatch(settings)
 
     @app.task(
         name=TASK_CLASSIFY, bind=True, acks_late=True, max_retries=MAX_TASK_RETRIES, shared=False
@@ -49,7 +51,12 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
 
     @app.task(name=TASK_RECONCILE, ignore_result=True, shared=False)
     def reconcile_task() -> int:
-        return reconcile(app, settings, runtime.sessions(), in_flight=runtime.in_flight)
+        resent = reconcile(app, settings, runtime.sessions(), in_flight=runtime.in_flight)
+        try:  # the reconciler's beat is also the drift watch's (at most every 10 minutes)
+            drift.maybe_check(runtime.sessions())
+        except Exception:
+            log.exception("the drift check failed")
+        return resent
 
     @worker_ready.connect(weak=False)
     def _reconcile_at_start(sender: Any = None, **_: Any) -> None:

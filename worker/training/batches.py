@@ -9,9 +9,12 @@ same way the inference worker does.
 
 from __future__ import annotations
 
+import math
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -173,3 +176,86 @@ class Normalizer:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True).float()
         return x.sub_(self.mean).div_(self.std).contiguous(memory_format=torch.channels_last)
+
+
+# The decoded training images stay in memory up to this; beyond, in a file mapped in memory.
+TRAIN_CACHE_BYTES = 2 * 1024**3
+SMALL_INPUT = 160  # px: below, augmentation crops less
+
+
+class DecodedCache:
+    """Every training image decoded once per run, to a ``resize`` x ``resize`` uint8 square
+    (the shorter side scaled to ``resize``, centred), and augmented from there each epoch:
+    decoding a JPEG costs more than the augmentation, and a run decodes each image once
+    instead of once per epoch. In memory, or a memmap under ``spill_dir`` when it would not
+    fit in :data:`TRAIN_CACHE_BYTES`."""
+
+    def __init__(
+        self, source: ImageSource, samples: Sequence[Sample], spill_dir: Path | None = None
+    ) -> None:
+        self.source = source
+        side = source.prep.resize
+        shape = (len(samples), side, side, 3)
+        self.spill: Path | None = None
+        if math.prod(shape) > TRAIN_CACHE_BYTES and spill_dir is not None:
+            spill_dir.mkdir(parents=True, exist_ok=True)
+            self.spill = spill_dir / f"train-{uuid.uuid4().hex}.u8"
+            self.images: np.ndarray = np.memmap(self.spill, np.uint8, "w+", shape=shape)
+        else:
+            self.images = np.zeros(shape, np.uint8)
+        square = Preprocessing(resize=side, crop=side, mean=source.prep.mean, std=source.prep.std)
+        ok = np.zeros(len(samples), bool)
+
+        def load(index: int) -> None:
+            data = source._read(samples[index])
+            if data is None:
+                return
+            try:
+                self.images[index] = load_for_model(data, square, source.max_pixels)
+                ok[index] = True
+            except BadImage as exc:
+                source._fail(samples[index], str(exc))
+
+        with ThreadPoolExecutor(max_workers=source.threads) as pool:
+            list(pool.map(load, range(len(samples))))
+        self.keep = np.flatnonzero(ok)
+        self.labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
+        # ImageNet's recipe crops down to 8 % of the area; a 32 px icon cropped that far is a
+        # few pixels of texture, so small inputs keep at least half of theirs.
+        low = 0.08 if source.prep.crop >= SMALL_INPUT else 0.5
+        self._augment = v2.Compose(
+            [
+                v2.RandomResizedCrop(source.prep.crop, scale=(low, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        drop_single: bool = False,
+        augment: bool = True,
+    ) -> Iterator[Batch]:
+        """Augmented batches (RandomResizedCrop to the crop size, horizontal flip; the plain
+        squares with ``augment=False``), shuffled with ``generator``: uint8 NCHW."""
+        order = self.keep
+        if generator is not None:
+            order = order[torch.randperm(len(order), generator=generator).numpy()]
+        chunks = [list(c) for c in chunked(list(order), batch_size)]
+        if drop_single and len(chunks) > 1 and len(chunks[-1]) == 1:
+            chunks.pop()
+        for chunk in chunks:
+            squares = torch.from_numpy(np.ascontiguousarray(self.images[chunk])).permute(0, 3, 1, 2)
+            if augment:
+                squares = torch.stack([self._augment(image) for image in squares])
+            yield squares.contiguous(), self.labels[torch.as_tensor(chunk)]
+
+    def close(self) -> None:
+        if self.spill is not None:
+            del self.images
+            self.spill.unlink(missing_ok=True)
+            self.spill = None

@@ -13,13 +13,17 @@ Three steps, cheapest first:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import Image as PILImage
 
 from contract.labeled import VAL_DIR, class_name_problem, is_image_name
 from imaging.decode import BadImage, decode
@@ -121,6 +125,7 @@ class LabeledSet:
     explicit_val: bool
     corrupt: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
     warnings: list[str] = field(default_factory=list)
+    typical_shorter_side: int = 0  # the median shorter side of the usable images, in pixels
 
     def images_per_class(self) -> dict[str, dict[str, int]]:
         train = Counter(s.label for s in self.train)
@@ -133,17 +138,20 @@ def split_score(sha256: str) -> float:
     return int(sha256[:8], 16) / 2**32
 
 
-def _check(path: Path, max_pixels: int, min_side: int) -> tuple[str | None, str | None]:
-    """(sha256, None) for a usable image, (None, reason) for a corrupt or unreadable one."""
+def _check(path: Path, max_pixels: int, min_side: int) -> tuple[str | None, str | None, int]:
+    """(sha256, None, shorter side in pixels) for a usable image, (None, reason, 0) for a
+    corrupt or unreadable one."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
+        return None, f"unreadable: {exc.strerror or exc}", 0
     try:
         decode(data, max_pixels, min_side=min_side).close()
+        with PILImage.open(io.BytesIO(data)) as header:  # decode() scaled JPEGs down
+            shorter = min(header.size)
     except BadImage as exc:
-        return None, str(exc)
-    return hashlib.sha256(data).hexdigest(), None
+        return None, str(exc), 0
+    return hashlib.sha256(data).hexdigest(), None, shorter
 
 
 def scan_labeled(
@@ -193,12 +201,14 @@ def scan_labeled(
     usable: dict[tuple[str, bool], dict[str, ListedFile]] = defaultdict(dict)  # by sha256
     files_per_class: Counter[str] = Counter()
     duplicates = 0
-    for f, (sha, error) in zip(listing.files, checks, strict=True):
+    shorter_sides: list[int] = []
+    for f, (sha, error, shorter) in zip(listing.files, checks, strict=True):
         if not f.is_val:
             files_per_class[f.class_name] += 1
         if sha is None:
             corrupt.append({"path": f.rel, "error": error or "unusable"})
             continue
+        shorter_sides.append(shorter)
         bucket = usable[(f.class_name, f.is_val)]
         if sha in bucket:
             duplicates += 1
@@ -277,6 +287,7 @@ def scan_labeled(
         explicit_val=listing.has_val_dir,
         corrupt=corrupt,
         warnings=warnings,
+        typical_shorter_side=int(statistics.median(shorter_sides)) if shorter_sides else 0,
     )
     counts = labeled.images_per_class()
     short = {

@@ -93,6 +93,7 @@ class EvalResult:
     targets: list[int]
     preds: list[int]
     seconds: float
+    logits: torch.Tensor | None = field(default=None, repr=False)  # [N, C] fp32, on the CPU
 
     def per_class(self, num_classes: int) -> list[float | None]:
         hits = [0] * num_classes
@@ -152,12 +153,16 @@ def evaluate(
     prepare: Prepare,
     device: torch.device,
     autocast: torch.dtype | None = None,
+    keep_logits: bool = False,
 ) -> EvalResult:
+    """Loss, accuracy and predictions on ``batches``; with ``keep_logits``, the logits too
+    (the calibration is fitted on them)."""
     start = time.perf_counter()
     model.eval()
     total_loss = 0.0
     targets: list[int] = []
     preds: list[int] = []
+    logits: list[torch.Tensor] = []
     with torch.inference_mode():
         for inputs, labels in batches:
             x = prepare(inputs)
@@ -168,6 +173,8 @@ def evaluate(
             total_loss += criterion(output, y).item() * y.shape[0]
             targets += y.cpu().tolist()
             preds += output.argmax(dim=1).cpu().tolist()
+            if keep_logits:
+                logits.append(output.cpu())
     correct = sum(int(t == p) for t, p in zip(targets, preds, strict=True))
     return EvalResult(
         loss=total_loss / max(len(targets), 1),
@@ -175,6 +182,7 @@ def evaluate(
         targets=targets,
         preds=preds,
         seconds=time.perf_counter() - start,
+        logits=torch.cat(logits) if logits else None,
     )
 
 
@@ -185,6 +193,7 @@ class FitResult:
     # is never resumed, and momentum buffers would double the memory it takes).
     best: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False
+    stopped_by_budget: bool = False
 
     @property
     def best_epoch(self) -> int:
@@ -206,17 +215,22 @@ def fit(
     autocast: torch.dtype | None = None,
     params: Iterable[nn.Parameter] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    deadline: float | None = None,
+    first_epoch: int = 1,
 ) -> FitResult:
     """Train ``model`` for up to ``cfg.epochs``, stop after ``cfg.patience`` epochs without a
-    better validation accuracy (ties go to the lower loss), and load the best epoch's weights
-    back into ``model``."""
+    better validation accuracy (ties go to the lower loss), or when another epoch would end
+    after ``deadline`` (``time.monotonic()``), and load the best epoch's weights back into
+    ``model``. Epochs are numbered from ``first_epoch``."""
     criterion = nn.CrossEntropyLoss()
     trainable = list(params if params is not None else model.parameters())
     optimizer, scheduler = make_optimizer(trainable, cfg)
     result = FitResult()
     best_key = (-1.0, -math.inf)
     flat = 0
-    for epoch in range(1, cfg.epochs + 1):
+    last = first_epoch + cfg.epochs - 1
+    for epoch in range(first_epoch, last + 1):
+        epoch_started = time.monotonic()
         stats = train_one_epoch(
             model, criterion, optimizer, train_batches(epoch), prepare_train, device, autocast
         )
@@ -248,8 +262,12 @@ def fit(
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if flat >= cfg.patience and epoch < cfg.epochs:
+        if flat >= cfg.patience and epoch < last:
             result.stopped_early = True
+            break
+        took = time.monotonic() - epoch_started
+        if deadline is not None and epoch < last and time.monotonic() + took > deadline:
+            result.stopped_by_budget = True
             break
     model.load_state_dict(result.best["model"])
     return result

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from contract.clock import iso, utcnow
-from contract.reports import ConfusionMatrix, EpochRecord, TrainingReport
+from contract.reports import CalibrationReport, ConfusionMatrix, EpochRecord, TrainingReport
 from contract.settings import Settings
 from worker.preprocess import Preprocessing
 from worker.training.batches import ImageSource
@@ -25,6 +25,7 @@ from worker.training.dataset import LabeledSet
 from worker.training.fit import Fitted
 from worker.training.gate import GateVerdict
 from worker.training.loop import TrainConfig
+from worker.training.plan import TrainPlan
 
 GRID_MAX = 25
 
@@ -53,6 +54,7 @@ def build_report(
     verdict: GateVerdict,
     config: TrainConfig,
     settings: Settings,
+    how: TrainPlan,
 ) -> TrainingReport:
     classes = labeled.classes
     final = fitted.final
@@ -78,6 +80,8 @@ def build_report(
         best_epoch=fitted.result.best_epoch,
         epochs_run=len(fitted.result.history),
         stopped_early=fitted.result.stopped_early,
+        stopped_by_budget=fitted.result.stopped_by_budget,
+        budget_s=settings.train_budget_s,
         images_per_class=labeled.images_per_class(),
         train_images=len(labeled.train),
         val_images=len(final.targets),
@@ -89,7 +93,10 @@ def build_report(
         warnings=labeled.warnings,
         started_from=facts.started_from,
         head_rows_kept=facts.head_rows_kept,
-        mode=config.mode,
+        mode=how.mode,
+        mode_reason=how.reason,
+        input_size=how.size_reason,
+        notes=fitted.notes,
         config=asdict(config),
         device=str(facts.device),
         autocast=str(facts.autocast).replace("torch.", "") if facts.autocast else "fp32",
@@ -158,3 +165,50 @@ def val_grid_png(
 
 def report_json(report: TrainingReport) -> bytes:
     return json.dumps(report, indent=2, sort_keys=False, default=str).encode()
+
+
+def reliability_png(calibration: CalibrationReport, title: str = "") -> bytes:
+    """The reliability diagram before and after temperature scaling: per confidence bin, the
+    accuracy reached against the confidence claimed (the diagonal is perfect calibration)."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    panels = (
+        (axes[0], calibration["reliability_before"], calibration["ece_before"], "softmax"),
+        (
+            axes[1],
+            calibration["reliability_after"],
+            calibration["ece_after"],
+            f"T = {calibration['temperature']:g}",
+        ),
+    )
+    for ax, all_bins, ece, name in panels:
+        bins = [b for b in all_bins if b["images"]]
+        width = 1 / max(1, len(all_bins))
+        ax.bar(
+            [b["low"] for b in bins],
+            [b["accuracy"] for b in bins],
+            width=width,
+            align="edge",
+            edgecolor="white",
+            label="accuracy",
+        )
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+        ax.scatter(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            color="black",
+            s=12,
+            zorder=3,
+            label="mean confidence",
+        )
+        shown = "-" if ece is None else f"{ece:.3f}"
+        ax.set_title(f"{name}: ECE {shown}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _png(fig)

@@ -30,13 +30,15 @@ from db.engine import LazySessions, transaction
 from db.models import RunStatus
 from worker.precision import pick_autocast, pick_device
 from worker.training.backfill import backfill
-from worker.training.batches import EvalSet, ImageSource
+from worker.training.batches import DecodedCache, EvalSet, ImageSource
+from worker.training.calibration import calibrate
 from worker.training.dataset import TrainingRefused, list_labeled, manifest_sha256, scan_labeled
 from worker.training.features import remap_head
 from worker.training.fit import FitInputs, fit_model
 from worker.training.gate import GateInputs, judge
 from worker.training.lock import LOCK_TIMEOUT_S, TrainingLock
 from worker.training.loop import TrainConfig
+from worker.training.plan import plan
 from worker.training.progress import Progress, RunOutcome, RunRecorder
 from worker.training.report import GRID_MAX, RunFacts, build_report
 from worker.training.save import ValGrid, save_and_settle
@@ -180,43 +182,74 @@ class _Run:
             warn=rec.warn,
         )
 
-        # Start model: fine-tune the active one, or the base, with a head for these classes.
-        start, started_from = start_model(s, active, labeled.classes, self.fresh)
+        # Start model: fine-tune the active one, or the base, with a head for these classes;
+        # the plan: how to train it here, at which input size.
+        begin = start_model(s, active, labeled.classes, self.fresh)
+        start = begin.loaded
         kept_rows = remap_head(start.model, start.classes, labeled.classes)
         start.classes = list(labeled.classes)
+        device = pick_device(s.device)
+        how = plan(
+            s.train_mode,
+            device,
+            begin.pretrained,
+            start.preprocessing,
+            labeled.typical_shorter_side,
+            s.train_budget_s,
+        )
+        start.preprocessing = how.preprocessing
         rec.phase(
             "preparing",
             classes=labeled.classes,
             train_images=len(labeled.train),
             val_images=len(labeled.val),
-            mode=cfg.mode,
+            mode=how.mode,
         )
 
-        # Fit, then evaluate the kept weights on the validation images.
-        device = pick_device(s.device)
+        # Decode every image once, fit, then evaluate the kept weights on the validation set.
         autocast = pick_autocast(device, self.autocast_spec, training=True)
         source = ImageSource(start.preprocessing, s.max_image_pixels, s.decode_threads)
         durations: dict[str, float] = {}
+        deadline = time.monotonic() + s.train_budget_s if s.train_budget_s else None
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
+            t0 = time.perf_counter()
             eval_set = EvalSet(source, labeled.val, cfg.batch_size)
-            fitted = fit_model(
-                FitInputs(
-                    model=start.model.to(device),
-                    labeled=labeled,
-                    source=source,
-                    eval_set=eval_set,
-                    device=device,
-                    autocast=autocast,
-                    config=cfg,
-                    on_phase=rec.phase,
-                    on_epoch=self._on_epoch,
-                    check=self._check_lock,
+            cache = DecodedCache(source, labeled.train, s.data_dir / "cache")
+            durations["decode"] = time.perf_counter() - t0
+            try:
+                fitted = fit_model(
+                    FitInputs(
+                        model=start.model.to(device),
+                        labeled=labeled,
+                        source=source,
+                        eval_set=eval_set,
+                        train_cache=cache,
+                        device=device,
+                        autocast=autocast,
+                        config=cfg,
+                        on_phase=rec.phase,
+                        on_epoch=self._on_epoch,
+                        check=self._check_lock,
+                        deadline=deadline,
+                    ),
+                    how.mode,
                 )
-            )
+            finally:
+                cache.close()
         durations.update(fitted.seconds)
         self._check_lock()
         start.model = start.model.cpu().eval()
+
+        # Calibrate: what its confidences mean, from the same validation images.
+        calibration, calibration_report = calibrate(
+            fitted.final.logits,
+            torch.tensor(fitted.final.targets, dtype=torch.int64),
+            labeled.classes,
+            s.coverage,
+            s.target_precision,
+        )
+        start.calibration = calibration
 
         # Gate: the candidate against the active model, on the same validation images.
         classes = labeled.classes
@@ -247,7 +280,7 @@ class _Run:
             run_id=rec.run_id,
             trigger=rec.trigger,
             arch=start.arch,
-            started_from=started_from,
+            started_from=begin.started_from,
             head_rows_kept=kept_rows,
             device=device,
             autocast=autocast,
@@ -255,7 +288,8 @@ class _Run:
             manifest_sha256=manifest,
             durations=durations,
         )
-        report = build_report(facts, labeled, source, fitted, verdict, cfg, s)
+        report = build_report(facts, labeled, source, fitted, verdict, cfg, s, how)
+        report["calibration"] = calibration_report
         shown = sorted(range(len(truth)), key=lambda i: (truth[i] == predicted[i], i))[:GRID_MAX]
         grid = ValGrid(
             eval_set.images(shown), [truth[i] for i in shown], [predicted[i] for i in shown]

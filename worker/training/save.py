@@ -16,7 +16,7 @@ from db import versions
 from db.engine import transaction
 from worker import model_store, modelzoo
 from worker.training.gate import GateVerdict
-from worker.training.report import curves_png, report_json, val_grid_png
+from worker.training.report import curves_png, reliability_png, report_json, val_grid_png
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ def save_and_settle(
                 model_store.version_dir(models_dir, vid) / model_store.MODEL_FILE
             ),
             report=report,
+            calibration=loaded.calibration.to_dict(),
         )
         vid, name = row.id, row.name
     report["version"] = VersionRef(id=vid, name=name)
@@ -71,6 +72,8 @@ def save_and_settle(
         "curves.png": curves_png(report["history"], report["best_epoch"], title),
         "val_grid.png": val_grid_png(grid.images, grid.truth, grid.predicted, title=title),
     }
+    if "calibration" in report and report["calibration"]["reliability_after"]:
+        extra["reliability.png"] = reliability_png(report["calibration"], title)
     meta = {
         "version": vid,
         "name": name,

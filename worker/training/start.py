@@ -35,12 +35,18 @@ class ActiveInfo:
         )
 
 
+@dataclass
+class Start:
+    loaded: modelzoo.LoadedModel
+    started_from: str  # in words, for the report
+    pretrained: bool  # its weights were learned (ImageNet, a file, a trained version)
+
+
 def start_model(
     settings: Settings, active: ActiveInfo | None, classes: list[str], fresh: bool
-) -> tuple[modelzoo.LoadedModel, str]:
+) -> Start:
     """The active model when it is trained, of the configured arch and knows exactly the
-    labeled classes (fine-tuning); the configured base model otherwise. Returns the model and
-    where it started from, in words."""
+    labeled classes (fine-tuning); the configured base model otherwise."""
     if (
         not fresh
         and active is not None
@@ -50,10 +56,11 @@ def start_model(
     ):
         try:
             loaded = model_store.load_version(settings.models_path, active.id)
-            return loaded, f"fine-tuned from {active.name}"
+            return Start(loaded, f"fine-tuned from {active.name}", pretrained=True)
         except Exception as exc:
             log.warning(
                 "active model %s failed to load (%s): starting from the base", active.name, exc
             )
     loaded = modelzoo.build(settings.model, settings.weights)
-    return loaded, f"base {settings.model} (weights {settings.weights})"
+    started_from = f"base {settings.model} (weights {settings.weights})"
+    return Start(loaded, started_from, pretrained=settings.weights != "none")
