@@ -7,6 +7,7 @@ code; the pipeline is measured against it.
 from __future__ import annotations
 
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -19,7 +20,9 @@ import numpy as np
 import torch
 
 from imaging.decode import BadImage
+from worker import onnx_backend
 from worker.classifier import Classifier
+from worker.layout import inference_layout
 from worker.modelzoo import build
 from worker.precision import pick_autocast, pick_device
 from worker.preprocess import Preprocessing, load_for_model
@@ -33,14 +36,36 @@ def make_classifier(
     precision: str = "auto",
     compile_for: Sequence[int] = (),
     compile_mode: str = "auto",
+    onnx_sample: Sequence[Path] = (),
 ) -> Classifier:
     """The classifier exactly as a worker builds it (random weights: same compute); compiled
     for ``compile_for`` batch sizes first where ``compile_mode`` (the worker's TORCH_COMPILE)
-    compiles on this machine, as a busy worker's is."""
+    compiles on this machine, as a busy worker's is. With ``onnx_sample``, served by ONNX
+    Runtime as a CPU worker serves it: artifacts built from those files, int8 where it passed
+    its check, one session on the layout rule's threads per stream."""
     loaded = build(model, "none")
     dev = pick_device(device)
     classifier = Classifier(0, loaded, dev, pick_autocast(dev, precision))
-    if compile_for and classifier.compile_async(compile_for, mode=compile_mode):
+    if onnx_sample:
+        images = [read_and_preprocess(p, loaded.preprocessing) for p in onnx_sample]
+        folder = Path(tempfile.mkdtemp(prefix="inbox-ceiling-onnx-"))
+        manifest = onnx_backend.build(
+            loaded,
+            folder,
+            np.stack([i for i in images if i is not None]),
+            None,
+            weights_sha256="bench",
+            built_from="benchmark images",
+            min_agreement=0.99,
+            margin=0.0,
+        )
+        entry, precision = (
+            (manifest["int8"], "int8") if manifest["int8"] else (manifest["fp32"], "fp32")
+        )
+        threads = inference_layout(None, None, "cpu").threads_per_stream
+        path = onnx_backend.serving_dir(folder) / entry["file"]
+        classifier.use_runner(onnx_backend.OrtRunner(path, precision, threads))
+    elif compile_for and classifier.compile_async(compile_for, mode=compile_mode):
         classifier.wait_compiled(600)
     return classifier
 

@@ -153,6 +153,31 @@ def held_out_figures(data: Path, version_id: int, held: list[tuple[Path, int]]) 
         )
         out["mean_set_size"] = round(float(sets.sum(1).double().mean()), 3)
         out["needs_review_share"] = round(float((sets.sum(1) != 1).double().mean()), 4)
+    out["int8"] = int8_figures(data / "models" / str(version_id), batch, labels.numpy())
+    return out
+
+
+def int8_figures(version_dir: Path, batch: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The version's ONNX Runtime fp32 and int8 models on the held-out digits, and the int8
+    check the training run made on its validation split."""
+    from worker import onnx_backend
+
+    manifest = onnx_backend.load_manifest(version_dir)
+    if manifest is None:
+        return {"built": False}
+    folder = onnx_backend.serving_dir(version_dir)
+    fp32 = onnx_backend.run_session(onnx_backend.open_session(folder / "model.onnx", 2), batch)
+    out: dict[str, Any] = {
+        "validation_check": manifest["int8_check"],
+        "int8_reason": manifest["int8_reason"],
+        "held_out_fp32_accuracy": round(float((fp32.argmax(1) == labels).mean()), 4),
+    }
+    if manifest["int8"] is not None:
+        int8 = onnx_backend.run_session(
+            onnx_backend.open_session(folder / "model.int8.onnx", 2), batch
+        )
+        out["held_out_int8_accuracy"] = round(float((int8.argmax(1) == labels).mean()), 4)
+        out["held_out_agreement"] = round(float((int8.argmax(1) == fp32.argmax(1)).mean()), 4)
     return out
 
 

@@ -146,7 +146,8 @@ class Pipeline:
         return result
 
     def wait_compiled(self, timeout: float) -> list[str]:
-        """Each worker's compile outcome from the log: 'compiled', 'eager' or 'unknown'."""
+        """Each worker's outcome from the log: 'compiled', 'eager', 'onnxruntime int8|fp32'
+        (worker.serving switched it to ONNX Runtime) or 'unknown'."""
         workers = self.workers or 1
         deadline = time.monotonic() + timeout
         while True:
@@ -155,6 +156,9 @@ class Pipeline:
                 for path in sorted((self.data_dir / "logs").glob("worker-*.log"))
             )
             outcomes = ["compiled"] * text.count("model compiled for batch sizes")
+            for precision in ("int8", "fp32"):
+                found = text.count(f"classifies with onnxruntime {precision}")
+                outcomes += [f"onnxruntime {precision}"] * found
             outcomes += ["eager"] * (
                 text.count("classifying eagerly") + text.count("torch.compile failed")
             )

@@ -41,6 +41,7 @@ from bench.harness import CpuMeter, machine_info, median, rmtree
 from bench.images import generate
 from bench.naive import NaiveBaseline
 from bench.pipeline import Pipeline
+from worker import onnx_backend
 from worker.batching import COMPILE_AFTER_IMAGES
 from worker.classifier import compile_blocker
 from worker.layout import inference_layout, usable_cores
@@ -110,6 +111,16 @@ def worker_compiles(device: str, env: dict[str, str]) -> bool:
     return compile_blocker(mode, dev, autocast) is None
 
 
+def worker_serves_onnx(device: str, env: dict[str, str]) -> bool:
+    """Whether a worker with these settings serves with ONNX Runtime (worker.serving) here."""
+    backend = env.get("INBOX_CLASSIFIER_INFERENCE_BACKEND", "auto")
+    return (
+        pick_device(device).type == "cpu"
+        and backend != "torch"
+        and onnx_backend.unavailable() is None
+    )
+
+
 def settings_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -159,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     images = generate(args.images)
     # Warm-up: enough files for a worker to compile its model (variants: distinct content).
     env = settings_env(args.set)
-    compiles = worker_compiles(device, env)
+    onnx = worker_serves_onnx(device, env)
+    compiles = worker_compiles(device, env) and not onnx
     warm_count = COMPILE_AFTER_IMAGES + 64 if compiles else 64
+    if onnx:  # the worker builds its ONNX artifacts from its first images, then switches
+        warm_count = onnx_backend.SAMPLE_IMAGES + 64
     warm = images.files[:warm_count]
     warm_rounds = -(-warm_count // len(warm))
     out["images"] = images.describe()
@@ -186,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         precision=env.get("INBOX_CLASSIFIER_PRECISION", "auto"),
         compile_for=(16, 1) if compiles else (),
         compile_mode=env.get("INBOX_CLASSIFIER_TORCH_COMPILE", "auto"),
+        onnx_sample=images.files[: onnx_backend.SAMPLE_IMAGES] if onnx else (),
     )
     state = getattr(classifier, "compile_state", "eager")
+    if classifier.runner is not None:
+        state = classifier.backend
     out["ceiling"] = {"compile_state": state}
     say(f"  model: {state}")
     configs = ceiling_configs(device, usable_cores())

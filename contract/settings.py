@@ -65,6 +65,19 @@ class Settings(BaseSettings):
         "CPUs with native bf16 (where it pays; README, Performance).",
     )
 
+    inference_backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-fp32"] = Field(
+        "auto",
+        description="auto: on a CPU, ONNX Runtime int8 where it passed its agreement check, "
+        "else ONNX Runtime fp32 (torch where the CPU runs bf16 natively), else torch; torch on "
+        "CUDA. onnxruntime-fp32 forbids int8.",
+    )
+    int8_min_agreement: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="The int8 model serves only if its top-1 agrees with fp32 this often.",
+    )
+
     # --- dynamic batching ----------------------------------------------------------------------
     batch_size: int = Field(16, ge=1, le=4096, description="Largest inference batch.")
     batch_wait_ms: int = Field(

@@ -172,6 +172,7 @@ def ledger_status(session: Session, window_s: int) -> dict[str, Any]:
             "arch": model.arch,
             "classes": len(model.classes),
             "val_accuracy": model.val_accuracy,
+            "serving": model.serving,
         }
     )
     recent = done_since(session, timedelta(seconds=window_s))

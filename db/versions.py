@@ -134,6 +134,7 @@ class VersionView:
     created_at: str | None
     activated_at: str | None
     calibration: dict[str, Any] | None = None
+    serving: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionView:
@@ -151,6 +152,7 @@ class VersionView:
             iso(row.created_at),
             iso(row.activated_at),
             dict(row.calibration) if row.calibration else None,
+            dict(row.serving) if row.serving else None,
         )
 
 
@@ -256,3 +258,11 @@ def settle_candidate(
     else:
         row.status = ModelStatus.REJECTED.value
     return promote, reason
+
+
+def set_serving(session: Session, version_id: int, serving: dict[str, Any]) -> None:
+    """Record how CPU workers serve ``version_id``: ``serving`` (its ONNX artifacts' checks,
+    which backend serves and why) is merged into what is recorded."""
+    row = session.get(ModelVersion, version_id)
+    if row is not None:
+        row.serving = {**(row.serving or {}), **serving}

@@ -12,6 +12,7 @@ import click
 
 from broker.locate import with_broker
 from broker.stats import queue_report
+from contract.serving import describe_serving
 from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.models import ImageStatus
@@ -154,4 +155,6 @@ def status(settings: Settings, as_json: bool, window: int) -> None:
             else "none yet"
         )
     )
+    if active:
+        click.echo("serving:  " + describe_serving(active["serving"]))
     click.echo(f"rate:     {report['images_per_second']} img/s over the last {window}s")

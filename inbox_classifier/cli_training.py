@@ -20,6 +20,7 @@ from contract.calibration import Calibration
 from contract.clock import as_utc
 from contract.queues import TRAIN_QUEUE
 from contract.reports import ProgressEvent, TrainingReport
+from contract.serving import describe_serving
 from contract.settings import Settings
 from db import quality, versions
 from db.engine import transaction
@@ -39,6 +40,7 @@ class _Printer:
         "features": "computing backbone features ({feature_passes} pass(es), cached)",
         "gate": "scoring {compared_with} on the same validation images",
         "saving": "saving the model files",
+        "serving": "building its ONNX Runtime artifacts (fp32, int8 checked against fp32)",
     }
 
     def __init__(self) -> None:
@@ -206,6 +208,7 @@ def _quality_lines(version: ModelVersion, found: quality.Quality | None, bound: 
         lines.append(text)
     else:
         lines.append("calibration: none (a base model: no validation set; T = 1)")
+    lines.append("serving: " + describe_serving(version.serving))
     if found is not None and found.predictions:
         drift = "-" if found.confidence_drift is None else f"{found.confidence_drift:.2f}"
         mix = "-" if found.class_mix_drift is None else f"{found.class_mix_drift:.2f}"
@@ -265,7 +268,8 @@ def _list_versions(settings: Settings, long: bool) -> None:
     "--long",
     "long_",
     is_flag=True,
-    help="Also print why each was promoted/rejected, its calibration and production drift.",
+    help="Also print why each was promoted/rejected, its calibration, how it is served "
+    "(backend, int8 check) and production drift.",
 )
 @settings_options
 @click.pass_context
@@ -281,7 +285,8 @@ def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
     "--long",
     "long_",
     is_flag=True,
-    help="Also print why each was promoted/rejected, its calibration and production drift.",
+    help="Also print why each was promoted/rejected, its calibration, how it is served "
+    "(backend, int8 check) and production drift.",
 )
 @settings_options
 @click.pass_context
@@ -406,8 +411,6 @@ def reclassify(
         with transaction(sessions) as session:
             mark_enqueued(session, shas)
     click.echo(f"{len(items)} image(s) queued for {name} in {messages} message(s)")
-
-
 
 
 # --- label -------------------------------------------------------------------------------------

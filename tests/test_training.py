@@ -141,7 +141,9 @@ def test_frozen_training_learns_promotes_and_writes_a_loadable_version(
         "curves.png",
         "val_grid.png",
         "reliability.png",
+        "serving",  # its ONNX artifacts (tests/test_onnx.py)
     }
+    assert (folder / "serving" / "serving.json").is_file()
     on_disk = json.loads((folder / "report.json").read_text())
     assert on_disk["accuracy"] == report["accuracy"] and on_disk["history"]
     for picture in ("curves.png", "val_grid.png"):

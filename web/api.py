@@ -16,6 +16,7 @@ from broker.app import NoBroker
 from broker.send import send_classify
 from contract.clock import iso, parse_since
 from contract.failures import FailureKind
+from contract.serving import describe_serving
 from db import browse, labels, ledger, quality, runs, versions
 from db.browse import BadCursor, Sort
 from db.engine import transaction
@@ -316,6 +317,7 @@ def retry_failed(request: Request, body: schemas.RetryRequest) -> schemas.RetryO
 def _model(view: versions.VersionView, models_dir: Path) -> dict[str, Any]:
     return {
         **asdict(view),
+        "serving_text": describe_serving(view.serving),
         "has_curves": (models_dir / str(view.id) / "curves.png").is_file(),
     }
 

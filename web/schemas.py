@@ -128,6 +128,8 @@ class RunOut(BaseModel):
 class ModelOut(BaseModel):
     id: int
     calibration: dict[str, Any] | None = None
+    serving: dict[str, Any] | None = None
+    serving_text: str | None = None
     name: str
     arch: str
     status: str

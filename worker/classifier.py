@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -66,6 +66,18 @@ def compile_blocker(mode: str, device: torch.device, autocast: torch.dtype | Non
     return None
 
 
+class Runner(Protocol):
+    """Another backend's logits for the same uint8 NHWC batches (worker.onnx_backend)."""
+
+    precision: str
+
+    def logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class Sampling(Protocol):
+    def offer(self, batch: np.ndarray) -> None: ...
+
+
 @dataclass
 class Classifier:
     version_id: int
@@ -82,6 +94,27 @@ class Classifier:
         self._compile_lock = threading.Lock()
         self.compile_state = CompileState.EAGER
         self.served = 0  # images classified with this instance (callers may count here)
+        # Set by worker.serving: an ONNX Runtime runner replaces torch from the next batch;
+        # a sampler sees the first batches, to build that runner from.
+        self.runner: Runner | None = None
+        self.sampler: Sampling | None = None
+
+    @property
+    def backend(self) -> str:
+        """What computes the logits, e.g. 'onnxruntime int8' or 'torch bf16'."""
+        if self.runner is not None:
+            return f"onnxruntime {self.runner.precision}"
+        names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+        precision = names.get(self.autocast, "fp32") if self.autocast else "fp32"
+        compiled = ", compiled" if self.compile_state is CompileState.COMPILED else ""
+        return f"torch {precision}{compiled}"
+
+    def use_runner(self, runner: Runner) -> None:
+        """Serve with ``runner`` from the next batch on; torch.compile is not needed any more."""
+        with self._compile_lock:
+            if self.compile_state is CompileState.EAGER:
+                self.compile_state = CompileState.OFF
+        self.runner = runner
 
     @property
     def classes(self) -> list[str]:
@@ -161,6 +194,19 @@ class Classifier:
             time.monotonic() - started,
         )
 
+    def _runner_logits(self, runner: Runner, batch: np.ndarray) -> torch.Tensor | None:
+        """The runner's logits; if it fails, torch takes over for good (logged once)."""
+        try:
+            return torch.from_numpy(runner.logits(batch))
+        except Exception:
+            log.exception(
+                "version %d: %s failed on a batch; classifying with torch from now on",
+                self.version_id,
+                self.backend,
+            )
+            self.runner = None
+            return None
+
     def predict(self, batch: np.ndarray, topk: int) -> list[list[LabelScore]]:
         """Top-k ``{label, confidence}`` per image, best first (calibrated)."""
         return [scored.topk for scored in self.score(batch, topk)]
@@ -169,8 +215,13 @@ class Classifier:
         """Per image: the top-k ``{label, confidence}`` (calibrated: the logits are divided by
         the version's temperature), best first, and what the calibration says of it."""
         calibration = self.loaded.calibration
+        sampler, runner = self.sampler, self.runner
+        if sampler is not None:
+            sampler.offer(batch)
         with torch.inference_mode():
-            logits = self.logits(torch.from_numpy(batch))
+            logits = self._runner_logits(runner, batch) if runner is not None else None
+            if logits is None:
+                logits = self.logits(torch.from_numpy(batch))
             if calibration.temperature != 1.0:
                 logits = logits / calibration.temperature
             probs = logits.softmax(dim=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import torch
 from sqlalchemy.exc import IntegrityError
@@ -15,9 +16,10 @@ from contract.settings import Settings
 from db.engine import transaction
 from db.models import ModelVersion
 from db.versions import active_model, base_version_id, ensure_base_model
-from worker import model_store, modelzoo
+from worker import model_store, modelzoo, onnx_backend
 from worker.classifier import Classifier
 from worker.precision import pick_autocast, pick_device
+from worker.serving import Serving
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class ModelHolder:
         self._current: Classifier | None = None
         self._checked_at = 0.0
         self._refused: dict[int, float] = {}  # version id -> when it last failed to load
+        self._serving = Serving(settings, sessions)
 
     def current(self) -> Classifier:
         """The active model, checking the ledger for a new one at most every few seconds.
@@ -56,9 +59,11 @@ class ModelHolder:
             log.info(
                 "classifying with base model %s:%s (version %d)", s.model, s.weights, version_id
             )
-            return self._wrap(version_id, base)
+            return self._wrap(version_id, base, trained=False, weights=s.weights)
         try:
-            return self._wrap(version_id, self._load_trained(version_id))
+            return self._wrap(
+                version_id, self._load_trained(version_id), trained=True, weights=s.weights
+            )
         except Exception:
             log.exception(
                 "active model version %d failed to load; using the base model", version_id
@@ -66,7 +71,7 @@ class ModelHolder:
             # Record results under the base model's own version: _register_base returns the
             # *active* version (the trained one that was just refused), and results tagged
             # with it would claim a model that never produced them.
-            return self._wrap(self._base_version_id(), base)
+            return self._wrap(self._base_version_id(), base, trained=False, weights=s.weights)
 
     def _base_version_id(self) -> int:
         """The id of the configured base model's row (registered by _register_base)."""
@@ -111,7 +116,9 @@ class ModelHolder:
         self._refused.pop(active.id, None)
         log.info("switching from model version %d to %d", self._current.version_id, active.id)
         old = self._current
-        self._current = self._wrap(active.id, loaded)
+        self._current = self._wrap(
+            active.id, loaded, trained=active.trained, weights=active.weights
+        )
         del old
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -124,8 +131,25 @@ class ModelHolder:
     def _load_trained(self, version_id: int) -> modelzoo.LoadedModel:
         return model_store.load_version(self._settings.models_path, version_id)
 
-    def _wrap(self, version_id: int, loaded: modelzoo.LoadedModel) -> Classifier:
+    def _wrap(
+        self, version_id: int, loaded: modelzoo.LoadedModel, *, trained: bool, weights: str
+    ) -> Classifier:
         device = pick_device(self._settings.device)
-        return Classifier(
+        classifier = Classifier(
             version_id, loaded, device, pick_autocast(device, self._settings.precision)
         )
+        folder = model_store.version_dir(self._settings.models_path, version_id)
+        self._serving.attach(
+            classifier, folder, self._weights_identity(folder, trained, loaded.arch, weights)
+        )
+        return classifier
+
+    @staticmethod
+    def _weights_identity(folder: Path, trained: bool, arch: str, weights: str) -> str:
+        """What the version's ONNX artifacts must have been built from."""
+        if trained:
+            return onnx_backend.sha256_file(folder / model_store.MODEL_FILE)
+        identity = f"base:{arch}:{weights}"
+        if weights not in ("imagenet", "none"):
+            identity += ":" + onnx_backend.sha256_file(Path(weights))
+        return identity

@@ -31,7 +31,6 @@ from imaging.decode import BadImage, decode
 log = logging.getLogger(__name__)
 
 
-
 class TrainingRefused(Exception):
     """The labeled data cannot train a model; the message says what to fix."""
 

@@ -1,6 +1,7 @@
 """Saving a trained version and settling it: its ledger row first (so a crash leaves a
-candidate to reap, never files without a row), then its files, written atomically, then the
-gate's verdict: promoted (workers switch to it) or rejected (kept for a manual promote)."""
+candidate to reap, never files without a row), then its files, written atomically, then its
+ONNX artifacts (worker.onnx_backend), then the gate's verdict: promoted (workers switch to it)
+or rejected (kept for a manual promote)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def save_and_settle(
     *,
     run_id: int | None,
     check: Callable[[], None],
+    build_serving: Callable[[int, Path], None] | None = None,
 ) -> Saved:
     with transaction(sessions) as session:
         row = versions.create_candidate(
@@ -95,6 +97,10 @@ def save_and_settle(
         with transaction(sessions) as session:
             versions.reject(session, vid, reason)
         return Saved(vid, name, promoted=False, reason=reason, failed=True)
+
+    if build_serving is not None:
+        # Before the verdict: a promoted version's workers find its artifacts ready.
+        build_serving(vid, model_store.version_dir(models_dir, vid))
 
     with transaction(sessions) as session:
         promoted, reason = versions.settle_candidate(
