@@ -193,7 +193,10 @@ def test_with_compile_off_a_worker_says_so_at_its_first_batch_and_stays_eager(
     engine_for,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    engine = engine_for(settings.model_copy(update={"torch_compile": "off"}))
+    # Served by torch: with ONNX Runtime (INFERENCE_BACKEND=auto) nothing is compiled at all.
+    engine = engine_for(
+        settings.model_copy(update={"torch_compile": "off", "inference_backend": "torch"})
+    )
     first, *rest = write_images(settings.inbox, 1 + batching.COMPILE_AFTER_IMAGES // 16)
     with caplog.at_level("INFO", logger="worker.classifier"):
         engine.submit(record(session_factory, [first])).result(timeout=120)

@@ -5,11 +5,12 @@ Version N's artifacts live in ``<models>/N/serving/``: ``model.onnx`` (fp32), ``
 (static QDQ quantization, per-channel weights) and ``serving.json``, the manifest: the files'
 sha256, what the artifacts were built from (the weights' sha256), the export check and the int8
 agreement check. The folder is built under a temporary name and renamed into place, like a
-version's weights, so a reader sees all of it or none; :func:`load` refuses files whose hash
-differs from the manifest's.
+version's weights, so a reader sees all of it or none; :func:`load_manifest` refuses files
+whose hash differs from the manifest's.
 
-The graph takes the worker's batches as they are (uint8, NHWC) and normalises inside: one
-Cast/Sub/Div that ONNX Runtime fuses, no float copy of the batch in numpy.
+The graph takes the worker's batches as they are (uint8, NHWC) and normalises inside (a Cast,
+Sub and Div before the first convolution), so a batch crosses into ONNX Runtime without a
+float copy made in numpy.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ MANIFEST_FILE = "serving.json"
 MANIFEST_FORMAT = 1
 OPSET = 17
 
-#: The export must reproduce torch's fp32 logits to this (max abs difference; measured ~5e-6).
+#: The export must reproduce torch's fp32 logits to this (max abs difference; README).
 EXPORT_TOLERANCE = 1e-3
 #: Most images a build uses: every other one calibrates the int8 ranges, the rest check it.
 SAMPLE_IMAGES = 256
