@@ -71,7 +71,7 @@ def test_the_export_reproduces_torch_on_other_images_and_batch_sizes(
         assert got.shape == (size, 1000)
         assert np.abs(got - reference[:size]).max() <= onnx_backend.EXPORT_TOLERANCE
     # Too few images to check int8 against: fp32 only, and the manifest says why.
-    assert manifest["int8"] is None and "only 4 images" in manifest["int8_reason"]
+    assert manifest["int8"] is None and "only 4 image(s)" in manifest["int8_reason"]
 
 
 def test_every_convolution_has_its_weights_as_initializers_so_int8_can_fuse_them(

@@ -389,8 +389,8 @@ def _add_int8(
     calibrate_on, check_on = np.arange(0, len(images), 2), np.arange(1, len(images), 2)
     if len(check_on) < MIN_CHECK_IMAGES:
         manifest["int8_reason"] = (
-            f"only {len(check_on)} images to check int8 against fp32 "
-            f"(needs {MIN_CHECK_IMAGES}); serving fp32"
+            f"int8 not built: only {len(check_on)} image(s) to check it against fp32 "
+            f"(needs {MIN_CHECK_IMAGES})"
         )
         return
     int8_bytes = quantize_bytes(tmp / FP32_FILE, images[calibrate_on], tmp)
@@ -406,7 +406,7 @@ def _add_int8(
     )
     manifest["int8_check"] = asdict(check)
     if not check.passed:
-        manifest["int8_reason"] = f"int8 refused: {check.reason}; serving fp32"
+        manifest["int8_reason"] = f"int8 refused: {check.reason}"
         return
     (tmp / INT8_FILE).write_bytes(int8_bytes)
     manifest["int8"] = {"file": INT8_FILE, "sha256": hashlib.sha256(int8_bytes).hexdigest()}
