@@ -263,14 +263,17 @@ def _list_versions(settings: Settings, long: bool) -> None:
             click.echo(f"    {detail}")
 
 
-@click.group("models", invoke_without_command=True)
-@click.option(
+long_option = click.option(
     "--long",
     "long_",
     is_flag=True,
     help="Also print why each was promoted/rejected, its calibration, how it is served "
     "(backend, int8 check) and production drift.",
 )
+
+
+@click.group("models", invoke_without_command=True)
+@long_option
 @settings_options
 @click.pass_context
 def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
@@ -281,13 +284,7 @@ def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
 
 
 @models.command("list")
-@click.option(
-    "--long",
-    "long_",
-    is_flag=True,
-    help="Also print why each was promoted/rejected, its calibration, how it is served "
-    "(backend, int8 check) and production drift.",
-)
+@long_option
 @settings_options
 @click.pass_context
 def list_models(ctx: click.Context, settings: Settings, long_: bool) -> None:
