@@ -1,15 +1,13 @@
-"""``--device cuda``: a second ceiling that decodes JPEGs on the GPU (nvjpeg through
-``torchvision.io.decode_jpeg(device="cuda")``), resizes and crops there, and feeds the model
-without the batch ever visiting host memory. Other formats (PNG...) take the worker's CPU path.
+"""``--device cuda``: the ceiling with the worker's GPU decode (:mod:`worker.batch_decode`):
+files read on threads, each batch's JPEGs decoded by nvjpeg in one call, resized and cropped
+there, and fed to the model without visiting host memory; other formats take Pillow.
 
-NOT RUN in the session that wrote it (no GPU there). The EXIF orientation logic is shared with
-the CPU and is checked against Pillow on the CPU (``python -m bench.gpu --self-check``); the
-CUDA calls follow torchvision 0.29's documented API. Treat the first GPU results with care.
+Not yet run on a GPU (none was lent to the sessions that wrote it); the decode path itself is
+tested on the CPU (tests/test_batch_decode.py), with its CUDA cases skipped there.
 """
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 import time
@@ -19,77 +17,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bench.ceiling import MAX_PIXELS, CeilingResult, warm_up
 from imaging.decode import BadImage
+from worker.batch_decode import Encoded, decode_batch, probe, stack_on
 from worker.classifier import Classifier
 from worker.preprocess import Preprocessing, load_for_model
-
-JPEG_MAGIC = b"\xff\xd8"
-
-
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag (1..8) from the header alone; 1 when absent or unreadable."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            value = image.getexif().get(0x0112, 1)
-    except Exception:
-        return 1
-    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
-def orient(chw: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Apply an EXIF orientation to a CHW tensor on any device, as PIL's exif_transpose does."""
-    h, w = 1, 2
-    match orientation:
-        case 2:
-            return chw.flip(w)
-        case 3:
-            return chw.flip(h, w)
-        case 4:
-            return chw.flip(h)
-        case 5:
-            return chw.transpose(h, w)
-        case 6:
-            return torch.rot90(chw, k=-1, dims=(h, w))
-        case 7:
-            return chw.transpose(h, w).flip(h, w)
-        case 8:
-            return torch.rot90(chw, k=1, dims=(h, w))
-    return chw
-
-
-def resize_crop_tensor(chw: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """Shorter side to ``prep.resize`` (bilinear, antialiased), centre crop ``prep.crop``;
-    returns uint8 HWC on the same device."""
-    from torchvision.transforms.v2 import functional as F
-
-    resized = F.resize(chw, [prep.resize], antialias=True)
-    cropped = F.center_crop(resized, [prep.crop, prep.crop])
-    return cropped.permute(1, 2, 0)
 
 
 def gpu_decode_batch(
     datas: Sequence[bytes], prep: Preprocessing, device: torch.device
 ) -> torch.Tensor:
-    """uint8 NHWC batch on ``device``: JPEGs decoded by nvjpeg in one call, others on the CPU."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    jpeg_idx = [i for i, d in enumerate(datas) if d[:2] == JPEG_MAGIC]
-    out: list[torch.Tensor | None] = [None] * len(datas)
-    if jpeg_idx:
-        inputs = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpeg_idx]
-        decoded = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
-        for i, chw in zip(jpeg_idx, decoded, strict=True):
-            out[i] = resize_crop_tensor(orient(chw, exif_orientation(datas[i])), prep)
+    """uint8 NHWC batch on ``device``, decoded as the worker decodes with ``GPU_DECODE`` on:
+    JPEGs in one batched call, the rest (and what the device refuses) with Pillow."""
+    probed = [(i, e) for i, d in enumerate(datas) if (e := probe(d, MAX_PIXELS)) is not None]
+    jpegs: list[Encoded] = [e for _, e in probed]
+    decoded = decode_batch(jpegs, prep, device)
+    on_device = {i: row for (i, _), row in zip(probed, decoded, strict=True)}
+    rows: list[torch.Tensor | np.ndarray] = []
     for i, data in enumerate(datas):
-        if out[i] is None:
+        row: torch.Tensor | np.ndarray | None = on_device.get(i)
+        if row is None:
             try:
-                out[i] = torch.from_numpy(load_for_model(data, prep, MAX_PIXELS)).to(device)
+                row = load_for_model(data, prep, MAX_PIXELS)
             except BadImage:
-                out[i] = torch.zeros((prep.crop, prep.crop, 3), dtype=torch.uint8, device=device)
-    return torch.stack([t for t in out if t is not None])
+                continue
+        rows.append(row)
+    return stack_on(device, rows)
 
 
 def run_gpu_decode_ceiling(
@@ -121,27 +75,3 @@ def run_gpu_decode_ceiling(
     seconds = time.perf_counter() - started
     thread.join()
     return CeilingResult(len(files), seconds, batch_size, 0, torch.get_num_threads())
-
-
-def self_check() -> None:
-    """The orientation mapping against Pillow's exif_transpose, on the CPU."""
-    from PIL import ImageOps
-
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)
-    for orientation in range(1, 9):
-        image = Image.fromarray(pixels)
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG", exif=exif)
-        data = buffer.getvalue()
-        expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
-        chw = torch.from_numpy(pixels).permute(2, 0, 1)
-        ours = orient(chw, exif_orientation(data)).permute(1, 2, 0).numpy()
-        assert ours.shape == expected.shape and (ours == expected).all(), orientation
-    print("orientation mapping matches Pillow for tags 1-8")
-
-
-if __name__ == "__main__":
-    self_check()

@@ -55,6 +55,8 @@ def ceiling_configs(device: str, cores: int) -> list[tuple[int, int, int, int]]:
     """(batch size, decode threads, torch threads per stream, streams) tried for the ceiling:
     one stream on all cores, and the worker's automatic layout, at two batch sizes."""
     auto = inference_layout(None, None, "cuda" if device.startswith("cuda") else "cpu", cores)
+    if device.startswith("cuda"):  # GPU-sized batches (contract.sizing), decode on every core
+        return [(bs, cores, auto.threads_per_stream, auto.streams) for bs in (256, 128)]
     layouts = [(cores, 1), (auto.threads_per_stream, auto.streams)]
     configs = [(bs, 2, t, n) for t, n in dict.fromkeys(layouts) for bs in (16, 32)]
     if auto.streams > 1:
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  model: {state}")
     configs = ceiling_configs(device, usable_cores())
     if args.no_sweep:  # the worker's own default layout only
-        configs = [c for c in configs if c[0] == 16 and c[1] == 2][-1:]
+        configs = [c for c in configs if c[0] == 16 and c[1] == 2][-1:] or configs[:1]
     sweep = run_ceiling_phase(classifier, images.files, configs)
     best = max(sweep["runs"], key=lambda r: r["images_per_s"])
     best_cfg = (

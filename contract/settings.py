@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         16, ge=1, le=1024, description="Most files the watcher packs into one queue message."
     )
     decode_threads: int = Field(2, ge=1, description="Image decode threads per worker.")
+    gpu_decode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Decode each batch's JPEGs on the worker's device in one batched call "
+        "(nvjpeg); other files take the Pillow path. auto: on CUDA only; on: also on a CPU "
+        "(torchvision's decoder, slower there than Pillow's scaled decode).",
+    )
     worker_concurrency: int | None = Field(
         None,
         ge=1,
@@ -110,6 +116,12 @@ class Settings(BaseSettings):
     )
     rescan_interval_s: float = Field(
         300.0, gt=0, description="Full inbox rescan period (also catches event overflows)."
+    )
+    hash_threads: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads the watcher hashes files on (sha256 and reads release the GIL).",
     )
     polling: bool = Field(False, description="Use a polling observer (network mounts).")
     poll_interval_s: float = Field(1.0, gt=0, description="Polling observer period.")

@@ -66,7 +66,9 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
 
     One worker per GPU: pin it with CUDA_VISIBLE_DEVICES. The model loads lazily in this
     process on the first batch."""
+    from contract.sizing import sized_for_cuda
     from db import migrate
+    from inbox_classifier.supervisor import visible_gpus
     from worker import modelzoo
     from worker.layout import worker_concurrency
     from worker.tasks import create_worker_app
@@ -82,6 +84,8 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
             modelzoo.ensure_weights(settings.model, settings.weights)
         except modelzoo.ModelError as exc:
             raise click.ClickException(str(exc)) from exc
+    if settings.device != "cpu" and visible_gpus():
+        settings = sized_for_cuda(settings)
     if concurrency is None:
         concurrency = worker_concurrency(settings) if CLASSIFY_QUEUE in wanted else 1
     app = create_worker_app(settings)

@@ -33,6 +33,7 @@ from broker.locate import url_file
 from contract.backoff import backoff_delay
 from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
 from contract.settings import ENV_PREFIX, Settings
+from contract.sizing import sized_for_cuda
 from db import migrate
 from inbox_classifier.console import Console, follow_output, route_supervisor_logging
 from inbox_classifier.redis_server import RedisServer, free_port
@@ -235,6 +236,8 @@ def run_pipeline(
             "inbox": settings.inbox.resolve(),
         }
     )
+    if settings.device != "cpu" and visible_gpus():
+        settings = sized_for_cuda(settings)  # before the children read it: the watcher too
     output = ChildOutput(Console(), settings.data_dir / "logs")
     route_supervisor_logging(output.console, output.log_path("up"), log.name)
     from worker.modelzoo import ModelError, ensure_weights

@@ -248,11 +248,13 @@ def test_animated_and_multipage_use_the_first_frame() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("gpu_decode", ["off", "on"])  # on: the batched device path, on the CPU
 def test_file_kinds_through_a_real_worker_fail_alone_and_are_not_retried(
-    settings: Settings, session_factory, tmp_path: Path
+    settings: Settings, session_factory, tmp_path: Path, gpu_decode: str
 ) -> None:
     s = settings.model_copy(update={"files_per_message": 6, "requeue_after_s": 2.0,
-                                    "reconcile_interval_s": 1.0, "max_attempts": 3})
+                                    "reconcile_interval_s": 1.0, "max_attempts": 3,
+                                    "gpu_decode": gpu_decode})
     paths = write_content(s.inbox, CONTENT_CASES) + write_names(s.inbox, NAME_CASES)
     # same bytes as a failing file, different name: one image, both paths get the outcome
     twin = s.inbox / "zero-byte-twin.jpg"

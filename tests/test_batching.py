@@ -92,10 +92,10 @@ def test_a_message_is_never_split_by_a_racing_batcher() -> None:
     assert all(len({m for m, _ in b}) == 1 and len(b) == 8 for b in batches)
 
 
-def test_layout_one_stream_per_core_on_a_cpu_one_on_a_gpu() -> None:
+def test_layout_one_stream_per_core_on_a_cpu_two_on_a_gpu() -> None:
     assert inference_layout(None, None, "cpu", cores=2) == InferenceLayout(2, 1)
     assert inference_layout(None, None, "cpu", cores=16) == InferenceLayout(4, 4)
-    assert inference_layout(None, None, "cuda", cores=16) == InferenceLayout(1, 16)
+    assert inference_layout(None, None, "cuda", cores=16) == InferenceLayout(2, 8)
     assert inference_layout(1, None, "cpu", cores=2) == InferenceLayout(1, 2)
     assert inference_layout(3, 2, "cpu", cores=2) == InferenceLayout(3, 2)
 

@@ -64,3 +64,23 @@ def test_beat_schedule_interval_and_cron() -> None:
     cron = beat_schedule(Settings(retrain_cron="0 3 * * *"))["retrain"]["schedule"]
     assert "3" in str(cron)
     assert "reconcile" in beat_schedule(Settings())
+
+
+def test_gpu_sizes_apply_only_where_the_user_set_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from contract.sizing import CUDA_DEFAULT, sized_for_cuda
+
+    for name in ("BATCH_SIZE", "FILES_PER_MESSAGE", "MODEL"):
+        monkeypatch.delenv(f"INBOX_CLASSIFIER_{name}", raising=False)
+    plain = sized_for_cuda(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert (plain.batch_size, plain.files_per_message) == (256, 64)
+    big = sized_for_cuda(Settings(_env_file=None, model="resnet50"))  # type: ignore[call-arg]
+    assert (big.batch_size, big.files_per_message) == (128, 32)
+    other = sized_for_cuda(Settings(_env_file=None, model="vit_b_16"))  # type: ignore[call-arg]
+    assert (other.batch_size, other.files_per_message) == CUDA_DEFAULT
+    monkeypatch.setenv("INBOX_CLASSIFIER_BATCH_SIZE", "24")
+    chosen = sized_for_cuda(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert (chosen.batch_size, chosen.files_per_message) == (24, 64)
+    flag = sized_for_cuda(Settings(_env_file=None).model_copy(update={"files_per_message": 8}))  # type: ignore[call-arg]
+    assert flag.files_per_message == 8
+    # A GPU worker holds enough messages for its larger batches.
+    assert worker_concurrency(plain) * plain.files_per_message >= 2 * plain.batch_size

@@ -4,8 +4,9 @@
 - the scanner: a full rescan at start and every ``rescan_interval_s`` (files dropped while the
   watcher was down, events lost to an inotify overflow); files the ledger already has with the
   same size and mtime are skipped without hashing;
-- the processor: feeds the stability tracker, hashes complete files, records each burst of
-  them in one transaction;
+- the processor: feeds the stability tracker, hashes complete files (on ``HASH_THREADS``
+  threads: hashlib and file reads release the GIL), records each burst of them in one
+  transaction;
 - the publisher: sends recorded items to Redis, several per message, then marks them enqueued.
 
 The caller's thread starts them, restarts the observer should it die, and stops them all.
@@ -22,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 from watchdog.observers.api import BaseObserver
@@ -42,7 +44,7 @@ from watcher.stability import StabilityTracker
 
 log = logging.getLogger(__name__)
 
-BURST = 512  # most files hashed and recorded in one transaction
+BURST = 2048  # most files hashed and recorded in one transaction
 KNOWN_CHUNK = 2000  # paths per known_paths lookup during a rescan
 HEALTH_CHECK_S = 1.0  # how often the observer's threads are checked
 JOIN_TIMEOUT_S = 30.0
@@ -70,6 +72,7 @@ class Watcher:
         self.publisher = Publisher(self._app, self._sessions, settings.files_per_message)
         self._unrecorded: list[SeenFile] = []  # hashed, but the ledger was unavailable
         self._db_backoff = Backoff()
+        self._hashers = ThreadPoolExecutor(settings.hash_threads, thread_name_prefix="hash")
         self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
         self._rescan_now = threading.Event()
         self._observer: BaseObserver | None = None
@@ -126,6 +129,7 @@ class Watcher:
             thread.join(JOIN_TIMEOUT_S)
             if thread.is_alive():
                 log.error("%s did not stop within %.0fs", thread.name, JOIN_TIMEOUT_S)
+        self._hashers.shutdown(wait=True)
         self._app.close()
         self._engine.dispose()
         log.info(
@@ -330,16 +334,15 @@ class Watcher:
         except Exception as exc:  # only an optimisation: recording will retry the DB
             log.warning("ledger lookup failed (%s: %s); hashing all", type(exc).__name__, exc)
             known = {}
+        todo = [path for path, signature in signatures.items() if known.get(path) != signature]
         seen: list[SeenFile] = []
-        for path, signature in signatures.items():
-            if known.get(path) == signature:
-                continue
-            try:
-                seen.append(hash_file(path))
-            except ChangedWhileReading:
+        for path, hashed in zip(todo, self._hashers.map(_try_hash, todo), strict=True):
+            if isinstance(hashed, SeenFile):
+                seen.append(hashed)
+            elif isinstance(hashed, ChangedWhileReading):
                 self.tracker.written(path)  # still being written: track it again
-            except NotHashable as exc:
-                log.info("skipping %s: %s", path, exc)
+            else:
+                log.info("skipping %s: %s", path, hashed)
         return seen
 
     def _record(self) -> None:
@@ -370,6 +373,13 @@ class Watcher:
             queued,
             (time.perf_counter() - started) * 1000,
         )
+
+
+def _try_hash(path: str) -> SeenFile | NotHashable:
+    try:
+        return hash_file(path)
+    except NotHashable as exc:
+        return exc
 
 
 def run_watcher(

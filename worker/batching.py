@@ -5,7 +5,9 @@ waits. Files from all in-flight messages are pooled into batches of up to ``batc
 batch that finds the model idle runs at once with what is there; one that finds files already
 queued (the system is busy) waits up to ``batch_wait_ms`` to fill (``worker.pending``).
 Decoding runs on its own threads as soon as a file is submitted, so it overlaps inference of
-the previous batch.
+the previous batch. Where batched device decode is on (``GPU_DECODE``, :mod:`worker.batch_decode`)
+those threads only read, verify and probe each file; its JPEGs are decoded on the device as the
+batch is taken, on the stream's own CUDA stream, while the other stream runs its batch.
 Each batch is written in one transaction, on a writer thread, while the next batch runs through
 the model; a message's task returns (and its message is acked) only after every one of its
 files is committed.
@@ -18,6 +20,7 @@ SQLite syncs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,6 +29,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +44,7 @@ from contract.settings import Settings
 from db.engine import transaction
 from db.errors import is_transient
 from db.ledger import SavedBatch, save_batch
+from worker.batch_decode import Encoded, decode_batch, probe, stack_on
 from worker.classifier import Classifier, CompileState, compile_blocker
 from worker.layout import inference_layout
 from worker.memory import release_free_memory
@@ -78,7 +83,8 @@ class _Pending:
     item: WorkItem
     job: _Job
     prep: Preprocessing
-    decoded: Future[np.ndarray]
+    # Decoded by Pillow, or (batched device decode) the bytes the device will decode.
+    decoded: Future[np.ndarray | Encoded]
 
 
 @dataclass
@@ -103,6 +109,7 @@ class BatchStats:
     started_wall: float = 0.0
     decode_wait_s: float = 0.0  # the model waiting for decoders
     infer_s: float = 0.0
+    device_decode_s: float = 0.0  # batched JPEG decode on the device, inference thread
     write_wait_s: float = 0.0  # the model waiting for the writer (back-pressure)
     write_s: float = 0.0  # on the writer thread
     # CPU seconds (thread CPU clocks): where the process's CPU went besides the model.
@@ -136,12 +143,20 @@ class BatchStats:
             f"{time.strftime('%H:%M:%S', time.localtime(self.started_wall))}"
             f".{int(self.started_wall * 1000) % 1000:03d} "
             f"({self.images / wall if wall > 0 else 0:.1f} img/s): inference {self.infer_s:.2f}s, "
+            f"device decode {self.device_decode_s:.2f}s, "
             f"waiting for decode {self.decode_wait_s:.2f}s, for the writer "
             f"{self.write_wait_s:.2f}s; writing {self.write_s:.2f}s. CPU {cpu:.2f}s: read+verify "
             f"{self.read_cpu_s:.2f}, decode {self.decode_cpu_s:.2f}, inference threads "
             f"{self.infer_cpu_s:.2f}, write {self.write_cpu_s:.2f}, the rest (Celery, torch's "
             f"helper threads) {rest:.2f}"
         )
+
+
+def device_decode_wanted(mode: str, device: str) -> bool:
+    """Whether ``GPU_DECODE`` (``mode``) asks for batched device decode on ``device``."""
+    if mode == "auto":
+        return pick_device(device).type == "cuda"
+    return mode == "on"
 
 
 def read_verified(item: WorkItem) -> bytes:
@@ -197,6 +212,7 @@ class BatchEngine:
             settings.torch_threads,
             pick_device(settings.device).type,
         )
+        self.device_decode = device_decode_wanted(settings.gpu_decode, settings.device)
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self._writer.start()
         self._streams = [
@@ -225,14 +241,17 @@ class BatchEngine:
         )
         return job.future
 
-    def _decode(self, item: WorkItem, prep: Preprocessing) -> np.ndarray:
+    def _decode(self, item: WorkItem, prep: Preprocessing) -> np.ndarray | Encoded:
         stats = self._stats
         started, t0 = time.monotonic(), time.thread_time()
         t1: float | None = None
         try:
             data = read_verified(item)
             t1 = time.thread_time()
-            return load_for_model(data, prep, self._settings.max_image_pixels)
+            limit = self._settings.max_image_pixels
+            if self.device_decode and (encoded := probe(data, limit)) is not None:
+                return encoded
+            return load_for_model(data, prep, limit)
         finally:
             if t1 is not None:
                 stats.add_cpu(read=t1 - t0, decode=time.thread_time() - t1)
@@ -241,8 +260,19 @@ class BatchEngine:
     # --- the inference thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        # Per thread: each stream runs its batches on its own share of the cores.
+        # Per thread: each stream runs its batches on its own share of the cores, and on a GPU
+        # its own CUDA stream, so one stream's decode and copies overlap the other's model.
         torch.set_num_threads(self.layout.threads_per_stream)
+        device = pick_device(self._settings.device)
+        context: Any = (
+            torch.cuda.stream(torch.cuda.Stream(device))
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with context:
+            self._serve()
+
+    def _serve(self) -> None:
         while not self._stop.is_set() or len(self._queue):
             try:
                 batch = self._collect()
@@ -313,34 +343,31 @@ class BatchEngine:
         metrics.batch_size.observe(len(batch))
         metrics.model_version.set(classifier.version_id)
         prep = classifier.loaded.preprocessing
-        arrays: list[np.ndarray] = []
+        decoded: list[np.ndarray | Encoded] = []
         good: list[_Pending] = []
         failed: list[Failed] = []
         waited = time.monotonic()
         for pending in batch:
             try:
-                array = pending.decoded.result()
-                if pending.prep != prep:  # the model changed under this file
-                    array = self._decode(pending.item, prep)
-            except Unusable as exc:
-                failed.append(Failed(pending.item.sha256, exc.reason, exc.kind))
-                continue
+                result = pending.decoded.result()
+                if pending.prep != prep and not isinstance(result, Encoded):
+                    result = self._decode(pending.item, prep)  # the model changed under it
             except Exception as exc:
-                log.exception("unexpected error decoding %s", pending.item.path)
-                failed.append(
-                    Failed(
-                        pending.item.sha256,
-                        f"decode error: {type(exc).__name__}: {exc}",
-                        FailureKind.DECODE_ERROR,
-                    )
-                )
+                failed.append(self._decode_failure(pending, exc))
                 continue
-            arrays.append(array)
+            decoded.append(result)
             good.append(pending)
+        on_device = time.monotonic()
+        images: np.ndarray | torch.Tensor | None = None
+        if any(isinstance(d, Encoded) for d in decoded):
+            images, good, device_failed = self._on_device(decoded, good, classifier)
+            failed += device_failed
+        elif decoded:
+            images = np.stack(decoded)  # type: ignore[arg-type]  # all arrays here
         inferred, infer_cpu = time.monotonic(), time.thread_time()
         classified: list[Classified] = []
-        if arrays:
-            scored = classifier.score(np.stack(arrays), self._settings.topk)
+        if images is not None:
+            scored = classifier.score(images, self._settings.topk)
             classified = [
                 Classified(
                     p.item.sha256,
@@ -354,16 +381,17 @@ class BatchEngine:
             ]
         queued = time.monotonic()
         stats.add_cpu(infer=time.thread_time() - infer_cpu)
-        if arrays:
+        if images is not None:
             metrics.inference_seconds.observe(queued - inferred)
         self._writes.put(_Write(batch, classifier.version_id, classified, failed, taken_at))
         with self._lock:
-            stats.decode_wait_s += inferred - waited
+            stats.decode_wait_s += on_device - waited
+            stats.device_decode_s += inferred - on_device
             stats.infer_s += queued - inferred
             stats.write_wait_s += time.monotonic() - queued
             stats.batches += 1
             stats.images += len(batch)
-            classifier.served += len(arrays)
+            classifier.served += len(good)
             compile_now = classifier.compile_state is CompileState.EAGER and (
                 classifier.served >= COMPILE_AFTER_IMAGES
                 # Where it will never compile, say so (once) from the first batch on.
@@ -376,6 +404,48 @@ class BatchEngine:
             classifier.compile_async(
                 [self._settings.batch_size, 1], mode=self._settings.torch_compile
             )
+
+    @staticmethod
+    def _decode_failure(pending: _Pending, exc: Exception) -> Failed:
+        if isinstance(exc, Unusable):
+            return Failed(pending.item.sha256, exc.reason, exc.kind)
+        log.exception("unexpected error decoding %s", pending.item.path, exc_info=exc)
+        return Failed(
+            pending.item.sha256,
+            f"decode error: {type(exc).__name__}: {exc}",
+            FailureKind.DECODE_ERROR,
+        )
+
+    def _on_device(
+        self, decoded: list[np.ndarray | Encoded], good: list[_Pending], classifier: Classifier
+    ) -> tuple[torch.Tensor | None, list[_Pending], list[Failed]]:
+        """The batch as one uint8 NHWC tensor on the classifier's device: its JPEGs decoded
+        there in one call, and the files the device refused decoded by Pillow here, each
+        failing alone, with Pillow's reason, if Pillow cannot either."""
+        device, prep = classifier.device, classifier.loaded.preprocessing
+        jpegs = [i for i, d in enumerate(decoded) if isinstance(d, Encoded)]
+        try:
+            from_device = decode_batch([decoded[i] for i in jpegs], prep, device)  # type: ignore[misc]
+        except Exception:  # the device decoder itself is broken: Pillow from now on
+            log.exception("batched decode on %s failed; decoding with Pillow from now on", device)
+            self.device_decode = False
+            from_device = [None] * len(jpegs)
+        device_rows = dict(zip(jpegs, from_device, strict=True))
+        rows: list[torch.Tensor | np.ndarray] = []
+        kept: list[_Pending] = []
+        failed: list[Failed] = []
+        for i, (pending, item) in enumerate(zip(good, decoded, strict=True)):
+            row = device_rows[i] if isinstance(item, Encoded) else item
+            if row is None:
+                assert isinstance(item, Encoded)
+                try:
+                    row = load_for_model(item.data, prep, self._settings.max_image_pixels)
+                except Exception as exc:
+                    failed.append(self._decode_failure(pending, exc))
+                    continue
+            rows.append(row)
+            kept.append(pending)
+        return (stack_on(device, rows) if rows else None), kept, failed
 
     @staticmethod
     def _retire(old: Classifier) -> None:

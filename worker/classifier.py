@@ -207,21 +207,34 @@ class Classifier:
             self.runner = None
             return None
 
-    def predict(self, batch: np.ndarray, topk: int) -> list[list[LabelScore]]:
+    def predict(self, batch: np.ndarray | torch.Tensor, topk: int) -> list[list[LabelScore]]:
         """Top-k ``{label, confidence}`` per image, best first (calibrated)."""
         return [scored.topk for scored in self.score(batch, topk)]
 
-    def score(self, batch: np.ndarray, topk: int) -> list[Scored]:
+    def score(self, batch: np.ndarray | torch.Tensor, topk: int) -> list[Scored]:
         """Per image: the top-k ``{label, confidence}`` (calibrated: the logits are divided by
-        the version's temperature), best first, and what the calibration says of it."""
+        the version's temperature), best first, and what the calibration says of it.
+        ``batch``: uint8 NHWC, a host array or a tensor on any device (batched decode)."""
         calibration = self.loaded.calibration
         sampler, runner = self.sampler, self.runner
-        if sampler is not None:
-            sampler.offer(batch)
+        host = (
+            batch.numpy()
+            if isinstance(batch, torch.Tensor) and batch.device.type == "cpu"
+            else batch
+        )
+        if sampler is not None and isinstance(host, np.ndarray):
+            sampler.offer(host)
         with torch.inference_mode():
-            logits = self._runner_logits(runner, batch) if runner is not None else None
+            logits = None
+            if runner is not None:
+                # A runner computes on the host: a device batch comes back for it (a CPU
+                # runner on a GPU worker is not a layout auto picks).
+                array = host if isinstance(host, np.ndarray) else host.cpu().numpy()
+                logits = self._runner_logits(runner, array)
             if logits is None:
-                logits = self.logits(torch.from_numpy(batch))
+                logits = self.logits(
+                    torch.from_numpy(host) if isinstance(host, np.ndarray) else host
+                )
             if calibration.temperature != 1.0:
                 logits = logits / calibration.temperature
             probs = logits.softmax(dim=1)
@@ -232,7 +245,7 @@ class Classifier:
                 if calibration.set_threshold is not None
                 else None
             )
-        conf_list, idx_list = conf.cpu().tolist(), idx.cpu().tolist()
+        conf_list, idx_list = (t.tolist() for t in _to_host(conf, idx))
         out = []
         for n, (cs, ix) in enumerate(zip(conf_list, idx_list, strict=True)):
             top = [
@@ -248,6 +261,16 @@ class Classifier:
                 )
             )
         return out
+
+
+def _to_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Copy results back; from a GPU asynchronously on this thread's stream, then wait for that
+    stream only (not the device, which the other inference stream keeps busy)."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [t.cpu() for t in tensors]
+    copies = [t.to("cpu", non_blocking=True) for t in tensors]
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return copies
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,9 @@ the worker holds to keep them fed.
 On a CPU, independent streams beat one batch on many threads: intra-op parallelism syncs the
 threads at every layer, so a second thread adds far less than a second stream (figures in the
 README, "Batching and inference streams"). So ``auto`` runs one stream per core, up to
-:data:`MAX_AUTO_STREAMS`; beyond that the cores are shared out as threads. A GPU runs one
-stream: its kernels queue on one device anyway.
+:data:`MAX_AUTO_STREAMS`; beyond that the cores are shared out as threads. A GPU runs
+:data:`GPU_STREAMS`, each on its own CUDA stream: while one runs its batch through the model,
+the other decodes and copies the next (``worker.batching``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from contract.settings import Settings
 
 MAX_AUTO_STREAMS = 4
+GPU_STREAMS = 2
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ def usable_cores() -> int:
 
 
 def auto_streams(device_type: str, cores: int) -> int:
-    return min(cores, MAX_AUTO_STREAMS) if device_type == "cpu" else 1
+    return min(cores, MAX_AUTO_STREAMS) if device_type == "cpu" else GPU_STREAMS
 
 
 def inference_layout(
