@@ -46,6 +46,9 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     by_hash: dict[str, SeenFile] = {}
     for seen in files:
         by_hash.setdefault(seen.sha256, seen)
+    # One statement with a list of parameter sets (executemany): it is compiled once and
+    # cached, where a multi-row VALUES of each burst's length was compiled again every time.
+    new_images = _insert(session, Image).on_conflict_do_nothing(index_elements=["sha256"])
     for seen_part in chunked(list(by_hash.values()), CHUNK):
         rows = [
             {
@@ -58,8 +61,7 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
             }
             for f in seen_part
         ]
-        stmt = _insert(session, Image).values(rows)
-        session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
+        session.execute(new_images, rows)
 
     ids: dict[str, tuple[int, str, datetime | None]] = {}
     revive: list[int] = []
@@ -98,18 +100,18 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
         }
         for f in {f.path: f for f in files}.values()
     ]
+    paths = _insert(session, ImagePath)
+    paths = paths.on_conflict_do_update(
+        index_elements=["path"],
+        set_={
+            "image_id": paths.excluded.image_id,
+            "size": paths.excluded.size,
+            "mtime_ns": paths.excluded.mtime_ns,
+            "last_seen_at": paths.excluded.last_seen_at,
+        },
+    )
     for row_part in chunked(path_rows, CHUNK):
-        stmt = _insert(session, ImagePath).values(list(row_part))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["path"],
-            set_={
-                "image_id": stmt.excluded.image_id,
-                "size": stmt.excluded.size,
-                "mtime_ns": stmt.excluded.mtime_ns,
-                "last_seen_at": stmt.excluded.last_seen_at,
-            },
-        )
-        session.execute(stmt)
+        session.execute(paths, list(row_part))
 
     return [
         WorkItem(path=f.path, sha256=sha)

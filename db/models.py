@@ -44,6 +44,7 @@ class RunStatus(StrEnum):
     REJECTED = "rejected"
     SKIPPED = "skipped"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by request (retrain --cancel), before anything was promoted
 
 
 class Base(DeclarativeBase):
@@ -204,3 +205,5 @@ class TrainingRun(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Asked to stop (retrain --cancel); the run's worker ends it as cancelled.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

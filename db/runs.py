@@ -1,11 +1,12 @@
 """The training-run state machine in the ledger.
 
 A ``training_runs`` row goes ``running`` -> ``promoted`` / ``rejected`` / ``skipped`` /
-``failed``. A row created by a request that waits for a worker (the CLI's or the web app's
-``retrain``) is ``running`` with progress phase ``queued`` until a worker claims it. A running
-run stamps ``progress.heartbeat`` while it lives; a row whose heartbeat went silent belongs to
-a process that died, and the next run to take the lock marks it failed (:func:`reap_stale`).
-Each function runs inside the caller's transaction.
+``failed`` / ``cancelled`` (:func:`request_cancel`). A row created by a request that waits for
+a worker (the CLI's or the web app's ``retrain``) is ``running`` with progress phase
+``queued`` until a worker claims it. A running run stamps ``progress.heartbeat`` while it
+lives; a row whose heartbeat went silent belongs to a process that died, and the next run to
+take the lock marks it failed (:func:`reap_stale`). Each function runs inside the caller's
+transaction.
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ class RunView:
     model_version_id: int | None
     started_at: str | None
     finished_at: str | None
+    cancel_requested: bool = False
 
     @classmethod
     def of(cls, run: TrainingRun) -> RunView:
@@ -198,6 +200,7 @@ class RunView:
             run.model_version_id,
             iso(run.started_at),
             iso(run.finished_at),
+            run.cancel_requested_at is not None,
         )
 
 
@@ -223,3 +226,36 @@ def last_started_at(session: Session) -> datetime | None:
         select(TrainingRun.started_at).order_by(TrainingRun.id.desc()).limit(1)
     ).first()
     return as_utc(moment) if moment is not None else None
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    status: str  # the run's status after the request
+    message: str
+
+
+def request_cancel(session: Session, run_id: int) -> CancelOutcome | None:
+    """Ask run ``run_id`` to stop. A run still waiting for a worker is cancelled at once (a
+    worker that later takes its message finds it finished); a running one is flagged, and its
+    worker ends it at its next heartbeat or epoch. None: no such run."""
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        return None
+    if run.status != RunStatus.RUNNING:
+        return CancelOutcome(run.status, f"run {run_id} already ended: {run.status}")
+    if _is_queued(run):
+        run.status = RunStatus.CANCELLED.value
+        run.message = "cancelled before a training worker took it"
+        run.finished_at = utcnow()
+        run.progress = {**(run.progress or {}), "phase": RunStatus.CANCELLED.value}
+        return CancelOutcome(run.status, run.message)
+    if run.cancel_requested_at is None:
+        run.cancel_requested_at = utcnow()
+    return CancelOutcome(run.status, f"run {run_id} was asked to stop")
+
+
+def cancel_requested(session: Session, run_id: int) -> bool:
+    moment = session.scalars(
+        select(TrainingRun.cancel_requested_at).where(TrainingRun.id == run_id)
+    ).first()
+    return moment is not None

@@ -9,7 +9,8 @@ from inbox_classifier import __version__
 from inbox_classifier.cli_db import db
 from inbox_classifier.cli_pipeline import beat, serve, up, watch, worker
 from inbox_classifier.cli_query import results, status
-from inbox_classifier.cli_training import label, models, reclassify, retrain
+from inbox_classifier.cli_retrain import retrain
+from inbox_classifier.cli_training import label, models, reclassify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,6 +24,17 @@ def main() -> None:
 
 
 for command in (
-    up, watch, worker, beat, serve, db, results, status, label, retrain, models, reclassify
+    up,
+    watch,
+    worker,
+    beat,
+    serve,
+    db,
+    results,
+    status,
+    label,
+    retrain,
+    models,
+    reclassify,
 ):
     main.add_command(command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -15,11 +15,15 @@ import click
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.locate import BrokerNotFound, with_broker
+from contract import running
 from contract.clock import parse_since
 from contract.settings import Settings
 from db.engine import has_schema, make_engine, make_sessionmaker
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: What `status` and `models` say before any model is registered: one wording for both.
+NO_MODEL_YET = "none yet: a classify worker registers the base model when it starts"
 
 # (flag, Settings field, click type, help). Unset flags leave env/.env/defaults in force.
 _OVERRIDES: list[tuple[str, str, Any, str]] = [
@@ -36,29 +40,82 @@ _OVERRIDES: list[tuple[str, str, Any, str]] = [
 ]
 
 
-def settings_options(func: F) -> F:
-    """Add the Settings override flags to a command and pass it ``settings: Settings``."""
+# Which overrides a command offers: only those it uses.
+WHERE = ("data_dir", "database_url")
+BROKER = ("redis_url",)
+INBOX = ("inbox",)
+LABELED = ("labeled_dir",)
+MODEL = ("model", "weights", "device")
+BATCHING = ("batch_size", "batch_wait_ms")
+EVERYTHING = tuple(field for _, field, _, _ in _OVERRIDES)
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        overrides = {}
-        for _, field, _, _ in _OVERRIDES:
-            value = kwargs.pop(field, None)
-            if value is not None:
-                overrides[field] = value
-        verbose = kwargs.pop("verbose", False)
-        configure_logging(verbose)
-        try:
-            settings = Settings(**overrides)
-        except Exception as exc:  # pydantic's ValidationError, with field names
-            raise click.UsageError(f"invalid settings: {exc}") from exc
-        return func(*args, settings=settings, **kwargs)
 
-    decorated: Any = wrapper
-    decorated = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(decorated)
-    for flag, field, kind, help_text in reversed(_OVERRIDES):
-        decorated = click.option(flag, field, type=kind, default=None, help=help_text)(decorated)
-    return cast(F, decorated)
+def settings_options(
+    func: F | None = None, *, only: Sequence[str] = EVERYTHING, role: bool = False
+) -> Any:
+    """Add the Settings override flags named in ``only`` to a command and pass it
+    ``settings: Settings``. A command that is not a ``role`` (a client of the running system,
+    e.g. ``status``) adopts the running system's model, weights, device and labeled dir where
+    it did not choose them, and warns where it chose them otherwise (:mod:`contract.running`).
+    Usable bare (``@settings_options``: every flag) or called."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            overrides = {}
+            for field in only:
+                value = kwargs.pop(field, None)
+                if value is not None:
+                    overrides[field] = value
+            verbose = kwargs.pop("verbose", False)
+            configure_logging(verbose)
+            try:
+                settings = Settings(**overrides)
+            except Exception as exc:  # pydantic's ValidationError, with field names
+                raise click.UsageError(f"invalid settings: {exc}") from exc
+            if not role:
+                settings = agree_with_running(settings)
+            return command(*args, settings=settings, **kwargs)
+
+        decorated: Any = wrapper
+        decorated = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(decorated)
+        for flag, field, kind, help_text in reversed(_OVERRIDES):
+            if field in only:
+                option = click.option(flag, field, type=kind, default=None, help=help_text)
+                decorated = option(decorated)
+        return cast(F, decorated)
+
+    return decorate(func) if func is not None else decorate
+
+
+def agree_with_running(settings: Settings) -> Settings:
+    """``settings`` as the running system in its data dir has them (where this command did not
+    choose otherwise), with a warning on stderr for each value it did choose otherwise."""
+    records = running.running(settings)
+    if not records:
+        return settings
+    settings = running.adopt(settings, records)
+    found = running.differences(settings, records)
+    if found:
+        click.secho(
+            f"warning: this command's settings differ from the running system's in "
+            f"{settings.data_dir}:",
+            fg="yellow",
+            err=True,
+        )
+        for item in found:
+            click.secho(
+                f"  {item.name}: {item.ours} here, {item.theirs} in {item.role} (pid {item.pid})",
+                fg="yellow",
+                err=True,
+            )
+        click.secho(
+            "  this command uses its own; drop the flag or variable (or set the same value) "
+            "to act on what is running",
+            fg="yellow",
+            err=True,
+        )
+    return settings
 
 
 # Every process logs in this format; `up` reads its children's records back by it

@@ -6,7 +6,7 @@ import click
 
 from contract.settings import Settings
 from db import migrate
-from inbox_classifier.cli_common import settings_options
+from inbox_classifier.cli_common import WHERE, settings_options
 
 
 @click.group()
@@ -15,7 +15,7 @@ def db() -> None:
 
 
 @db.command()
-@settings_options
+@settings_options(only=WHERE, role=True)
 @click.option("--revision", default="head", show_default=True)
 def upgrade(settings: Settings, revision: str) -> None:
     """Create or upgrade the schema (`up` does this automatically)."""
@@ -24,7 +24,7 @@ def upgrade(settings: Settings, revision: str) -> None:
 
 
 @db.command()
-@settings_options
+@settings_options(only=WHERE, role=True)
 def current(settings: Settings) -> None:
     """Print the schema revision."""
     click.echo(migrate.current(settings.db_url) or "empty (run `inbox-classifier db upgrade`)")

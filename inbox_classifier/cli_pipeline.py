@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -9,13 +10,31 @@ import threading
 
 import click
 
+from contract import running
 from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
 from contract.settings import Settings
-from inbox_classifier.cli_common import require_broker, settings_options
+from inbox_classifier.cli_common import (
+    BATCHING,
+    BROKER,
+    INBOX,
+    LABELED,
+    MODEL,
+    WHERE,
+    require_broker,
+    settings_options,
+)
+
+UP_EXAMPLES = """\b
+Examples:
+  inbox-classifier up                          everything, on embedded defaults
+  inbox-classifier up --weights none           no download: random weights (to try it out)
+  inbox-classifier up --inbox ~/Pictures/drop  watch another folder
+Then, in a second terminal in the same folder: `inbox-classifier status`.
+"""
 
 
-@click.command()
-@settings_options
+@click.command(epilog=UP_EXAMPLES)
+@settings_options(role=True)
 @click.option(
     "--workers", type=int, default=None, help="Classify workers (default: one per GPU, or 1)."
 )
@@ -38,7 +57,7 @@ def up(
 
 
 @click.command()
-@settings_options
+@settings_options(only=(*WHERE, *INBOX, *BROKER), role=True)
 def watch(settings: Settings) -> None:
     """Watch the inbox: record completed files and enqueue them."""
     from db import migrate
@@ -48,11 +67,12 @@ def watch(settings: Settings) -> None:
     migrate.upgrade(settings.db_url)
     stop = threading.Event()
     _stop_on_signals(stop)
-    run_watcher(settings, stop)
+    with running.recorded(settings, "watcher"):
+        run_watcher(settings, stop)
 
 
 @click.command()
-@settings_options
+@settings_options(only=(*WHERE, *BROKER, *LABELED, *MODEL, *BATCHING), role=True)
 @click.option(
     "--queues",
     default=CLASSIFY_QUEUE,
@@ -82,6 +102,7 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
     if CLASSIFY_QUEUE in wanted:
         try:
             modelzoo.ensure_weights(settings.model, settings.weights)
+            _register_base_model(settings)
         except modelzoo.ModelError as exc:
             raise click.ClickException(str(exc)) from exc
     if settings.device != "cpu" and visible_gpus():
@@ -90,23 +111,38 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
         concurrency = worker_concurrency(settings) if CLASSIFY_QUEUE in wanted else 1
     app = create_worker_app(settings)
     node = name or f"{'+'.join(sorted(wanted))}.{os.getpid()}@{socket.gethostname()}"
-    app.worker_main(
-        [
-            "worker",
-            "--pool=threads",  # one process owns the model; threads feed its batches
-            f"--concurrency={concurrency}",
-            f"--queues={','.join(sorted(wanted))}",
-            f"--hostname={node}",
-            "--prefetch-multiplier=1",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel=INFO",
-        ]
-    )
+    with running.recorded(settings, "worker-" + "+".join(sorted(wanted))):
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",  # one process owns the model; threads feed its batches
+                f"--concurrency={concurrency}",
+                f"--queues={','.join(sorted(wanted))}",
+                f"--hostname={node}",
+                "--prefetch-multiplier=1",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=INFO",
+            ]
+        )
+
+
+def _register_base_model(settings: Settings) -> None:
+    """The base model in the ledger as this classify worker starts (its weights are loaded on
+    the first batch, in the process that runs it)."""
+    from db.engine import make_engine, make_sessionmaker
+    from worker.model_holder import register_base_model
+
+    engine = make_engine(settings.db_url)
+    try:
+        active = register_base_model(settings, make_sessionmaker(engine))
+    finally:
+        engine.dispose()
+    logging.getLogger(__name__).info("active model: %s (version %d)", active.name, active.id)
 
 
 @click.command()
-@settings_options
+@settings_options(only=(*WHERE, *BROKER, *INBOX, *LABELED), role=True)
 @click.option("--host", default=None, help="Address to bind (default: WEB_HOST, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: WEB_PORT.")
 def serve(settings: Settings, host: str | None, port: int | None) -> None:
@@ -115,11 +151,13 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
     Off loopback it needs INBOX_CLASSIFIER_WEB_TOKEN; every request must then carry it."""
     from web.server import serve as run_server
 
-    raise SystemExit(run_server(settings, host, port))
+    with running.recorded(settings, "web"):
+        code = run_server(settings, host, port)
+    raise SystemExit(code)
 
 
 @click.command()
-@settings_options
+@settings_options(only=(*WHERE, *BROKER), role=True)
 def beat(settings: Settings) -> None:
     """Run the scheduler: retraining on its schedule, and the stuck-row reconciler."""
     from broker.app import make_celery
@@ -127,13 +165,14 @@ def beat(settings: Settings) -> None:
     settings = require_broker(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = make_celery(settings)
-    app.start(
-        [
-            "beat",
-            f"--schedule={settings.data_dir / 'celerybeat-schedule'}",
-            "--loglevel=INFO",
-        ]
-    )
+    with running.recorded(settings, "beat"):
+        app.start(
+            [
+                "beat",
+                f"--schedule={settings.data_dir / 'celerybeat-schedule'}",
+                "--loglevel=INFO",
+            ]
+        )
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

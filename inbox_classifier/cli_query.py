@@ -17,13 +17,20 @@ from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.models import ImageStatus
 from db.queries import ResultFilter, ResultRow, ledger_status, result_rows
-from inbox_classifier.cli_common import Since, settings_options
+from inbox_classifier.cli_common import BROKER, NO_MODEL_YET, WHERE, Since, settings_options
 
 RESULT_FIELDS = list(ResultRow.__slots__)
 
 
-@click.command()
-@settings_options
+@click.command(
+    epilog="""\b
+Examples:
+  inbox-classifier results --label tabby --min-confidence 0.9
+  inbox-classifier results --status failed
+  inbox-classifier results --needs-review --since 2h --format csv > review.csv
+"""
+)
+@settings_options(only=WHERE)
 @click.option("--label", help="Only this top label.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1))
 @click.option("--max-confidence", type=click.FloatRange(0, 1))
@@ -109,8 +116,14 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
         click.echo(f"{len(rows)} row(s)")
 
 
-@click.command()
-@settings_options
+@click.command(
+    epilog="""\b
+Examples:
+  inbox-classifier status
+  inbox-classifier status --json | jq .images
+"""
+)
+@settings_options(only=(*WHERE, *BROKER))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--window",
@@ -152,7 +165,7 @@ def status(settings: Settings, as_json: bool, window: int) -> None:
         + (
             f"{active['name']} (version {active['id']}, {active['classes']} classes)"
             if active
-            else "none yet"
+            else NO_MODEL_YET
         )
     )
     if active:

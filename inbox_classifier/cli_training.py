@@ -1,5 +1,6 @@
-"""CLI for the learning loop: ``retrain``, ``models`` (list / promote / rollback) and
-``reclassify``. Registered on the main ``inbox-classifier`` group by inbox_classifier.cli.
+"""CLI for the learning loop: ``models`` (list / promote / rollback), ``reclassify`` and
+``label`` (``retrain`` is in :mod:`inbox_classifier.cli_retrain`). Registered on the main
+``inbox-classifier`` group by inbox_classifier.cli.
 
 Importing this module imports no torch: training code loads only when a command needs it.
 """
@@ -14,139 +15,26 @@ from typing import Any
 
 import click
 
-from broker.app import NoBroker, make_celery
+from broker.app import make_celery
 from broker.send import send_classify
 from contract.calibration import Calibration
 from contract.clock import as_utc
-from contract.queues import TRAIN_QUEUE
-from contract.reports import ProgressEvent, TrainingReport
 from contract.serving import describe_serving
 from contract.settings import Settings
 from db import quality, versions
 from db.engine import transaction
 from db.ledger import mark_enqueued, requeue_done
-from db.models import ModelStatus, ModelVersion, RunStatus
+from db.models import ModelStatus, ModelVersion
 from db.queries import reclassify_items
-from inbox_classifier.cli_common import Since, ledger, settings_options
-
-# --- retrain -------------------------------------------------------------------------------------
-
-
-class _Printer:
-    """Turns training progress events into lines on the terminal."""
-
-    PHASES = {
-        "scanning": "scanning {labeled}",
-        "features": "computing backbone features ({feature_passes} pass(es), cached)",
-        "gate": "scoring {compared_with} on the same validation images",
-        "saving": "saving the model files",
-        "serving": "building its ONNX Runtime artifacts (fp32, int8 checked against fp32)",
-    }
-
-    def __init__(self) -> None:
-        self.phase = ""
-        self.warning = ""
-
-    def __call__(self, event: ProgressEvent) -> None:
-        kind = event.get("event")
-        warning = event.get("last_warning")
-        if warning and warning != self.warning:
-            self.warning = warning
-            click.secho(f"  warning: {warning}", fg="yellow", err=True)
-        if kind == "epoch":
-            click.echo(
-                f"  epoch {event['epoch']:>3}/{event['epochs']}  "
-                f"train loss {event['train_loss']:.4f} acc {event['train_acc']:.3f}  "
-                f"val loss {event['val_loss']:.4f} acc {event['val_acc']:.3f}  "
-                f"({event['seconds']:.1f}s)"
-            )
-            return
-        phase = str(event.get("phase", ""))
-        if kind != "phase" or phase == self.phase:
-            return
-        self.phase = phase
-        if phase == "preparing":
-            click.echo(
-                f"{len(event['classes'])} classes, {event['train_images']} training / "
-                f"{event['val_images']} validation images; mode {event['mode']}"
-            )
-        elif phase in self.PHASES:
-            try:
-                click.echo(self.PHASES[phase].format(**event))
-            except KeyError:
-                click.echo(phase)
-
-
-def _print_report(report: TrainingReport, settings: Settings) -> None:
-    version: dict[str, Any] = dict(report.get("version") or {})
-    click.echo(
-        f"\n{version.get('name', 'candidate')}: val accuracy {report['accuracy']:.3f} on "
-        f"{report['val_images']} images (best epoch {report['best_epoch']} of "
-        f"{report['epochs_run']}, {report['duration_s'].get('total', 0):.1f}s, "
-        f"{report['device']} {report['autocast']}; {report['started_from']})"
-    )
-    for name, acc in report["per_class_accuracy"].items():
-        counts = report["images_per_class"][name]
-        shown = "  -  " if acc is None else f"{acc:.3f}"
-        click.echo(f"  {name:<24} {shown}   ({counts['train']} train / {counts['val']} val)")
-    if report.get("skipped_corrupt"):
-        click.echo(f"  skipped {report['skipped_corrupt']} corrupt image(s)")
-    gate = report["gate"]
-    click.echo(f"gate: {gate['reason']}")
-    if "id" in version:
-        click.echo(
-            f"report: {settings.models_path / str(version['id'])}/"
-            "{report.json, curves.png, val_grid.png}"
-        )
-
-
-@click.command("retrain")
-@click.option("--wait", is_flag=True, help="Train here and now, printing progress per epoch.")
-@click.option("--force", is_flag=True, help="Train even if the labeled data is unchanged.")
-@click.option("--fresh", is_flag=True, help="Start from the base model, not the active one.")
-@settings_options
-def retrain(settings: Settings, wait: bool, force: bool, fresh: bool) -> None:
-    """Learn from the labeled folders; promote the result if the gate passes.
-
-    Without --wait, the request goes to the `train` queue and its run id is printed.
-    """
-    if not wait:
-        _send_retrain(settings, force, fresh)
-        return
-    from worker.training.run import run_training
-
-    with ledger(settings) as sessions:
-        click.echo(f"training {settings.model} from {settings.labeled_path}")
-        outcome = run_training(
-            settings,
-            sessions,
-            trigger="manual",
-            force=force,
-            fresh=fresh,
-            on_progress=_Printer(),
-        )
-    if outcome.report is not None:
-        _print_report(outcome.report, settings)
-    colour = {"promoted": "green", "rejected": "yellow", "failed": "red"}.get(outcome.status)
-    click.secho(f"run {outcome.run_id} {outcome.status}: {outcome.message}", fg=colour)
-    if outcome.status == RunStatus.FAILED:
-        raise SystemExit(1)
-
-
-def _send_retrain(settings: Settings, force: bool, fresh: bool) -> None:
-    from web.retrain import NotSent, request_retrain
-
-    try:
-        app = make_celery(settings)
-    except NoBroker as exc:
-        raise click.UsageError(f"{exc} (or use --wait to train in this process)") from exc
-    with ledger(settings) as sessions:
-        try:
-            run_id = request_retrain(sessions, app, force=force, fresh=fresh)
-        except NotSent as exc:
-            raise click.ClickException(str(exc)) from exc
-    click.echo(f"run {run_id} queued on the '{TRAIN_QUEUE}' queue")
-
+from inbox_classifier.cli_common import (
+    BROKER,
+    LABELED,
+    NO_MODEL_YET,
+    WHERE,
+    Since,
+    ledger,
+    settings_options,
+)
 
 # --- models ----------------------------------------------------------------------------------
 
@@ -249,7 +137,7 @@ def _list_versions(settings: Settings, long: bool) -> None:
             for v in rows
         ]
     if not table:
-        click.echo("no model versions yet (a worker registers the base model on start)")
+        click.echo(f"model versions: {NO_MODEL_YET}")
         return
     header = ("ID", "NAME", "CLASSES", "VAL ACC", "PER-CLASS ACC", "STATUS", "CREATED (UTC)")
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
@@ -272,9 +160,18 @@ long_option = click.option(
 )
 
 
-@click.group("models", invoke_without_command=True)
+@click.group(
+    "models",
+    invoke_without_command=True,
+    epilog="""\b
+Examples:
+  inbox-classifier models --long
+  inbox-classifier models promote 3
+  inbox-classifier models rollback
+""",
+)
 @long_option
-@settings_options
+@settings_options(only=WHERE)
 @click.pass_context
 def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
     """Model versions: list them (default), promote one, or roll back."""
@@ -285,7 +182,7 @@ def models(ctx: click.Context, settings: Settings, long_: bool) -> None:
 
 @models.command("list")
 @long_option
-@settings_options
+@settings_options(only=WHERE)
 @click.pass_context
 def list_models(ctx: click.Context, settings: Settings, long_: bool) -> None:
     """List model versions: id, name, classes, accuracy, status, created."""
@@ -330,7 +227,7 @@ def _switch(settings: Settings, version_id: int | None, verb: str) -> None:
 
 @models.command("promote")
 @click.argument("version_id", type=int)
-@settings_options
+@settings_options(only=WHERE)
 @click.pass_context
 def promote(ctx: click.Context, settings: Settings, version_id: int) -> None:
     """Make model version VERSION_ID the active one (even one the gate rejected)."""
@@ -338,7 +235,7 @@ def promote(ctx: click.Context, settings: Settings, version_id: int) -> None:
 
 
 @models.command("rollback")
-@settings_options
+@settings_options(only=WHERE)
 @click.pass_context
 def rollback(ctx: click.Context, settings: Settings) -> None:
     """Make the previously active model version active again."""
@@ -365,7 +262,7 @@ def rollback(ctx: click.Context, settings: Settings) -> None:
     help="Only images classified by a model version older than the active one.",
 )
 @click.option("--dry-run", is_flag=True, help="Count the matching images; change nothing.")
-@settings_options
+@settings_options(only=(*WHERE, *BROKER))
 def reclassify(
     settings: Settings,
     below_confidence: float | None,
@@ -413,12 +310,19 @@ def reclassify(
 # --- label -------------------------------------------------------------------------------------
 
 
-@click.command("label")
+@click.command(
+    "label",
+    epilog="""\b
+Examples:
+  inbox-classifier label inbox/2026/img_0042.jpg tabby
+  inbox-classifier label inbox/2026/img_0042.jpg --undo
+""",
+)
 @click.argument("image")
 @click.argument("class_name", metavar="CLASS", required=False)
 @click.option("--undo", is_flag=True, help="Remove IMAGE's human label instead.")
 @click.option("--reviewer", default=None, help="Who labeled it (kept in the label history).")
-@settings_options
+@settings_options(only=(*WHERE, *BROKER, *LABELED))
 def label(
     settings: Settings, image: str, class_name: str | None, undo: bool, reviewer: str | None
 ) -> None:

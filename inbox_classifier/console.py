@@ -34,8 +34,8 @@ _CELERY_RECORD = re.compile(
 )
 # The line that ends a worker's busy period (worker.batching.BatchStats.line()).
 _BUSY_PERIOD = re.compile(
-    r"^classified (?P<images>\d+) image\(s\) in \d+ batch\(es\) in (?P<seconds>\d+(?:\.\d+)?)s "
-    r"from \S+ \((?P<rate>\d+(?:\.\d+)?) img/s\)"
+    r"^classified (?P<images>\d+) image\(s\) \((?P<failed>\d+) failed\) in \d+ batch\(es\) "
+    r"in (?P<seconds>\d+(?:\.\d+)?)s from \S+ \((?P<rate>\d+(?:\.\d+)?) img/s\)"
 )
 
 
@@ -58,23 +58,52 @@ def parse_record(line: str) -> Record | None:
     return None
 
 
-def busy_period_line(child: str, message: str) -> str | None:
-    """A worker's end-of-busy-period message, shortened; None for any other message."""
+@dataclass(frozen=True)
+class BusyPeriod:
+    images: int
+    failed: int
+    seconds: float
+    rate: float
+
+    def line(self, child: str) -> str:
+        return (
+            f"{child}: classified {self.images} image{'' if self.images == 1 else 's'} in "
+            f"{self.seconds:.1f} s ({self.rate:.1f} img/s), {self.failed} failed"
+        )
+
+
+def busy_period(message: str) -> BusyPeriod | None:
+    """A worker's end-of-busy-period message, parsed; None for any other message."""
     match = _BUSY_PERIOD.match(message)
     if match is None:
         return None
-    images = int(match["images"])
-    return (
-        f"{child}: classified {images} image{'' if images == 1 else 's'} in "
-        f"{float(match['seconds']):.1f} s ({float(match['rate']):.1f} img/s)"
+    return BusyPeriod(
+        int(match["images"]), int(match["failed"]), float(match["seconds"]), float(match["rate"])
     )
 
 
-def render(child: str, record: Record) -> str | None:
+class Tally:
+    """Images classified and failed while `up` ran, from its workers' busy-period lines: what
+    its stop message reports."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.images = 0
+        self.failed = 0
+
+    def add(self, period: BusyPeriod) -> None:
+        with self._lock:
+            self.images += period.images
+            self.failed += period.failed
+
+
+def render(child: str, record: Record, tally: Tally | None = None) -> str | None:
     """What the terminal shows for one record of ``child``, or None (log file only)."""
-    busy = busy_period_line(child, record.message)
+    busy = busy_period(record.message)
     if busy is not None:
-        return busy
+        if tally is not None:
+            tally.add(busy)
+        return busy.line(child)
     if record.level in SHOWN_LEVELS:
         source = f" {record.logger}:" if record.logger else ""
         return f"{child}: {record.level}{source} {record.message}"
@@ -91,16 +120,17 @@ class LineFilter:
     """:func:`console_line` over a child's output, line after line. The continuation of a shown
     warning or error (a traceback) stays in the log file; the terminal gets one pointer to it."""
 
-    def __init__(self, child: str, log_path: Path) -> None:
+    def __init__(self, child: str, log_path: Path, tally: Tally | None = None) -> None:
         self._child = child
         self._log_path = log_path
+        self._tally = tally
         self._after_problem = False
         self._pointed = False
 
     def feed(self, line: str) -> str | None:
         record = parse_record(line)
         if record is not None:
-            shown = render(self._child, record)
+            shown = render(self._child, record, self._tally)
             # Only a problem's continuation is worth a pointer (a busy period's line has none;
             # what Celery prints after it, e.g. "worker: Warm shutdown", is not its traceback).
             self._after_problem = shown is not None and record.level in SHOWN_LEVELS
@@ -130,14 +160,19 @@ class Console:
 
 
 def follow_output(
-    child: str, pid: int, stream: IO[bytes], log_path: Path, console: Console
+    child: str,
+    pid: int,
+    stream: IO[bytes],
+    log_path: Path,
+    console: Console,
+    tally: Tally | None = None,
 ) -> threading.Thread:
     """Start a daemon thread that copies ``stream`` (the stdout+stderr of ``child``, process
     ``pid``) to ``log_path`` and what :class:`LineFilter` keeps to ``console``, until the
     process closes it."""
 
     def run() -> None:
-        line_filter = LineFilter(child, log_path)
+        line_filter = LineFilter(child, log_path, tally)
         log_file = _open_log(log_path)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         _append(log_file, f"--- {stamp} {child} started (pid {pid}) ---\n".encode())

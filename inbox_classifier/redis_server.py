@@ -44,6 +44,9 @@ class RedisServer:
     directory: Path
     port: int = 0
     persist: bool = True
+    # Its own session: a Ctrl-C on the terminal (SIGINT to the whole foreground group) must
+    # not stop the broker before the workers have finished and disconnected; `up` stops it last.
+    own_session: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -73,7 +76,9 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1"]
         else:
             args += ["--appendonly", "no", "--save", ""]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, start_new_session=self.own_session
+        )
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         while True:

@@ -30,12 +30,13 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from broker.locate import url_file
+from contract import running
 from contract.backoff import backoff_delay
 from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
 from contract.settings import ENV_PREFIX, Settings
 from contract.sizing import sized_for_cuda
 from db import migrate
-from inbox_classifier.console import Console, follow_output, route_supervisor_logging
+from inbox_classifier.console import Console, Tally, follow_output, route_supervisor_logging
 from inbox_classifier.redis_server import RedisServer, free_port
 
 # Its INFO records are for the terminal; everything else this process logs reaches it only
@@ -130,13 +131,16 @@ class ChildOutput:
 
     console: Console
     log_dir: Path
+    tally: Tally = field(default_factory=Tally)
 
     def log_path(self, child: str) -> Path:
         return self.log_dir / f"{child}.log"
 
     def follow(self, child: str, process: subprocess.Popen[bytes]) -> threading.Thread:
         assert process.stdout is not None
-        return follow_output(child, process.pid, process.stdout, self.log_path(child), self.console)
+        return follow_output(
+            child, process.pid, process.stdout, self.log_path(child), self.console, self.tally
+        )
 
 
 @dataclass
@@ -251,18 +255,26 @@ def run_pipeline(
 
     redis_server: RedisServer | None = None
     if not settings.redis_url:
-        redis_server = RedisServer(settings.data_dir / "redis", persist=True)
+        redis_server = RedisServer(settings.data_dir / "redis", persist=True, own_session=True)
         url = redis_server.start()
         url_file(settings).write_text(url)
         settings = settings.model_copy(update={"redis_url": url})
         detail.info("private Redis at %s", url)
     try:
-        return _supervise(settings, workers, trainer, beat, web, output)
+        with running.recorded(settings, "up"):
+            return _supervise(settings, workers, trainer, beat, web, output)
     finally:
         if redis_server is not None:
             redis_server.stop()
             url_file(settings).unlink(missing_ok=True)
-        log.info("stopped")
+        tally = output.tally
+        log.info(
+            "stopped: %d image%s classified, %d failed, while up ran; logs in %s",
+            tally.images,
+            "" if tally.images == 1 else "s",
+            tally.failed,
+            output.log_dir,
+        )
 
 
 def _supervise(
@@ -293,10 +305,11 @@ def _supervise(
     served = [f"{c.name} {c.url}" for c in children if c.name.startswith("worker-")]
     log.info("metrics: %s", ", ".join(served))
     log.info(
-        "watching %s; results in %s; logs in %s",
+        "watching %s; results in %s; logs in %s (%s)",
         settings.inbox,
         make_url(settings.db_url).render_as_string(hide_password=True),
         output.log_dir,
+        ", ".join(output.log_path(name).name for name in ["up", *(c.name for c in children)]),
     )
     for child in children:
         child.start(output)

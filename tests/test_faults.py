@@ -459,7 +459,7 @@ def test_disk_full_while_writing_a_model_version_keeps_the_old_model_active(
 def test_retrain_killed_mid_run_leaves_no_half_written_model_and_next_run_is_clean(
     settings: Settings, session_factory, tmp_path: Path, when: str
 ) -> None:
-    """kill -9 `inbox-classifier retrain --wait` during an epoch, or while it writes the model
+    """kill -9 `inbox-classifier retrain --here` during an epoch, or while it writes the model
     files (the moment models/.tmp-* exists)."""
     from db.models import RunStatus, TrainingRun
     from tests.test_training import make_labeled, training_settings
@@ -471,7 +471,7 @@ def test_retrain_killed_mid_run_leaves_no_half_written_model_and_next_run_is_cle
     first = run_training(s, session_factory)
     assert first.status == RunStatus.PROMOTED, first.message
     logs = tmp_path / "logs"
-    role = start_role(s, logs, "retrain", "retrain", "--wait", "--force")
+    role = start_role(s, logs, "retrain", "retrain", "--here", "--force")
 
     def hit() -> bool:
         if not role.alive():

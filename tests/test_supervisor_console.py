@@ -4,6 +4,7 @@ the test Redis, real images and a real resnet18, stopped with Ctrl-C (SIGINT).""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -29,7 +30,9 @@ from tests.helpers.images import write_images
 from tests.helpers.pipeline import count, wait_until
 from tests.helpers.procs import stop
 
-BUSY = re.compile(r"^worker-cpu0: classified (\d+) images? in \d+\.\d s \(\d+\.\d img/s\)$")
+BUSY = re.compile(
+    r"^worker-cpu0: classified (\d+) images? in \d+\.\d s \(\d+\.\d img/s\), (\d+) failed$"
+)
 UP_ARGS = ("--weights", "none", "--no-trainer", "--no-beat", "--no-web")
 BANNER_TEXT = ("celery@", "classify-cpu0@", "[config]", "-------------- ", "[queues]", "[tasks]")
 
@@ -53,9 +56,9 @@ def test_a_busy_period_line_is_shortened() -> None:
     assert shown is not None and BUSY.match(shown), shown
     assert shown.startswith("worker-cpu0: classified 120 images in ")
 
-    one = "classified 1 image(s) in 1 batch(es) in 0.14s from 10:11:12.345 (7.1 img/s): ..."
+    one = "classified 1 image(s) (1 failed) in 1 batch(es) in 0.14s from 10:11:12.345 (7.1 img/s): "
     assert console_line("worker-gpu1", formatted(logging.INFO, "worker.batching", one)) == (
-        "worker-gpu1: classified 1 image in 0.1 s (7.1 img/s)"
+        "worker-gpu1: classified 1 image in 0.1 s (7.1 img/s), 1 failed"
     )
 
 
@@ -107,7 +110,7 @@ def test_a_shown_records_traceback_stays_in_the_log_with_one_pointer() -> None:
         formatted(
             logging.INFO,
             "worker.batching",
-            "classified 2 image(s) in 1 batch(es) in 0.50s "
+            "classified 2 image(s) (0 failed) in 1 batch(es) in 0.50s "
             "from 10:11:12.345 (4.0 img/s): inference 0.40s",
         ),
         "worker: Warm shutdown (MainProcess)",  # printed by Celery: no pointer after a busy line
@@ -116,7 +119,7 @@ def test_a_shown_records_traceback_stays_in_the_log_with_one_pointer() -> None:
     assert shown == [
         "worker-cpu0: ERROR worker.batching: batch of 4 failed",
         f"worker-cpu0:   (more in {log_path})",
-        "worker-cpu0: classified 2 images in 0.5 s (4.0 img/s)",
+        "worker-cpu0: classified 2 images in 0.5 s (4.0 img/s), 0 failed",
     ]
 
 
@@ -291,6 +294,9 @@ def test_up_shows_addresses_busy_periods_and_problems_and_logs_the_rest(
 
         wait_until(lambda: done_counted() == images, 30, "the worker's count of done images")
     finally:
+        # Ctrl-C on a terminal: SIGINT to the whole foreground process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGINT)
         code = stop(up, signal.SIGINT, timeout=90)
     shown = printed()
     assert code == 0, shown + err_path.read_text(errors="replace")
@@ -298,10 +304,15 @@ def test_up_shows_addresses_busy_periods_and_problems_and_logs_the_rest(
     lines = shown.splitlines()
     assert lines[0] == url[0]
     assert lines[1] == (
-        f"watching {settings.inbox.resolve()}; results in {settings.db_url}; logs in {logs}"
+        f"watching {settings.inbox.resolve()}; results in {settings.db_url}; logs in {logs} "
+        "(up.log, watcher.log, worker-cpu0.log)"
     )
-    assert lines[-1] == "stopped" and "stopping (signal 2)..." in lines
-    assert not [line for line in lines if "(more in " in line]  # nothing went wrong
+    assert lines[-1] == (
+        f"stopped: {images} images classified, 0 failed, while up ran; logs in {logs}"
+    )
+    assert "stopping (signal 2)..." in lines
+    # Nothing went wrong, not even while stopping: the broker outlives the workers.
+    assert not [line for line in lines if "(more in " in line or "WARNING" in line], shown
     busy = [line for line in lines if BUSY.match(line)]
     assert busy and sum(int(BUSY.match(line)[1]) for line in busy) == images  # type: ignore[index]
     terminal = shown + err_path.read_text(errors="replace")
@@ -312,6 +323,6 @@ def test_up_shows_addresses_busy_periods_and_problems_and_logs_the_rest(
     worker_log = (logs / "worker-cpu0.log").read_text(errors="replace")
     assert "-------------- classify-cpu0@" in worker_log and "[config]" in worker_log  # banner
     assert " INFO " in worker_log and "Connected to redis" in worker_log
-    assert "image(s) in" in worker_log  # the busy period's full line
+    assert "image(s) (0 failed) in" in worker_log  # the busy period's full line
     assert " INFO " in (logs / "watcher.log").read_text(errors="replace")
     assert "started worker-cpu0 (pid " in (logs / "up.log").read_text(errors="replace")

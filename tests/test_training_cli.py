@@ -1,5 +1,6 @@
 """The learning loop's CLI through click's CliRunner, against the real Redis and SQLite of the
-fixtures: retrain (--wait, and queued), models (list / promote / rollback), reclassify."""
+fixtures: retrain (--here, and queued), models (list / promote / rollback), reclassify. The
+retrain that a train worker runs, followed with --wait, is in tests/test_cli_client.py."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from db.models import (
     TrainingRun,
 )
 from db.versions import active_model, ensure_base_model
-from inbox_classifier.cli_training import models, reclassify, retrain
+from inbox_classifier.cli_retrain import retrain
+from inbox_classifier.cli_training import models, reclassify
 from tests.test_training import make_labeled, training_settings
 from worker.training.run import run_training
 
@@ -51,18 +53,19 @@ def tsettings(settings: Settings) -> Settings:
     return s
 
 
-def flags(s: Settings) -> list[str]:
+def flags(s: Settings, command: Any = None) -> list[str]:
+    """The test's settings as flags, those ``command`` takes (each takes only what it uses)."""
     assert s.redis_url
-    return [
-        "--data-dir",
-        str(s.data_dir),
-        "--redis-url",
-        s.redis_url,
-        "--weights",
-        "none",
-        "--labeled-dir",
-        str(s.labeled_path),
+    pairs = [
+        ("--data-dir", str(s.data_dir)),
+        ("--redis-url", s.redis_url),
+        ("--weights", "none"),
+        ("--labeled-dir", str(s.labeled_path)),
     ]
+    if command is not None:
+        taken = {opt for param in command.params for opt in param.opts}
+        pairs = [(flag, value) for flag, value in pairs if flag in taken]
+    return [part for pair in pairs for part in pair]
 
 
 def invoke(command: Any, args: list[str]) -> Result:
@@ -85,12 +88,14 @@ def queued_messages(redis_url: str, queue: str) -> list[dict[str, Any]]:
     return messages
 
 
-def test_retrain_wait_prints_epochs_report_and_verdict(
+def test_retrain_here_prints_its_settings_epochs_report_and_verdict(
     tsettings: Settings, session_factory
 ) -> None:
-    result = invoke(retrain, ["--wait", *flags(tsettings)])
+    result = invoke(retrain, ["--here", *flags(tsettings, retrain)])
     assert result.exit_code == 0, result.output
     out = result.output
+    assert out.startswith("training here, in this process (--here), not on a train worker")
+    assert "model resnet18, weights none, device auto (cpu)" in out
     assert "epoch   1/15" in out and "val loss" in out
     assert "val accuracy" in out and " train / " in out
     assert "gate: no active model yet" in out
@@ -99,16 +104,16 @@ def test_retrain_wait_prints_epochs_report_and_verdict(
         assert active_model(s).trained  # type: ignore[union-attr]
 
     # Unchanged data: skipped; --force trains again (fine-tuning the active model).
-    again = invoke(retrain, ["--wait", *flags(tsettings)])
+    again = invoke(retrain, ["--here", *flags(tsettings, retrain)])
     assert again.exit_code == 0 and "skipped" in again.output and "unchanged" in again.output
-    forced = invoke(retrain, ["--wait", "--force", *flags(tsettings)])
+    forced = invoke(retrain, ["--here", "--force", *flags(tsettings, retrain)])
     assert forced.exit_code == 0 and "fine-tuned from v1" in forced.output
 
 
 def test_retrain_refusal_exits_nonzero(settings: Settings) -> None:
     s = training_settings(settings)
     make_labeled(s.labeled_path, classes=("red",))
-    result = invoke(retrain, ["--wait", *flags(s)])
+    result = invoke(retrain, ["--here", *flags(s, retrain)])
     assert result.exit_code == 1
     assert "need at least 2 classes" in result.output
 
@@ -116,7 +121,7 @@ def test_retrain_refusal_exits_nonzero(settings: Settings) -> None:
 def test_retrain_without_wait_queues_a_run_for_the_train_workers(
     tsettings: Settings, session_factory
 ) -> None:
-    result = invoke(retrain, ["--force", *flags(tsettings)])
+    result = invoke(retrain, ["--force", *flags(tsettings, retrain)])
     assert result.exit_code == 0, result.output
     run_id = int(result.output.split()[1])
     (message,) = queued_messages(tsettings.redis_url or "", "train")
@@ -150,7 +155,7 @@ def test_models_list_promote_and_rollback(tsettings: Settings, session_factory) 
     )
     assert (good.status, bad.status) == (RunStatus.PROMOTED, RunStatus.REJECTED)
 
-    listing = invoke(models, flags(tsettings))
+    listing = invoke(models, flags(tsettings, models))
     assert listing.exit_code == 0, listing.output
     lines = listing.output.splitlines()
     assert lines[0].split()[:3] == ["ID", "NAME", "CLASSES"]
@@ -159,10 +164,10 @@ def test_models_list_promote_and_rollback(tsettings: Settings, session_factory) 
     v2 = next(line for line in lines if line.startswith("2 "))
     assert "v1" in v1 and "blue,green,red" in v1 and "active" in v1 and "red=" in v1
     assert "v2" in v2 and "rejected" in v2
-    long = invoke(models, ["list", "--long", *flags(tsettings)])
+    long = invoke(models, ["list", "--long", *flags(tsettings, models)])
     assert "rejected by the gate" in long.output
 
-    promoted = invoke(models, ["promote", "2", *flags(tsettings)])
+    promoted = invoke(models, ["promote", "2", *flags(tsettings, models)])
     assert promoted.exit_code == 0, promoted.output
     assert "v2 is now active (was v1)" in promoted.output
     with transaction(session_factory) as s:
@@ -171,19 +176,19 @@ def test_models_list_promote_and_rollback(tsettings: Settings, session_factory) 
         assert v2_row is not None and "overriding the gate" in (v2_row.reason or "")
         assert s.get(ModelVersion, 1).status == ModelStatus.RETIRED  # type: ignore[union-attr]
 
-    rolled = invoke(models, ["rollback", *flags(tsettings)])
+    rolled = invoke(models, ["rollback", *flags(tsettings, models)])
     assert rolled.exit_code == 0 and "v1 is now active (was v2)" in rolled.output
     with transaction(session_factory) as s:
         assert active_model(s).id == 1  # type: ignore[union-attr]
 
     # Flags given to the group apply to its subcommands.
-    assert "already active" in invoke(models, [*flags(tsettings), "promote", "1"]).output
-    missing = CliRunner(env=TRAIN_ENV).invoke(models, ["promote", "99", *flags(tsettings)])
+    assert "already active" in invoke(models, [*flags(tsettings, models), "promote", "1"]).output
+    missing = CliRunner(env=TRAIN_ENV).invoke(models, ["promote", "99", *flags(tsettings, models)])
     assert missing.exit_code != 0 and "no model version 99" in missing.output
 
 
 def test_rollback_without_history_is_an_error(tsettings: Settings) -> None:
-    result = CliRunner(env=TRAIN_ENV).invoke(models, ["rollback", *flags(tsettings)])
+    result = CliRunner(env=TRAIN_ENV).invoke(models, ["rollback", *flags(tsettings, models)])
     assert result.exit_code != 0 and "no previously active" in result.output
 
 
@@ -225,9 +230,7 @@ def test_a_promotion_rescores_the_unreviewed_low_confidence_rows(
     )
     with transaction(session_factory) as s:
         s.execute(update(Image).where(Image.sha256 == shas[4]).values(human_label="blue"))
-    settings = tsettings.model_copy(
-        update={"backfill_below_confidence": 0.6, "backfill_limit": 2}
-    )
+    settings = tsettings.model_copy(update={"backfill_below_confidence": 0.6, "backfill_limit": 2})
     trained = run_training(settings, session_factory)
     assert trained.status == RunStatus.PROMOTED
     messages = queued_messages(tsettings.redis_url or "", "classify")
@@ -259,11 +262,15 @@ def test_reclassify_requeues_matching_done_images_for_the_active_model(
     trained = run_training(tsettings.model_copy(update={"backfill_limit": 0}), session_factory)
     assert trained.status == RunStatus.PROMOTED
 
-    dry = invoke(reclassify, ["--below-confidence", "0.6", "--dry-run", *flags(tsettings)])
+    dry = invoke(
+        reclassify, ["--below-confidence", "0.6", "--dry-run", *flags(tsettings, reclassify)]
+    )
     assert dry.exit_code == 0 and "3 image(s) match" in dry.output
     assert queued_messages(tsettings.redis_url or "", "classify") == []
 
-    result = invoke(reclassify, ["--below-confidence", "0.6", "--label", "blue", *flags(tsettings)])
+    result = invoke(
+        reclassify, ["--below-confidence", "0.6", "--label", "blue", *flags(tsettings, reclassify)]
+    )
     assert result.exit_code == 0, result.output
     assert "2 image(s) queued for v" in result.output
     messages = queued_messages(tsettings.redis_url or "", "classify")
@@ -278,13 +285,17 @@ def test_reclassify_requeues_matching_done_images_for_the_active_model(
         # Older predictions stay as history.
         assert len(s.scalars(select(Prediction)).all()) == 4
 
-    bad = CliRunner(env=TRAIN_ENV).invoke(reclassify, ["--since", "yesterday", *flags(tsettings)])
+    bad = CliRunner(env=TRAIN_ENV).invoke(
+        reclassify, ["--since", "yesterday", *flags(tsettings, reclassify)]
+    )
     assert bad.exit_code == 2 and "yesterday" in bad.output
-    since = invoke(reclassify, ["--since", "1h", "--older-version", "--dry-run", *flags(tsettings)])
+    since = invoke(
+        reclassify, ["--since", "1h", "--older-version", "--dry-run", *flags(tsettings, reclassify)]
+    )
     assert "2 image(s) match" in since.output  # the two still done
 
 
-def test_commands_need_a_migrated_ledger(tmp_path: Path, redis_url: str) -> None:
-    args = ["--data-dir", str(tmp_path / "fresh"), "--redis-url", redis_url]
+def test_commands_need_a_migrated_ledger(tmp_path: Path) -> None:
+    args = ["--data-dir", str(tmp_path / "fresh")]
     result = CliRunner().invoke(models, args)
     assert result.exit_code != 0 and "db upgrade" in result.output

@@ -425,6 +425,10 @@ def test_retrain_and_enough_labels_queue_a_run_on_the_train_queue(
         runs = api.get("/api/runs").json()
         assert [r["trigger"] for r in runs] == ["manual", "labels"]
         assert api.get(f"/api/runs/{manual.json()['id']}").json()["progress"] == {"phase": "queued"}
+        # Cancelled before a worker took it: at once (the worker then finds it finished).
+        cancelled = api.post(f"/api/runs/{manual.json()['id']}/cancel").json()
+        assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
+        assert api.post("/api/runs/999/cancel").status_code == 404
     queue.close()
 
 

@@ -69,6 +69,20 @@ def _text(path: str | bytes) -> str:
     return os.fsdecode(path)
 
 
+#: The events the handler acts on. Scheduling with only these keeps the opens and
+#: closes-without-write out of the inotify mask, and the watcher's own reads of every file it
+#: hashes (two events each) out of its event thread.
+HANDLED_EVENTS: list[type[FileSystemEvent]] = [
+    FileClosedEvent,
+    FileModifiedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+]
+
+
 class InboxHandler(FileSystemEventHandler):
     def __init__(self, inbox: str, events: EventQueue) -> None:
         self._inbox = inbox

@@ -36,7 +36,7 @@ from contract.records import SeenFile
 from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths, record_files
-from watcher.events import EventQueue, InboxHandler, Kind, make_observer
+from watcher.events import HANDLED_EVENTS, EventQueue, InboxHandler, Kind, make_observer
 from watcher.filters import Signature, Skip, inspect, walk
 from watcher.hashing import ChangedWhileReading, NotHashable, hash_file
 from watcher.publisher import Publisher
@@ -148,7 +148,7 @@ class Watcher:
             observer, close_events = make_observer(
                 self.settings.polling, self.settings.poll_interval_s
             )
-            observer.schedule(handler, self.inbox, recursive=True)
+            observer.schedule(handler, self.inbox, recursive=True, event_filter=HANDLED_EVENTS)
             observer.start()
         except OSError as exc:
             if self.settings.polling:
@@ -160,7 +160,7 @@ class Watcher:
                     observer.stop()
             observer = PollingObserver(timeout=self.settings.poll_interval_s)
             close_events = False
-            observer.schedule(handler, self.inbox, recursive=True)
+            observer.schedule(handler, self.inbox, recursive=True, event_filter=HANDLED_EVENTS)
             observer.start()
         self.tracker.close_events = close_events
         self._observer = observer

@@ -432,3 +432,14 @@ def recent_runs(
 @router.get("/runs/{run_id}", response_model=schemas.RunOut, summary="One training run")
 def run(request: Request, run_id: int) -> schemas.RunOut:
     return _run(state(request), run_id)
+
+
+@router.post("/runs/{run_id}/cancel", response_model=schemas.RunOut, summary="Stop a run")
+def cancel_run(request: Request, run_id: int) -> schemas.RunOut:
+    """As `retrain --cancel RUN`: a queued run is cancelled at once, a running one stops at its
+    next epoch (``cancel_requested`` until then); nothing from it is promoted."""
+    web = state(request)
+    with transaction(web.sessions) as session:
+        if runs.request_cancel(session, run_id) is None:
+            raise HTTPException(404, f"no training run {run_id}")
+    return _run(web, run_id)

@@ -123,6 +123,7 @@ class RunOut(BaseModel):
     model_version_id: int | None
     started_at: str | None
     finished_at: str | None
+    cancel_requested: bool = False
 
 
 class ModelOut(BaseModel):

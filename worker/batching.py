@@ -104,6 +104,7 @@ class BatchStats:
     ends it, and for benchmarks)."""
 
     images: int = 0
+    failed: int = 0  # of ``images``: could not be classified (bad input)
     batches: int = 0
     started: float = 0.0
     started_wall: float = 0.0
@@ -139,7 +140,8 @@ class BatchStats:
         cpu = time.process_time() - self.process_cpu0
         rest = cpu - self.read_cpu_s - self.decode_cpu_s - self.write_cpu_s - self.infer_cpu_s
         return (
-            f"classified {self.images} image(s) in {self.batches} batch(es) in {wall:.2f}s from "
+            f"classified {self.images} image(s) ({self.failed} failed) in {self.batches} "
+            f"batch(es) in {wall:.2f}s from "
             f"{time.strftime('%H:%M:%S', time.localtime(self.started_wall))}"
             f".{int(self.started_wall * 1000) % 1000:03d} "
             f"({self.images / wall if wall > 0 else 0:.1f} img/s): inference {self.infer_s:.2f}s, "
@@ -391,6 +393,7 @@ class BatchEngine:
             stats.write_wait_s += time.monotonic() - queued
             stats.batches += 1
             stats.images += len(batch)
+            stats.failed += len(failed)
             classifier.served += len(good)
             compile_now = classifier.compile_state is CompileState.EAGER and (
                 classifier.served >= COMPILE_AFTER_IMAGES

@@ -28,6 +28,27 @@ log = logging.getLogger(__name__)
 REFUSED_RETRY_S = 60.0
 
 
+def register_base_model(
+    settings: Settings, sessions: sessionmaker[Session], classes: list[str] | None = None
+) -> ModelVersion:
+    """Register the configured base model (active where no trained model is), as a classify
+    worker starts: ``status`` and ``models`` name it from the first second, before any image
+    (and before the model itself is loaded, on the first batch). Returns the active model."""
+    if classes is None:
+        classes = modelzoo.base_classes(settings.model, settings.weights)
+    for attempt in range(2):
+        try:
+            with transaction(sessions) as session:
+                active = ensure_base_model(session, settings.model, settings.weights, classes)
+                session.expunge(active)
+                return active
+        except IntegrityError:
+            # Another worker registered the same base at the same moment: read theirs.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
 class ModelHolder:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self._settings = settings
@@ -81,17 +102,8 @@ class ModelHolder:
 
     def _register_base(self, classes: list[str]) -> tuple[int, bool]:
         """Register the configured base model; returns the active version (id, trained)."""
-        s = self._settings
-        for attempt in range(2):
-            try:
-                with transaction(self._sessions) as session:
-                    active = ensure_base_model(session, s.model, s.weights, classes)
-                    return active.id, active.trained
-            except IntegrityError:
-                # Another worker registered the same base at the same moment: read theirs.
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        active = register_base_model(self._settings, self._sessions, classes)
+        return active.id, active.trained
 
     def _maybe_swap(self) -> None:
         assert self._current is not None

@@ -57,6 +57,14 @@ def imagenet_categories(arch: str) -> list[str]:
     return list(_default_weights(arch).meta["categories"])
 
 
+def base_classes(arch: str, weights: str) -> list[str]:
+    """The class names of the base model ``arch`` with ``weights``, without building it for
+    'imagenet' and 'none' (the names come with torchvision's weights metadata)."""
+    if weights in ("imagenet", "none"):
+        return imagenet_categories(arch)
+    return load_file(Path(weights), arch).classes
+
+
 def weights_preprocessing(arch: str) -> Preprocessing:
     """The eval transform the pretrained weights were made with (resnet50 V2: resize 232)."""
     transforms = _default_weights(arch).transforms()

@@ -1,5 +1,9 @@
 """A run's progress: events for the caller (the CLI prints them), the latest snapshot in its
-``training_runs`` row (throttled for frequent events), and how the run ended."""
+``training_runs`` row (throttled for frequent events), and how the run ended.
+
+The snapshot keeps the phases so far (``phase_log``) and every epoch's record (``epoch_log``),
+so a reader that polls the row (``retrain --wait``, the web app) misses none of them however
+fast they go. It also carries whether someone asked the run to stop (:class:`RunCancelled`)."""
 
 from __future__ import annotations
 
@@ -23,6 +27,13 @@ log = logging.getLogger(__name__)
 Progress = Callable[[ProgressEvent], None]
 
 PROGRESS_WRITE_INTERVAL_S = 1.0
+
+#: What each epoch leaves in the run row's ``epoch_log``.
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+class RunCancelled(Exception):
+    """Someone asked this run to stop (``retrain --cancel``)."""
 
 
 @dataclass
@@ -62,12 +73,18 @@ class RunRecorder:
         self.progress: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._written_at = 0.0
+        self.cancel_requested = False
 
     def emit(self, event: str, write: bool = True, **values: Any) -> None:
         """Update the progress, tell the caller, and write it to the run row (``write=False``:
         at most every PROGRESS_WRITE_INTERVAL_S)."""
         with self._lock:
             self.progress.update(values)
+            if event == "phase" and self.progress.get("phase_log", [None])[-1] != values["phase"]:
+                self.progress["phase_log"] = [*self.progress.get("phase_log", []), values["phase"]]
+            if event == "epoch":
+                entry = {k: values[k] for k in EPOCH_KEYS if k in values}
+                self.progress["epoch_log"] = [*self.progress.get("epoch_log", []), entry]
             self.progress["heartbeat"] = iso(utcnow())
             snapshot = dict(self.progress)
             due = write or time.monotonic() - self._written_at >= PROGRESS_WRITE_INTERVAL_S
@@ -89,6 +106,14 @@ class RunRecorder:
 
     def heartbeat(self) -> None:
         self.emit("heartbeat")
+        self.poll_cancel()
+
+    def poll_cancel(self) -> bool:
+        """Read whether the run was asked to stop (remembered once seen)."""
+        if not self.cancel_requested and self.run_id is not None:
+            with transaction(self.sessions) as session:
+                self.cancel_requested = runs.cancel_requested(session, self.run_id)
+        return self.cancel_requested
 
     def started(self, run_id: int) -> None:
         self.run_id = run_id

@@ -45,7 +45,7 @@ from worker.training.gate import GateInputs, judge
 from worker.training.lock import LOCK_TIMEOUT_S, TrainingLock
 from worker.training.loop import TrainConfig
 from worker.training.plan import plan
-from worker.training.progress import Progress, RunOutcome, RunRecorder
+from worker.training.progress import Progress, RunCancelled, RunOutcome, RunRecorder
 from worker.training.report import GRID_MAX, RunFacts, build_report
 from worker.training.save import ValGrid, save_and_settle
 from worker.training.skip import has_class_dirs, unchanged_reason
@@ -156,6 +156,12 @@ class _Run:
                 return self._train()
         except TrainingRefused as exc:
             return self.rec.finish(RunStatus.FAILED, f"refused: {exc}")
+        except RunCancelled:
+            epoch = self.rec.progress.get("epoch")
+            where = f" after epoch {epoch}" if epoch else ""
+            return self.rec.finish(
+                RunStatus.CANCELLED, f"cancelled by request{where}; nothing was promoted"
+            )
         except Exception as exc:
             log.exception("training run %s failed", self.rec.run_id)
             return self.rec.finish(RunStatus.FAILED, f"failed: {type(exc).__name__}: {exc}")
@@ -236,7 +242,7 @@ class _Run:
                         config=cfg,
                         on_phase=rec.phase,
                         on_epoch=self._on_epoch,
-                        check=self._check_lock,
+                        check=self._check_running,
                         deadline=deadline,
                     ),
                     how.mode,
@@ -244,7 +250,7 @@ class _Run:
             finally:
                 cache.close()
         durations.update(fitted.seconds)
-        self._check_lock()
+        self._check_running()
         start.model = start.model.cpu().eval()
 
         # Calibrate: what its confidences mean, from the same validation images.
@@ -367,12 +373,21 @@ class _Run:
         if self.lock.lost:
             raise RuntimeError("lost the training lock to another run; stopping this one")
 
+    def _check_running(self) -> None:
+        """Between epochs and passes: stop if the lock was lost or someone asked to stop.
+        (Not while saving: once a candidate exists, the run finishes what it started.)"""
+        self._check_lock()
+        if self.rec.cancel_requested:
+            raise RunCancelled()
+
     def _on_epoch(self, record: EpochRecord) -> None:
         self._check_lock()
         epochs = self.cfg.epochs
         self.rec.emit(
             "epoch", write=record["epoch"] == epochs, phase="training", epochs=epochs, **record
         )
+        self.rec.poll_cancel()
+        self._check_running()
 
     def _active(self) -> ActiveInfo | None:
         with transaction(self.sessions) as session:
