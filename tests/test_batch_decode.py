@@ -297,3 +297,32 @@ def test_a_gpu_engine_decodes_on_the_gpu_and_falls_back_per_file(
         assert made.last_stats is None or made.last_stats.device_decode_s >= 0
     finally:
         made.stop()
+
+
+def test_a_broken_device_decoder_hands_over_to_pillow_for_good(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    engine: BatchEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from worker import batching
+
+    calls = []
+
+    def broken(*args: object) -> list[torch.Tensor | None]:
+        calls.append(args)
+        raise RuntimeError("nvjpeg: no decoder on this device")  # a stand-in: no GPU here
+
+    monkeypatch.setattr(batching, "decode_batch", broken)
+    paths = []
+    for i in range(6):
+        path = settings.inbox / f"{i}.jpg"
+        path.write_bytes(encode(photo_like(70 + i, (320, 240)), "JPEG"))
+        paths.append(path)
+    engine.submit(record(session_factory, paths[:3])).result(timeout=180)
+    engine.submit(record(session_factory, paths[3:])).result(timeout=60)
+    outcomes = _outcomes(session_factory)
+    assert {status for status, _ in outcomes.values()} == {"done"} and len(outcomes) == 6
+    assert not engine.device_decode and len(calls) == 1  # tried once, then Pillow for good
+    assert sum("decoding with Pillow from now on" in r.message for r in caplog.records) == 1

@@ -427,12 +427,13 @@ class BatchEngine:
         failing alone, with Pillow's reason, if Pillow cannot either."""
         device, prep = classifier.device, classifier.loaded.preprocessing
         jpegs = [i for i, d in enumerate(decoded) if isinstance(d, Encoded)]
+        from_device: list[torch.Tensor | None] = [None] * len(jpegs)
         try:
-            from_device = decode_batch([decoded[i] for i in jpegs], prep, device)  # type: ignore[misc]
+            if self.device_decode:  # else it broke on an earlier batch: Pillow for the rest
+                from_device = decode_batch([decoded[i] for i in jpegs], prep, device)  # type: ignore[misc]
         except Exception:  # the device decoder itself is broken: Pillow from now on
             log.exception("batched decode on %s failed; decoding with Pillow from now on", device)
             self.device_decode = False
-            from_device = [None] * len(jpegs)
         device_rows = dict(zip(jpegs, from_device, strict=True))
         rows: list[torch.Tensor | np.ndarray] = []
         kept: list[_Pending] = []
