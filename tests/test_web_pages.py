@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from contract.settings import Settings
@@ -61,6 +63,11 @@ def test_forms_label_undo_and_retrain_without_javascript(
     assert bad.status_code == 422 and "cannot be a class name" in bad.text
     retrain = pages.post("/retrain?next=/models", follow_redirects=False)
     assert retrain.status_code == 303
-    assert "waiting for a training worker" in pages.get("/models").text
+    models_page = pages.get("/models").text
+    assert "waiting for a training worker" in models_page and "Cancel run" in models_page
+    run_id = int(re.search(r'action="/runs/(\d+)/cancel', models_page)[1])  # type: ignore[index]
+    cancel = pages.post(f"/runs/{run_id}/cancel?next=/models", follow_redirects=False)
+    assert cancel.status_code == 303 and cancel.headers["location"] == "/models"
+    assert '<span class="badge cancelled">cancelled</span>' in pages.get("/models").text
     missing = pages.get(f"/images/{'0' * 64}")
     assert missing.status_code == 404 and "no image with content hash" in missing.text

@@ -234,6 +234,15 @@ def retrain_form(request: Request) -> Response:
     return back(request, "/models")
 
 
+@router.post("/runs/{run_id}/cancel")
+def cancel_run_form(request: Request, run_id: int) -> Response:
+    try:
+        api.cancel_run(request, run_id)
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, "/models")
+
+
 @router.get("/docs", response_class=HTMLResponse)
 def docs(request: Request) -> HTMLResponse:
     """The API reference, from the OpenAPI schema (Swagger UI would need a CDN)."""

@@ -6,11 +6,12 @@
   const panel = document.getElementById("training");
   if (!panel) return;
   const $ = (id) => document.getElementById(id);
-  const terminal = new Set(["promoted", "rejected", "skipped", "failed"]);
 
   function show(run) {
     $("run-progress").hidden = false;
     $("run-id").textContent = run.id;
+    $("cancel-form").action = `/runs/${run.id}/cancel?next=/models`;
+    $("cancel-run").disabled = run.status !== "running" || run.cancel_requested;
     const p = run.progress || {};
     $("run-phase").textContent = run.status === "running" ? (p.phase || "waiting for a training worker") : run.status;
     const bar = $("run-bar");
@@ -26,7 +27,8 @@
       if (!response.ok) return;
       const run = await response.json();
       show(run);
-      if (terminal.has(run.status)) { setTimeout(() => location.reload(), 800); return; }
+      // Any status but running is an end (promoted, rejected, skipped, failed, cancelled).
+      if (run.status !== "running") { setTimeout(() => location.reload(), 800); return; }
       await new Promise((r) => setTimeout(r, 1000));
     }
   }
