@@ -260,7 +260,10 @@ def test_the_device_path_gives_the_labels_the_pillow_path_gives(
 
 # --- on a GPU ------------------------------------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def cuda(test):  # type: ignore[no-untyped-def]
+    """Marked ``cuda`` (``-m cuda`` selects them) and skipped where CUDA is not."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    return pytest.mark.cuda(skip(test))
 
 
 @cuda
