@@ -20,9 +20,9 @@ import torch
 
 from bench.ceiling import MAX_PIXELS, CeilingResult, warm_up
 from imaging.decode import BadImage
-from worker.batch_decode import Encoded, decode_batch, probe, stack_on
+from worker.batch_decode import Encoded, assemble, prepare, stack_on
 from worker.classifier import Classifier
-from worker.preprocess import Preprocessing, load_for_model
+from worker.preprocess import Preprocessing
 
 
 def gpu_decode_batch(
@@ -30,20 +30,14 @@ def gpu_decode_batch(
 ) -> torch.Tensor:
     """uint8 NHWC batch on ``device``, decoded as the worker decodes with ``GPU_DECODE`` on:
     JPEGs in one batched call, the rest (and what the device refuses) with Pillow."""
-    probed = [(i, e) for i, d in enumerate(datas) if (e := probe(d, MAX_PIXELS)) is not None]
-    jpegs: list[Encoded] = [e for _, e in probed]
-    decoded = decode_batch(jpegs, prep, device)
-    on_device = {i: row for (i, _), row in zip(probed, decoded, strict=True)}
-    rows: list[torch.Tensor | np.ndarray] = []
-    for i, data in enumerate(datas):
-        row: torch.Tensor | np.ndarray | None = on_device.get(i)
-        if row is None:
-            try:
-                row = load_for_model(data, prep, MAX_PIXELS)
-            except BadImage:
-                continue
-        rows.append(row)
-    return stack_on(device, rows)
+    items: list[np.ndarray | Encoded] = []
+    for data in datas:
+        try:
+            items.append(prepare(data, prep, MAX_PIXELS))
+        except BadImage:  # fails alone in the worker; not part of the ceiling
+            continue
+    rows = assemble(items, prep, device, MAX_PIXELS)
+    return stack_on(device, [r for r in rows if not isinstance(r, Exception)])
 
 
 def run_gpu_decode_ceiling(

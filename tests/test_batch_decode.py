@@ -25,7 +25,7 @@ from db.models import ImagePath
 from imaging.decode import BadImage
 from tests.helpers.pipeline import record
 from tests.test_bad_inputs import CONTENT_CASES, DONE, LIMIT
-from worker.batch_decode import decode_batch, decode_files, orient, probe
+from worker.batch_decode import assemble, decode_batch, decode_files, orient, prepare, probe
 from worker.batching import BatchEngine, device_decode_wanted
 from worker.model_holder import ModelHolder
 from worker.preprocess import Preprocessing, load_for_model
@@ -40,12 +40,10 @@ ODD_MEAN_TOLERANCE = 6.0  # sizes whose centre crop starts half a pixel in (e.g.
 
 def device_path(data: bytes, device: torch.device = CPU) -> np.ndarray:
     """One file through the path the engine takes: probe, device decode, else Pillow."""
-    encoded = probe(data, LIMIT)
-    if encoded is not None:
-        (tensor,) = decode_batch([encoded], PREP, device)
-        if tensor is not None:
-            return tensor.cpu().numpy()
-    return load_for_model(data, PREP, LIMIT)
+    (row,) = assemble([prepare(data, PREP, LIMIT)], PREP, device, LIMIT)
+    if isinstance(row, Exception):
+        raise row
+    return row.cpu().numpy() if isinstance(row, torch.Tensor) else row
 
 
 def quadrants(size: tuple[int, int]) -> Image.Image:
@@ -309,7 +307,7 @@ def test_a_broken_device_decoder_hands_over_to_pillow_for_good(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from worker import batching
+    from worker import batch_decode
 
     calls = []
 
@@ -317,7 +315,7 @@ def test_a_broken_device_decoder_hands_over_to_pillow_for_good(
         calls.append(args)
         raise RuntimeError("nvjpeg: no decoder on this device")  # a stand-in: no GPU here
 
-    monkeypatch.setattr(batching, "decode_batch", broken)
+    monkeypatch.setattr(batch_decode, "decode_batch", broken)
     paths = []
     for i in range(6):
         path = settings.inbox / f"{i}.jpg"

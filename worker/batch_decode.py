@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.preprocess import Preprocessing
+from worker.preprocess import Preprocessing, load_for_model
 
 #: Most decoded pixels one ``decode_jpeg`` call holds on the device (a batch of 256 12-Mpx
 #: photos would otherwise be 9 GB of RGB at once).
@@ -154,6 +154,44 @@ def decode_batch(
                 out[i] = hwc
         del decoded, groups  # the full-size pixels of this run, before the next is decoded
     return out
+
+
+def prepare(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray | Encoded:
+    """What a decode thread hands on: the JPEG for the device decoder, else Pillow's
+    model-sized array. Raises :class:`~imaging.decode.BadImage`."""
+    encoded = probe(data, max_pixels)
+    return encoded if encoded is not None else load_for_model(data, prep, max_pixels)
+
+
+def assemble(
+    items: Sequence[np.ndarray | Encoded],
+    prep: Preprocessing,
+    device: torch.device,
+    max_pixels: int,
+    *,
+    on_device: bool = True,
+) -> list[torch.Tensor | np.ndarray | Exception]:
+    """Each of ``items`` as a model-sized row: arrays as they are, the JPEGs decoded on
+    ``device`` in one call (unless ``on_device`` is False), and those the device refused by
+    Pillow; where Pillow cannot either, its exception, so that the file fails alone. An error
+    of the device decoder itself (not of one file) is raised."""
+    jpegs = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
+    decoded: list[torch.Tensor | None] = [None] * len(jpegs)
+    if on_device and jpegs:
+        decoded = decode_batch([items[i] for i in jpegs], prep, device)  # type: ignore[misc]
+    from_device = dict(zip(jpegs, decoded, strict=True))
+    rows: list[torch.Tensor | np.ndarray | Exception] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Encoded):
+            rows.append(item)
+        elif (row := from_device[i]) is not None:
+            rows.append(row)
+        else:
+            try:
+                rows.append(load_for_model(item.data, prep, max_pixels))
+            except Exception as exc:
+                rows.append(exc)
+    return rows
 
 
 def stack_on(device: torch.device, rows: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:

@@ -44,7 +44,7 @@ from contract.settings import Settings
 from db.engine import transaction
 from db.errors import is_transient
 from db.ledger import SavedBatch, save_batch
-from worker.batch_decode import Encoded, decode_batch, probe, stack_on
+from worker.batch_decode import Encoded, assemble, prepare, stack_on
 from worker.classifier import Classifier, CompileState, compile_blocker
 from worker.layout import inference_layout
 from worker.memory import release_free_memory
@@ -154,10 +154,11 @@ class BatchStats:
         )
 
 
-def device_decode_wanted(mode: str, device: str) -> bool:
-    """Whether ``GPU_DECODE`` (``mode``) asks for batched device decode on ``device``."""
+def device_decode_wanted(mode: str, device_type: str) -> bool:
+    """Whether ``GPU_DECODE`` (``mode``) asks for batched device decode on a ``device_type``
+    ('cpu', 'cuda') device."""
     if mode == "auto":
-        return pick_device(device).type == "cuda"
+        return device_type == "cuda"
     return mode == "on"
 
 
@@ -209,12 +210,11 @@ class BatchEngine:
         self._held: dict[str, int] = {}  # sha256 -> files held (submitted, not yet settled)
         self.metrics.images_in_flight.set_function(self._files_held)
         self.images_done = 0
+        self._device = pick_device(settings.device)
         self.layout = inference_layout(
-            settings.inference_streams,
-            settings.torch_threads,
-            pick_device(settings.device).type,
+            settings.inference_streams, settings.torch_threads, self._device.type
         )
-        self.device_decode = device_decode_wanted(settings.gpu_decode, settings.device)
+        self.device_decode = device_decode_wanted(settings.gpu_decode, self._device.type)
         self._writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self._writer.start()
         self._streams = [
@@ -250,10 +250,9 @@ class BatchEngine:
         try:
             data = read_verified(item)
             t1 = time.thread_time()
-            limit = self._settings.max_image_pixels
-            if self.device_decode and (encoded := probe(data, limit)) is not None:
-                return encoded
-            return load_for_model(data, prep, limit)
+            if self.device_decode:
+                return prepare(data, prep, self._settings.max_image_pixels)
+            return load_for_model(data, prep, self._settings.max_image_pixels)
         finally:
             if t1 is not None:
                 stats.add_cpu(read=t1 - t0, decode=time.thread_time() - t1)
@@ -265,10 +264,9 @@ class BatchEngine:
         # Per thread: each stream runs its batches on its own share of the cores, and on a GPU
         # its own CUDA stream, so one stream's decode and copies overlap the other's model.
         torch.set_num_threads(self.layout.threads_per_stream)
-        device = pick_device(self._settings.device)
         context: Any = (
-            torch.cuda.stream(torch.cuda.Stream(device))
-            if device.type == "cuda"
+            torch.cuda.stream(torch.cuda.Stream(self._device))
+            if self._device.type == "cuda"
             else contextlib.nullcontext()
         )
         with context:
@@ -426,29 +424,23 @@ class BatchEngine:
         there in one call, and the files the device refused decoded by Pillow here, each
         failing alone, with Pillow's reason, if Pillow cannot either."""
         device, prep = classifier.device, classifier.loaded.preprocessing
-        jpegs = [i for i, d in enumerate(decoded) if isinstance(d, Encoded)]
-        from_device: list[torch.Tensor | None] = [None] * len(jpegs)
+        limit = self._settings.max_image_pixels
         try:
-            if self.device_decode:  # else it broke on an earlier batch: Pillow for the rest
-                from_device = decode_batch([decoded[i] for i in jpegs], prep, device)  # type: ignore[misc]
+            # After the device decoder broke on an earlier batch: Pillow for the rest.
+            results = assemble(decoded, prep, device, limit, on_device=self.device_decode)
         except Exception:  # the device decoder itself is broken: Pillow from now on
             log.exception("batched decode on %s failed; decoding with Pillow from now on", device)
             self.device_decode = False
-        device_rows = dict(zip(jpegs, from_device, strict=True))
+            results = assemble(decoded, prep, device, limit, on_device=False)
         rows: list[torch.Tensor | np.ndarray] = []
         kept: list[_Pending] = []
         failed: list[Failed] = []
-        for i, (pending, item) in enumerate(zip(good, decoded, strict=True)):
-            row = device_rows[i] if isinstance(item, Encoded) else item
-            if row is None:
-                assert isinstance(item, Encoded)
-                try:
-                    row = load_for_model(item.data, prep, self._settings.max_image_pixels)
-                except Exception as exc:
-                    failed.append(self._decode_failure(pending, exc))
-                    continue
-            rows.append(row)
-            kept.append(pending)
+        for pending, row in zip(good, results, strict=True):
+            if isinstance(row, Exception):
+                failed.append(self._decode_failure(pending, row))
+            else:
+                rows.append(row)
+                kept.append(pending)
         return (stack_on(device, rows) if rows else None), kept, failed
 
     @staticmethod

@@ -217,24 +217,17 @@ class Classifier:
         ``batch``: uint8 NHWC, a host array or a tensor on any device (batched decode)."""
         calibration = self.loaded.calibration
         sampler, runner = self.sampler, self.runner
-        host = (
-            batch.numpy()
-            if isinstance(batch, torch.Tensor) and batch.device.type == "cpu"
-            else batch
-        )
-        if sampler is not None and isinstance(host, np.ndarray):
-            sampler.offer(host)
+        images = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch)
+        if sampler is not None and images.device.type == "cpu":
+            sampler.offer(images.numpy())  # the same memory, no copy
         with torch.inference_mode():
-            logits = None
-            if runner is not None:
-                # A runner computes on the host: a device batch comes back for it (a CPU
-                # runner on a GPU worker is not a layout auto picks).
-                array = host if isinstance(host, np.ndarray) else host.cpu().numpy()
-                logits = self._runner_logits(runner, array)
+            # A runner computes on the host (.cpu() copies only a device batch back: a CPU
+            # runner on a GPU worker is not a layout auto picks).
+            logits = (
+                self._runner_logits(runner, images.cpu().numpy()) if runner is not None else None
+            )
             if logits is None:
-                logits = self.logits(
-                    torch.from_numpy(host) if isinstance(host, np.ndarray) else host
-                )
+                logits = self.logits(images)
             if calibration.temperature != 1.0:
                 logits = logits / calibration.temperature
             probs = logits.softmax(dim=1)
