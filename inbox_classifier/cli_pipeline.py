@@ -86,9 +86,8 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
 
     One worker per GPU: pin it with CUDA_VISIBLE_DEVICES. The model loads lazily in this
     process on the first batch."""
-    from contract.sizing import sized_for_cuda
     from db import migrate
-    from inbox_classifier.supervisor import visible_gpus
+    from inbox_classifier.supervisor import sized_for_gpus
     from worker import modelzoo
     from worker.layout import worker_concurrency
     from worker.tasks import create_worker_app
@@ -105,8 +104,7 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
             _register_base_model(settings)
         except modelzoo.ModelError as exc:
             raise click.ClickException(str(exc)) from exc
-    if settings.device != "cpu" and visible_gpus():
-        settings = sized_for_cuda(settings)
+    settings = sized_for_gpus(settings)
     if concurrency is None:
         concurrency = worker_concurrency(settings) if CLASSIFY_QUEUE in wanted else 1
     app = create_worker_app(settings)

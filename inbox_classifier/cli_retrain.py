@@ -15,6 +15,7 @@ from typing import Any, cast
 import click
 
 from broker.app import NoBroker, make_celery
+from broker.locate import BrokerNotFound, with_broker
 from contract.queues import TRAIN_QUEUE
 from contract.reports import ProgressEvent, TrainingReport
 from contract.settings import Settings
@@ -27,7 +28,6 @@ from inbox_classifier.cli_common import (
     MODEL,
     WHERE,
     ledger,
-    require_broker,
     settings_options,
 )
 
@@ -153,14 +153,15 @@ def retrain(
     chosen = [
         name
         for name, on in (
+            ("--wait", wait),
             ("--follow", follow_id is not None),
             ("--cancel", cancel_id is not None),
             ("--here", here),
         )
         if on
     ]
-    if len(chosen) > 1 or (chosen and wait):
-        raise click.UsageError(f"choose one of {', '.join([*chosen, *(['--wait'] * wait)])}")
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one of {', '.join(chosen)}")
     if cancel_id is not None:
         raise SystemExit(_cancel(settings, cancel_id))
     if follow_id is not None:
@@ -184,10 +185,9 @@ def _send_retrain(settings: Settings, force: bool, fresh: bool) -> int:
     from web.retrain import NotSent, request_retrain
 
     try:
-        app = make_celery(require_broker(settings))
-    except (NoBroker, click.ClickException) as exc:
-        message = exc.message if isinstance(exc, click.ClickException) else str(exc)
-        raise click.UsageError(f"{message} (or use --here to train in this process)") from exc
+        app = make_celery(with_broker(settings))
+    except (BrokerNotFound, NoBroker) as exc:
+        raise click.UsageError(f"{exc} (or use --here to train in this process)") from exc
     with ledger(settings) as sessions:
         try:
             return request_retrain(sessions, app, force=force, fresh=fresh)

@@ -72,6 +72,14 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
 
+def sized_for_gpus(settings: Settings) -> Settings:
+    """``settings`` with GPU-sized batches (:func:`contract.sizing.sized_for_cuda`) where this
+    machine has GPUs and the device is not pinned to the CPU; unchanged otherwise."""
+    if settings.device != "cpu" and visible_gpus():
+        return sized_for_cuda(settings)
+    return settings
+
+
 def port_is_free(host: str, port: int) -> bool:
     """Whether a server could listen on ``host:port`` now."""
     try:
@@ -240,8 +248,7 @@ def run_pipeline(
             "inbox": settings.inbox.resolve(),
         }
     )
-    if settings.device != "cpu" and visible_gpus():
-        settings = sized_for_cuda(settings)  # before the children read it: the watcher too
+    settings = sized_for_gpus(settings)  # before the children read it: the watcher too
     output = ChildOutput(Console(), settings.data_dir / "logs")
     route_supervisor_logging(output.console, output.log_path("up"), log.name)
     from worker.modelzoo import ModelError, ensure_weights

@@ -4,6 +4,7 @@ work without JavaScript, and the review page adds a little of our own for the ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +38,15 @@ def back(request: Request, default: str) -> RedirectResponse:
     if not target.startswith("/") or target.startswith("//"):
         target = default
     return RedirectResponse(target, status_code=303)
+
+
+def submit(request: Request, action: Callable[[], object], default: str) -> Response:
+    """A form's POST: the API call ``action``, then :func:`back`; its error as a page."""
+    try:
+        action()
+    except HTTPException as exc:
+        return error_page(request, exc)
+    return back(request, default)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -127,20 +137,16 @@ def image_page(request: Request, sha256: str) -> HTMLResponse:
 
 @router.post("/images/{sha256}/label")
 def label_form(request: Request, sha256: str, label: Annotated[str, Form()]) -> Response:
-    try:
-        api.add_label(request, schemas.LabelRequest(sha256=sha256, label=label.strip()))
-    except HTTPException as exc:
-        return error_page(request, exc)
-    return back(request, f"/images/{sha256}")
+    return submit(
+        request,
+        lambda: api.add_label(request, schemas.LabelRequest(sha256=sha256, label=label.strip())),
+        f"/images/{sha256}",
+    )
 
 
 @router.post("/images/{sha256}/unlabel")
 def unlabel_form(request: Request, sha256: str) -> Response:
-    try:
-        api.undo_label(request, sha256)
-    except HTTPException as exc:
-        return error_page(request, exc)
-    return back(request, f"/images/{sha256}")
+    return submit(request, lambda: api.undo_label(request, sha256), f"/images/{sha256}")
 
 
 @router.get("/review", response_class=HTMLResponse)
@@ -179,11 +185,9 @@ def failed_page(
 
 @router.post("/failed/retry")
 def retry_form(request: Request, kind: Annotated[str, Form()]) -> Response:
-    try:
-        api.retry_failed(request, schemas.RetryRequest(kind=kind))
-    except HTTPException as exc:
-        return error_page(request, exc)
-    return back(request, "/failed")
+    return submit(
+        request, lambda: api.retry_failed(request, schemas.RetryRequest(kind=kind)), "/failed"
+    )
 
 
 @router.get("/models", response_class=HTMLResponse)
@@ -209,38 +213,22 @@ def models_page(request: Request, version: int | None = None) -> HTMLResponse:
 
 @router.post("/models/{version_id}/promote")
 def promote_form(request: Request, version_id: int) -> Response:
-    try:
-        api.promote(request, version_id)
-    except HTTPException as exc:
-        return error_page(request, exc)
-    return back(request, "/models")
+    return submit(request, lambda: api.promote(request, version_id), "/models")
 
 
 @router.post("/models/rollback")
 def rollback_form(request: Request) -> Response:
-    try:
-        api.rollback(request)
-    except HTTPException as exc:
-        return error_page(request, exc)
-    return back(request, "/models")
+    return submit(request, lambda: api.rollback(request), "/models")
 
 
 @router.post("/retrain")
 def retrain_form(request: Request) -> Response:
-    try:
-        api.retrain(request, schemas.RetrainRequestIn())
-    except HTTPException as exc:
-        return error_page(request, exc)
-    return back(request, "/models")
+    return submit(request, lambda: api.retrain(request, schemas.RetrainRequestIn()), "/models")
 
 
 @router.post("/runs/{run_id}/cancel")
 def cancel_run_form(request: Request, run_id: int) -> Response:
-    try:
-        api.cancel_run(request, run_id)
-    except HTTPException as exc:
-        return error_page(request, exc)
-    return back(request, "/models")
+    return submit(request, lambda: api.cancel_run(request, run_id), "/models")
 
 
 @router.get("/docs", response_class=HTMLResponse)

@@ -80,8 +80,11 @@ class RunRecorder:
         at most every PROGRESS_WRITE_INTERVAL_S)."""
         with self._lock:
             self.progress.update(values)
-            if event == "phase" and self.progress.get("phase_log", [None])[-1] != values["phase"]:
-                self.progress["phase_log"] = [*self.progress.get("phase_log", []), values["phase"]]
+            # New lists rather than appends: a snapshot already handed out (being written to
+            # the row on another thread) keeps the list it had.
+            phases = self.progress.get("phase_log", [])
+            if event == "phase" and (not phases or phases[-1] != values["phase"]):
+                self.progress["phase_log"] = [*phases, values["phase"]]
             if event == "epoch":
                 entry = {k: values[k] for k in EPOCH_KEYS if k in values}
                 self.progress["epoch_log"] = [*self.progress.get("epoch_log", []), entry]
