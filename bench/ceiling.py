@@ -59,9 +59,7 @@ def make_classifier(
             min_agreement=0.99,
             margin=0.0,
         )
-        entry, precision = (
-            (manifest["int8"], "int8") if manifest["int8"] else (manifest["fp32"], "fp32")
-        )
+        entry, precision = onnx_backend.preferred(manifest)
         threads = inference_layout(None, None, "cpu").threads_per_stream
         path = onnx_backend.serving_dir(folder) / entry["file"]
         classifier.use_runner(onnx_backend.OrtRunner(path, precision, threads))

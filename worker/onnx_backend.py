@@ -443,13 +443,21 @@ def load_manifest(version_dir: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def preferred(manifest: dict[str, Any], backend: str = "auto") -> tuple[dict[str, Any], str]:
+    """The artifact that serves under ``INFERENCE_BACKEND`` ``backend``, and its precision: int8
+    where the int8 check kept it (and the backend allows it), else fp32."""
+    int8 = manifest.get("int8")
+    if int8 is not None and backend != "onnxruntime-fp32":
+        return int8, "int8"
+    return manifest["fp32"], "fp32"
+
+
 def summary(manifest: dict[str, Any], backend: str) -> dict[str, Any]:
     """What the ledger (model_versions.serving) records: which precision serves and why."""
     check = manifest.get("int8_check") or {}
-    int8 = manifest.get("int8") is not None and backend != "onnxruntime-fp32"
     return {
         "backend": "onnxruntime",
-        "precision": "int8" if int8 else "fp32",
+        "precision": preferred(manifest, backend)[1],
         "int8_agreement": check.get("agreement"),
         "int8_check_images": check.get("images"),
         "int8_max_confidence_diff": check.get("max_confidence_diff"),

@@ -124,14 +124,13 @@ class Serving:
     def _serve(self, classifier: Classifier, version_dir: Path, manifest: dict[str, Any]) -> None:
         backend = self._settings.inference_backend
         folder = onnx_backend.serving_dir(version_dir)
-        int8 = manifest.get("int8") if backend != "onnxruntime-fp32" else None
-        if int8 is None and backend == "auto" and self._torch_is_faster(classifier):
+        entry, precision = onnx_backend.preferred(manifest, backend)
+        if precision == "fp32" and backend == "auto" and self._torch_is_faster(classifier):
             if classifier.compile_state is CompileState.OFF:  # set while it was to be replaced
                 classifier.compile_state = CompileState.EAGER
             why = manifest.get("int8_reason") or "int8 not allowed"
             self._announce(classifier, f"{why}; on this CPU torch bf16 beats ONNX Runtime fp32")
             return
-        entry, precision = (int8, "int8") if int8 is not None else (manifest["fp32"], "fp32")
         try:
             runner = onnx_backend.OrtRunner(folder / entry["file"], precision, self._threads)
         except Exception as exc:
