@@ -147,7 +147,8 @@ class Pipeline:
 
     def wait_compiled(self, timeout: float) -> list[str]:
         """Each worker's outcome from the log: 'compiled', 'eager', 'onnxruntime int8|fp32'
-        (worker.serving switched it to ONNX Runtime) or 'unknown'."""
+        (worker.serving switched it to ONNX Runtime), 'torch (after ONNX)' (it tried and kept
+        torch) or 'unknown'."""
         workers = self.workers or 1
         deadline = time.monotonic() + timeout
         while True:
@@ -159,6 +160,15 @@ class Pipeline:
             for precision in ("int8", "fp32"):
                 found = text.count(f"classifies with onnxruntime {precision}")
                 outcomes += [f"onnxruntime {precision}"] * found
+            # The ONNX build ended with torch serving (int8 refused on a bf16 CPU, artifacts
+            # refused, a failed build): as final as the lines above. Without this the wait ran
+            # to its timeout, since "classifying eagerly" comes only with the next batch.
+            outcomes += ["torch (after ONNX)"] * sum(
+                "classifies with torch" in line
+                and "ONNX" in line
+                and "until its ONNX artifacts are built" not in line
+                for line in text.splitlines()
+            )
             outcomes += ["eager"] * (
                 text.count("classifying eagerly") + text.count("torch.compile failed")
             )
