@@ -30,9 +30,15 @@ def parse_since(text: str) -> datetime:
     match = _RELATIVE.match(text.strip())
     if match:
         amount, unit = float(match.group(1)), match.group(2)
-        return utcnow() - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return utcnow() - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:  # before the year 1
+            raise ValueError(f"{text!r} reaches back before the year 1") from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r}: use e.g. 30m, 2h, 7d or 2026-11-23T08:00") from None
-    return as_utc(moment)
+    try:
+        return as_utc(moment).astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 in UTC
+        raise ValueError(f"{text!r} is out of range") from None

@@ -9,7 +9,10 @@ import os
 import unicodedata
 
 VAL_DIR = "_val"
-MAX_CLASS_NAME = 100
+MAX_CLASS_NAME = 100  # characters
+MAX_CLASS_BYTES = 255  # a folder name's limit on Linux file systems, in UTF-8 bytes
+#: Characters that look like a path separator: a class named with one would read as a path.
+LOOKALIKE_SEPARATORS = frozenset("\u2044\u2215\u29f8\uff0f\u29f5\u2216\ufe68\uff3c")
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
@@ -31,13 +34,23 @@ def class_name_problem(name: str) -> str | None:
         return "starts or ends with whitespace"
     if len(name) > MAX_CLASS_NAME:
         return f"longer than {MAX_CLASS_NAME} characters"
+    if len(name.encode("utf-8")) > MAX_CLASS_BYTES:
+        return f"longer than {MAX_CLASS_BYTES} bytes in UTF-8 (a folder name's limit)"
     return None
+
+
+def normalized_label(name: str) -> str:
+    """A label as a person means it: Unicode NFC, so "é" typed as one character or as "e" and
+    an accent is one class."""
+    return unicodedata.normalize("NFC", name)
 
 
 def label_problem(name: str) -> str | None:
     """Why ``name`` cannot be given as a label (a class folder the user makes), or None."""
     if name == VAL_DIR:
         return f"'{VAL_DIR}' is reserved for the validation folder"
+    if any(ch in LOOKALIKE_SEPARATORS for ch in name):
+        return "contains a character that looks like a path separator"
     return class_name_problem(name)
 
 

@@ -21,7 +21,7 @@ class BadMessage(ValueError):
 class WorkItem:
     """What a classify message carries per image: a path and a content hash, never bytes."""
 
-    path: str
+    path: str  # as the ledger stores it: contract.paths.from_ledger(path) opens it
     sha256: str
 
 

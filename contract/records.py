@@ -12,7 +12,7 @@ from contract.failures import FailureKind
 class SeenFile:
     """A completely written file in the inbox, hashed by the watcher."""
 
-    path: str
+    path: str  # as the file system names it; the ledger stores contract.paths.to_ledger(path)
     sha256: str
     size: int
     mtime_ns: int

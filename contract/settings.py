@@ -7,11 +7,13 @@ same variables (:meth:`Settings.to_env`), so every process of one pipeline agree
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INBOX_CLASSIFIER_"
@@ -44,7 +46,11 @@ class Settings(BaseSettings):
     weights: str = Field(
         "imagenet", description="'imagenet' (torchvision pretrained), 'none' (random), or a path."
     )
-    device: str = Field("auto", description="'auto' (CUDA if visible, else CPU), 'cpu', 'cuda'.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="'auto' (CUDA if visible, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Inference precision; auto = bf16 autocast on CPUs/GPUs that gain."
     )
@@ -108,6 +114,12 @@ class Settings(BaseSettings):
     )
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Larger images are refused as decompression bombs."
+    )
+    max_file_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Larger files are refused before they are read; default: 4 bytes per "
+        "MAX_IMAGE_PIXELS pixel plus 1 MiB (an uncompressed RGBA image at the pixel limit).",
     )
 
     # --- the watcher ---------------------------------------------------------------------------
@@ -247,6 +259,13 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'results.db').resolve()}"
 
     @property
+    def file_byte_limit(self) -> int:
+        """The largest file a worker or the web app reads (``max_file_bytes``)."""
+        if self.max_file_bytes is not None:
+            return self.max_file_bytes
+        return 4 * self.max_image_pixels + (1 << 20)
+
+    @property
     def labeled_path(self) -> Path:
         return self.labeled_dir if self.labeled_dir is not None else self.data_dir / "labeled"
 
@@ -275,3 +294,57 @@ class Settings(BaseSettings):
         env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
         env.update(self.to_env())
         return env
+
+
+#: Variables with the prefix that are not settings: `up` sets it for its children.
+NOT_SETTINGS = frozenset({ENV_PREFIX + "SUPERVISOR_PID"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``INBOX_CLASSIFIER_*`` name in ``environ`` that is no setting
+    (a typo is otherwise silently ignored), naming the closest known one."""
+    known = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NOT_SETTINGS:
+            continue
+        suffix = upper.removeprefix(ENV_PREFIX)
+        if suffix in known:
+            continue
+        close = difflib.get_close_matches(suffix, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else " (see the settings docs)"
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def dotenv_names(path: str | os.PathLike[str] = ".env") -> dict[str, str]:
+    """The variable names a ``.env`` file sets (values are not needed to judge the names)."""
+    names: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                name = line.strip().removeprefix("export ").partition("=")[0].strip()
+                if name and not name.startswith("#"):
+                    names[name] = ""
+    except OSError:
+        pass
+    return names
+
+
+def settings_problems(error: ValidationError, flags: Mapping[str, str] | None = None) -> list[str]:
+    """One line per bad setting, naming its variable (or the command-line flag in ``flags``,
+    field -> flag, that set it), what it got and what it takes."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"])
+        variable = ENV_PREFIX + field.upper() if field else "settings"
+        if flags and field in flags:
+            variable = flags[field]
+        given = problem.get("input")
+        shown = "" if isinstance(given, dict) or given is None else f"={given!s:.80}"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["type"] == "string_pattern_mismatch" and field == "device":
+            message = "use auto, cpu, cuda or cuda:N"
+        lines.append(f"{variable}{shown}: {message}")
+    return lines

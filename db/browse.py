@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -50,18 +51,35 @@ def encode_cursor(kind: str, key: list[Any]) -> str:
 
 
 def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
+    """The key a cursor of listing ``kind`` holds; :class:`BadCursor` for anything this module
+    did not hand out: too long (checked before decoding), not base64 JSON, nested, another
+    listing's, or numbers past what the database stores."""
+    if len(cursor) > MAX_CURSOR:
+        raise BadCursor(f"cursor longer than {MAX_CURSOR} characters")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise BadCursor("malformed cursor") from None
     if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
         raise BadCursor("cursor from another listing or sort order")
     key = data[1:]
     for value, kind_of in zip(key, types, strict=True):
-        if not isinstance(value, kind_of) or isinstance(value, bool):
+        if not isinstance(value, kind_of) or isinstance(value, bool) or not _storable(value):
             raise BadCursor("malformed cursor")
     return key
+
+
+MAX_CURSOR = 400  # the longest this module makes is far shorter
+MAX_ID = 2**63 - 1  # the largest integer SQLite and PostgreSQL's bigint hold
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, int):
+        return -MAX_ID - 1 <= value <= MAX_ID
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
 
 
 def _columns() -> Select[Any]:
@@ -125,7 +143,7 @@ def result_page(
         keys.insert(0, Image.confidence)
         types = (float | int, int, int)  # type: ignore[assignment]
     descending = sort in (Sort.NEWEST, Sort.MOST_CONFIDENT)
-    if cursor is not None:
+    if cursor:  # an empty one (a form's empty field) is the first page
         after = decode_cursor(cursor, f"results:{sort.value}", types)
         key = tuple_(*keys)
         query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
@@ -163,7 +181,7 @@ def review_page(session: Session, cursor: str | None = None, limit: int = 20) ->
         .add_columns(Image.review_score, _latest_path().label("path"))
         .where(_IN_REVIEW_QUEUE)
     )
-    if cursor is not None:
+    if cursor:  # an empty one (a form's empty field) is the first page
         score, image_id = decode_cursor(cursor, "review", (float | int, int))  # type: ignore[arg-type]
         query = query.where(tuple_(Image.review_score, Image.id) > tuple_(score, image_id))
     query = query.order_by(Image.review_score, Image.id)
@@ -292,7 +310,7 @@ def failed_page(
     )
     if kind is not None:
         query = query.where(Image.error_kind == kind)
-    if cursor is not None:
+    if cursor:  # an empty one (a form's empty field) is the first page
         (image_id,) = decode_cursor(cursor, f"failed:{kind or ''}", (int,))
         query = query.where(Image.id < image_id)
     rows = session.execute(query.order_by(Image.id.desc()).limit(limit + 1)).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,3 +78,67 @@ class LazySessions:
                 self._engine.dispose()
             self._engine = None
             self._factory = None
+
+
+def database_problem(url: str, connect: bool = True) -> str | None:
+    """Why the ledger at ``url`` cannot be used, in words a person can act on, or None: not
+    a URL, a database other than SQLite or PostgreSQL, its driver not installed, a SQLite file
+    whose folder cannot be written, or (``connect``) a server that does not answer."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # sqlalchemy.exc.ArgumentError, ValueError
+        return (
+            "not a database URL; use sqlite:////abs/path/results.db or "
+            "postgresql+psycopg://user:password@host/dbname"
+        )
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED:
+        return f"{backend!r} is not supported; use SQLite or PostgreSQL"
+    try:
+        parsed.get_dialect().import_dbapi()
+    except Exception as exc:  # ImportError, NoSuchModuleError
+        hint = " (pip install -e '.[postgres]')" if backend == "postgresql" else ""
+        return f"its driver is not installed: {exc}{hint}"
+    if backend == "sqlite":
+        problem = _sqlite_file_problem(parsed.database)
+        if problem is not None:
+            return problem
+    if not connect:
+        return None
+    engine = make_engine(url, **_quick_connect(backend))
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        reason = getattr(exc, "orig", None) or exc
+        return f"cannot connect ({type(reason).__name__}: {str(reason).strip().splitlines()[0]})"
+    finally:
+        engine.dispose()
+    return None
+
+
+SUPPORTED = frozenset({"sqlite", "postgresql"})
+
+
+def _sqlite_file_problem(database: str | None) -> str | None:
+    if not database or database == ":memory:":
+        return None
+    path = Path(database)
+    if path.is_dir():
+        return f"{path} is a folder, not a database file"
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write to {folder} (SQLite needs its folder writable for the WAL)"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"cannot read and write {path}"
+    return None
+
+
+def _quick_connect(backend: str) -> dict[str, Any]:
+    if backend == "postgresql":
+        return {"connect_args": {"connect_timeout": 3}}
+    return {}

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from contract.clock import utcnow
+from contract.paths import to_ledger
 from db.models import Image, ImagePath, Label, LabelSource
 
 
@@ -153,10 +154,10 @@ def human_classes(session: Session) -> list[str]:
 
 
 def sha_for_path(session: Session, path: str) -> str | None:
-    """The content hash last seen at ``path`` (as the watcher recorded it)."""
+    """The content hash last seen at ``path`` (a file-system path)."""
     return session.scalars(
         select(Image.sha256)
         .join(ImagePath, ImagePath.image_id == Image.id)
-        .where(ImagePath.path == path)
+        .where(ImagePath.path == to_ledger(path))
         .limit(1)
     ).first()

@@ -17,6 +17,7 @@ from contract.chunks import chunked
 from contract.clock import as_utc, utcnow
 from contract.failures import FailureKind, is_path_failure
 from contract.messages import WorkItem
+from contract.paths import to_ledger
 from contract.records import Classified, Failed, SeenFile
 from db.models import Base, Image, ImagePath, ImageStatus, Prediction
 
@@ -36,6 +37,8 @@ def _insert(session: Session, table: type[Base]) -> Any:
 
 def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     """Record files the watcher found; return those whose content still needs classifying.
+    Paths are stored, and work items carry them, as :func:`contract.paths.to_ledger` writes
+    them (any name the file system holds, as text).
 
     The same content under two names gives one image row with two paths and one work item.
     Content that is already queued (and sent), done or failed is not sent again.
@@ -92,7 +95,7 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     path_rows = [
         {
             "image_id": ids[f.sha256][0],
-            "path": f.path,
+            "path": to_ledger(f.path),
             "size": f.size,
             "mtime_ns": f.mtime_ns,
             "first_seen_at": now,
@@ -114,7 +117,7 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
         session.execute(paths, list(row_part))
 
     return [
-        WorkItem(path=f.path, sha256=sha)
+        WorkItem(path=to_ledger(f.path), sha256=sha)
         for sha, f in by_hash.items()
         if ids[sha][1] == ImageStatus.QUEUED and ids[sha][2] is None
     ]
@@ -146,14 +149,16 @@ def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
 
 
 def known_paths(session: Session, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """path -> (size, mtime_ns) for paths already recorded, so rescans skip re-hashing them."""
+    """path -> (size, mtime_ns) for paths already recorded, so rescans skip re-hashing them.
+    ``paths`` are file-system paths, and so are the keys returned."""
+    stored = {to_ledger(path): path for path in paths}
     found: dict[str, tuple[int, int]] = {}
-    for path_part in chunked(list(paths), CHUNK):
+    for path_part in chunked(list(stored), CHUNK):
         query = select(ImagePath.path, ImagePath.size, ImagePath.mtime_ns).where(
             ImagePath.path.in_(path_part)
         )
-        for path, size, mtime_ns in session.execute(query):
-            found[path] = (size, mtime_ns)
+        for text, size, mtime_ns in session.execute(query):
+            found[stored[text]] = (size, mtime_ns)
     return found
 
 

@@ -214,6 +214,17 @@ def get(session: Session, run_id: int) -> RunView | None:
     return RunView.of(run) if run is not None else None
 
 
+def open_run(session: Session, trigger: str) -> int | None:
+    """The newest run of ``trigger`` that is queued or running, or None."""
+    query = (
+        select(TrainingRun.id)
+        .where(TrainingRun.status == RunStatus.RUNNING, TrainingRun.trigger == trigger)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
 def pending(session: Session) -> bool:
     """A run is queued or running: a new request would only wait behind it."""
     query = select(TrainingRun.id).where(TrainingRun.status == RunStatus.RUNNING).limit(1)

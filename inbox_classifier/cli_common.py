@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -12,13 +13,16 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.locate import BrokerNotFound, with_broker
 from contract import running
 from contract.clock import parse_since
-from contract.settings import Settings
+from contract.settings import Settings, dotenv_names, settings_problems, unknown_variables
 from db.engine import has_schema, make_engine, make_sessionmaker
+from inbox_classifier.lifeline import follow_supervisor
+from inbox_classifier.preflight import MISCONFIGURED
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,11 +73,10 @@ def settings_options(
                     overrides[field] = value
             verbose = kwargs.pop("verbose", False)
             configure_logging(verbose)
-            try:
-                settings = Settings(**overrides)
-            except Exception as exc:  # pydantic's ValidationError, with field names
-                raise click.UsageError(f"invalid settings: {exc}") from exc
-            if not role:
+            settings = read_settings(overrides)
+            if role:
+                follow_supervisor()  # started by `up`: die with it
+            else:
                 settings = agree_with_running(settings)
             return command(*args, settings=settings, **kwargs)
 
@@ -86,6 +89,20 @@ def settings_options(
         return cast(F, decorated)
 
     return decorate(func) if func is not None else decorate
+
+
+def read_settings(overrides: dict[str, Any]) -> Settings:
+    """The settings, once: flags over variables over ``.env`` over defaults. Bad values stop
+    the command (exit 2) with a line per variable; unknown variables get a warning."""
+    for warning in unknown_variables({**dotenv_names(), **os.environ}):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        flags = {field: flag for flag, field, _, _ in _OVERRIDES if field in overrides}
+        for line in settings_problems(exc, flags):
+            click.secho(f"error: {line}", fg="red", err=True)
+        raise SystemExit(MISCONFIGURED) from None
 
 
 def agree_with_running(settings: Settings) -> Settings:

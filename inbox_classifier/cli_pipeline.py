@@ -23,6 +23,13 @@ from inbox_classifier.cli_common import (
     require_broker,
     settings_options,
 )
+from inbox_classifier.preflight import (
+    check_database,
+    check_device,
+    check_folders,
+    check_redis,
+    check_web,
+)
 
 UP_EXAMPLES = """\b
 Examples:
@@ -36,7 +43,10 @@ Then, in a second terminal in the same folder: `inbox-classifier status`.
 @click.command(epilog=UP_EXAMPLES)
 @settings_options(role=True)
 @click.option(
-    "--workers", type=int, default=None, help="Classify workers (default: one per GPU, or 1)."
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Classify workers (default: one per GPU, or 1).",
 )
 @click.option("--no-trainer", is_flag=True, help="Do not run the `train` queue worker.")
 @click.option("--no-beat", is_flag=True, help="Do not run the scheduler.")
@@ -64,6 +74,9 @@ def watch(settings: Settings) -> None:
     from watcher.service import run_watcher
 
     settings = require_broker(settings)
+    check_folders(settings, inbox=True)
+    check_database(settings)
+    check_redis(settings)
     migrate.upgrade(settings.db_url)
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -97,6 +110,10 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
     unknown = wanted - {CLASSIFY_QUEUE, TRAIN_QUEUE}
     if unknown:
         raise click.UsageError(f"unknown queue(s): {', '.join(sorted(unknown))}")
+    check_folders(settings, labeled=True)
+    check_database(settings)
+    check_redis(settings)
+    check_device(settings)
     migrate.upgrade(settings.db_url)
     if CLASSIFY_QUEUE in wanted:
         try:
@@ -149,6 +166,9 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
     Off loopback it needs INBOX_CLASSIFIER_WEB_TOKEN; every request must then carry it."""
     from web.server import serve as run_server
 
+    check_web(settings, host)
+    check_folders(settings, inbox=True, labeled=True)
+    check_database(settings)
     with running.recorded(settings, "web"):
         code = run_server(settings, host, port)
     raise SystemExit(code)
@@ -161,7 +181,8 @@ def beat(settings: Settings) -> None:
     from broker.app import make_celery
 
     settings = require_broker(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_folders(settings)
+    check_redis(settings)
     app = make_celery(settings)
     with running.recorded(settings, "beat"):
         app.start(

@@ -10,7 +10,7 @@ and can detach (Ctrl-C) and come back. Importing this module imports no torch.
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -22,6 +22,9 @@ from contract.settings import Settings
 from db import runs, versions
 from db.engine import transaction
 from db.models import RunStatus
+
+if TYPE_CHECKING:
+    from web.retrain import Requested
 from inbox_classifier.cli_common import (
     BROKER,
     LABELED,
@@ -168,20 +171,23 @@ def retrain(
         raise SystemExit(_follow(settings, follow_id))
     if here:
         raise SystemExit(_train_here(settings, force, fresh))
-    run_id = _send_retrain(settings, force, fresh)
+    asked = _send_retrain(settings, force, fresh)
+    run_id = asked.run_id
+    queued = (
+        f"run {run_id} queued on the '{TRAIN_QUEUE}' queue"
+        if asked.new
+        else f"run {run_id} was queued or running already (one manual run at a time)"
+    )
     if wait:
-        click.echo(
-            f"run {run_id} queued on the '{TRAIN_QUEUE}' queue; following it (Ctrl-C "
-            "detaches, the run goes on)"
-        )
+        click.echo(f"{queued}; following it (Ctrl-C detaches, the run goes on)")
         raise SystemExit(_follow(settings, run_id))
     click.echo(
-        f"run {run_id} queued on the '{TRAIN_QUEUE}' queue: `inbox-classifier retrain --follow "
-        f"{run_id}` follows it, `--cancel {run_id}` stops it"
+        f"{queued}: `inbox-classifier retrain --follow {run_id}` follows it, "
+        f"`--cancel {run_id}` stops it"
     )
 
 
-def _send_retrain(settings: Settings, force: bool, fresh: bool) -> int:
+def _send_retrain(settings: Settings, force: bool, fresh: bool) -> Requested:
     from web.retrain import NotSent, request_retrain
 
     try:

@@ -19,6 +19,7 @@ from broker.app import make_celery
 from broker.send import send_classify
 from contract.calibration import Calibration
 from contract.clock import as_utc
+from contract.paths import shown
 from contract.serving import describe_serving
 from contract.settings import Settings
 from db import quality, versions
@@ -339,7 +340,7 @@ def label(
             with transaction(sessions) as session:
                 sha = labels.sha_for_path(session, os.path.abspath(image))
             if sha is None:
-                raise click.ClickException(f"{image}: not a path the ledger has seen")
+                raise click.ClickException(f"{shown(image)}: not a path the ledger has seen")
         try:
             if undo or class_name is None:
                 remove_label(settings, sessions, sha)

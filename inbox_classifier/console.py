@@ -55,7 +55,14 @@ def parse_record(line: str) -> Record | None:
     match = _CELERY_RECORD.match(line)
     if match:
         return Record(match["level"], "", match["message"])
+    # What a command says before it logs anything (click's errors, the settings checks).
+    for prefix, level in _CLI_MESSAGES:
+        if line.startswith(prefix):
+            return Record(level, "", line[len(prefix) :])
     return None
+
+
+_CLI_MESSAGES = (("Error: ", "ERROR"), ("error: ", "ERROR"), ("warning: ", "WARNING"))
 
 
 @dataclass(frozen=True)

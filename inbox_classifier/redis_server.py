@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class RedisServer:
     # Its own session: a Ctrl-C on the terminal (SIGINT to the whole foreground group) must
     # not stop the broker before the workers have finished and disconnected; `up` stops it last.
     own_session: bool = False
+    # `up` passes its parent-death request and its data-dir lock (inbox_classifier.lifeline).
+    preexec_fn: Callable[[], None] | None = None
+    pass_fds: tuple[int, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -77,7 +81,11 @@ class RedisServer:
         else:
             args += ["--appendonly", "no", "--save", ""]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, start_new_session=self.own_session
+            args,
+            stdin=subprocess.DEVNULL,
+            start_new_session=self.own_session,
+            preexec_fn=self.preexec_fn,  # two system calls, looked up before the fork
+            pass_fds=self.pass_fds,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,21 @@ from contract.settings import ENV_PREFIX, Settings
 from contract.sizing import sized_for_cuda
 from db import migrate
 from inbox_classifier.console import Console, Tally, follow_output, route_supervisor_logging
+from inbox_classifier.lifeline import (
+    SUPERVISOR_PID_ENV,
+    AlreadyRunning,
+    DataDirLock,
+    dies_with_parent,
+)
+from inbox_classifier.preflight import (
+    MISCONFIGURED,
+    Misconfigured,
+    check_database,
+    check_device_visible,
+    check_folders,
+    check_redis,
+    check_web,
+)
 from inbox_classifier.redis_server import RedisServer, free_port
 
 # Its INFO records are for the terminal; everything else this process logs reaches it only
@@ -151,6 +167,18 @@ class ChildOutput:
         )
 
 
+@dataclass(frozen=True)
+class Lifeline:
+    """What every child gets so that it dies with `up` (:mod:`inbox_classifier.lifeline`)."""
+
+    preexec_fn: Callable[[], None] | None = None
+    pass_fds: tuple[int, ...] = ()
+
+    @classmethod
+    def for_children(cls, lock_fd: int | None) -> Lifeline:
+        return cls(dies_with_parent(), (lock_fd,) if lock_fd is not None else ())
+
+
 @dataclass
 class Child:
     name: str
@@ -164,15 +192,19 @@ class Child:
     next_start: float = 0.0
     started_at: float = field(default=0.0)
 
-    def start(self, output: ChildOutput) -> None:
+    def start(self, output: ChildOutput, lifeline: Lifeline) -> None:
+        """Start it; on `up`'s main thread only (the parent-death signal follows the thread
+        that forked the child)."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "inbox_classifier", *self.args],
             # Unbuffered: its lines reach the log file (and the terminal) as they are written.
-            env={**self.env, "PYTHONUNBUFFERED": "1"},
+            env={**self.env, "PYTHONUNBUFFERED": "1", SUPERVISOR_PID_ENV: str(os.getpid())},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=lifeline.preexec_fn,  # two system calls, looked up before the fork
+            pass_fds=lifeline.pass_fds,
         )
         self.reader = output.follow(self.name, self.process)
         self.started_at = time.monotonic()
@@ -240,14 +272,42 @@ def plan_children(
 def run_pipeline(
     settings: Settings, workers: int | None, trainer: bool, beat: bool, web: bool = True
 ) -> int:
-    for folder in (settings.data_dir, settings.inbox, settings.labeled_path):
-        folder.mkdir(parents=True, exist_ok=True)
+    check_folders(settings, inbox=True, labeled=True)
     settings = settings.model_copy(
         update={
             "data_dir": settings.data_dir.resolve(),
             "inbox": settings.inbox.resolve(),
         }
     )
+    check_database(settings)
+    check_redis(settings)
+    check_device_visible(settings, visible_gpus() if settings.device != "cpu" else [])
+    if web:
+        check_web(settings)
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock_fd = lock.acquire(lambda: _holders(settings))
+    except AlreadyRunning as exc:
+        raise Misconfigured("DATA_DIR", settings.data_dir, str(exc)) from None
+    try:
+        return _run_locked(settings, workers, trainer, beat, web, Lifeline.for_children(lock_fd))
+    finally:
+        lock.release()
+
+
+def _holders(settings: Settings) -> str:
+    """The live processes recorded in the data dir, for the message of a refused `up`."""
+    return ", ".join(f"{r.role} {r.pid}" for r in running.running(settings))
+
+
+def _run_locked(
+    settings: Settings,
+    workers: int | None,
+    trainer: bool,
+    beat: bool,
+    web: bool,
+    lifeline: Lifeline,
+) -> int:
     settings = sized_for_gpus(settings)  # before the children read it: the watcher too
     output = ChildOutput(Console(), settings.data_dir / "logs")
     route_supervisor_logging(output.console, output.log_path("up"), log.name)
@@ -257,19 +317,25 @@ def run_pipeline(
         ensure_weights(settings.model, settings.weights)
     except ModelError as exc:
         log.error("%s", exc)
-        return 2
+        return MISCONFIGURED
     migrate.upgrade(settings.db_url)
 
     redis_server: RedisServer | None = None
     if not settings.redis_url:
-        redis_server = RedisServer(settings.data_dir / "redis", persist=True, own_session=True)
+        redis_server = RedisServer(
+            settings.data_dir / "redis",
+            persist=True,
+            own_session=True,
+            preexec_fn=lifeline.preexec_fn,
+            pass_fds=lifeline.pass_fds,
+        )
         url = redis_server.start()
         url_file(settings).write_text(url)
         settings = settings.model_copy(update={"redis_url": url})
         detail.info("private Redis at %s", url)
     try:
         with running.recorded(settings, "up"):
-            return _supervise(settings, workers, trainer, beat, web, output)
+            return _supervise(settings, workers, trainer, beat, web, output, lifeline)
     finally:
         if redis_server is not None:
             redis_server.stop()
@@ -291,6 +357,7 @@ def _supervise(
     beat: bool,
     web: bool,
     output: ChildOutput,
+    lifeline: Lifeline,
 ) -> int:
     stopping = threading.Event()
 
@@ -305,7 +372,7 @@ def _supervise(
         children = plan_children(settings, workers, trainer, beat, web)
     except PortError as exc:
         log.error("%s", exc)
-        return 2
+        return MISCONFIGURED
     for child in children:
         if child.name == "web":
             log.info("web: %s%s", child.url, child.note)
@@ -319,10 +386,21 @@ def _supervise(
         ", ".join(output.log_path(name).name for name in ["up", *(c.name for c in children)]),
     )
     for child in children:
-        child.start(output)
+        child.start(output, lifeline)
+    code = 0
     try:
         while not stopping.wait(0.5):
-            _restart_dead(children, output)
+            refused = _restart_dead(children, output, lifeline)
+            if refused is not None:
+                log.error(
+                    "%s cannot run with these settings (exit %d; the reason is above, and in "
+                    "%s); stopping",
+                    refused.name,
+                    MISCONFIGURED,
+                    output.log_path(refused.name),
+                )
+                code = MISCONFIGURED
+                break
     finally:
         for group in (["watcher"], ["beat"]):
             for child in children:
@@ -336,16 +414,20 @@ def _supervise(
         for child in children:
             if child.reader is not None:
                 child.reader.join(READER_JOIN_S)
-    return 0
+    return code
 
 
-def _restart_dead(children: list[Child], output: ChildOutput) -> None:
+def _restart_dead(children: list[Child], output: ChildOutput, lifeline: Lifeline) -> Child | None:
+    """Restart dead children with backoff; returns a child that exited because its settings
+    cannot work (:data:`MISCONFIGURED`): restarting it would fail the same way for ever."""
     now = time.monotonic()
     for child in children:
         if child.alive() or child.process is None:
             continue
         if child.next_start == 0.0:
             code = child.process.returncode
+            if code == MISCONFIGURED:
+                return child
             # A child that ran a while before dying starts over with a short delay.
             if now - child.started_at > 60:
                 child.restarts = 0
@@ -361,4 +443,5 @@ def _restart_dead(children: list[Child], output: ChildOutput) -> None:
         elif now >= child.next_start:
             child.restarts += 1
             child.next_start = 0.0
-            child.start(output)
+            child.start(output, lifeline)
+    return None

@@ -167,6 +167,7 @@ NAME_CASES: list[Case] = [
     Case("new\nline.jpg", DONE),
     Case("-leading-dash.jpg", DONE),
     Case("--help.jpg", DONE),
+    Case(os.fsdecode(b"not-utf8-\xff\xfe.jpg"), DONE),  # a name that is bytes, not text
     Case(f"{LONG_DIRS}/long-path.jpg", DONE),
 ]
 

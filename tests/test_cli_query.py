@@ -79,6 +79,15 @@ def test_results_json_filters(settings: Settings, session_factory) -> None:
     assert json.loads(_run(settings, "results", "--format", "json", "--since", "2999-01-01")) == []
 
 
+def test_since_out_of_range_is_a_usage_error_not_a_traceback(settings: Settings) -> None:
+    result = CliRunner().invoke(
+        main, ["results", "--since", "99999999d", "--database-url", settings.db_url]
+    )
+    assert result.exit_code == 2, result.output
+    assert "reaches back before the year 1" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_results_path_glob_is_a_bound_pattern(settings: Settings, session_factory) -> None:
     paths = _populate(settings, session_factory)
     glob = json.loads(

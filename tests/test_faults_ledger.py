@@ -12,7 +12,8 @@ from sqlalchemy import select, update
 
 from broker.app import make_celery
 from contract.clock import utcnow
-from contract.failures import FailureKind
+from contract.failures import FailureKind, Unusable
+from contract.messages import WorkItem
 from contract.records import Classified, Failed, SeenFile
 from contract.settings import Settings
 from db.engine import transaction
@@ -162,6 +163,31 @@ def test_same_content_seen_again_after_it_vanished_is_classified(
     assert _row(session_factory, B).status == ImageStatus.FAILED
 
 
+def test_a_file_over_max_file_bytes_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A 2 GiB sparse file: refused from its size alone, in no time and no memory."""
+    import resource
+    import time
+
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as handle:
+        handle.truncate(2 << 30)
+    limit = Settings(data_dir=tmp_path).file_byte_limit
+    assert limit == 4 * 100_000_000 + (1 << 20)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(Unusable) as refused:
+        read_verified(WorkItem(str(sparse), A), limit)
+    assert time.monotonic() - started < 1.0
+    assert refused.value.kind is FailureKind.TOO_LARGE
+    assert "over the 382.5 MiB limit (MAX_FILE_BYTES)" in refused.value.reason
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert grown_kib < 100 * 1024, f"peak RSS grew {grown_kib} KiB"
+    small = tmp_path / "small.jpg"
+    small.write_bytes(b"x" * 100)
+    with pytest.raises(Unusable, match="MAX_FILE_BYTES"):
+        read_verified(WorkItem(str(small), A), 99)
+
+
 def test_path_failure_kinds_are_the_ones_the_ledger_recognises(tmp_path: Path) -> None:
     """The ledger revives path failures by their kind; this pins the worker's kinds (and the
     wording a person reads stays what it was)."""
@@ -177,7 +203,7 @@ def test_path_failure_kinds_are_the_ones_the_ledger_recognises(tmp_path: Path) -
         path = tmp_path / f"f{len(failures)}"
         make(path)
         try:
-            read_verified(WorkItem(str(path), A))
+            read_verified(WorkItem(str(path), A), 1 << 20)
         except Unusable as exc:
             failures.append(exc)
     assert len(failures) == 3

@@ -414,7 +414,8 @@ def test_corrupt_images_are_skipped_and_empty_classes_ignored(
     root = tsettings.labeled_path
     (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (root / "green" / "empty.png").write_bytes(b"")
-    (root / "purple").mkdir()  # an empty class folder
+    for empty in ("purple", "cyan", "magenta", "teal", "olive", "navy", "plum"):
+        (root / empty).mkdir()  # empty class folders: one warning for all of them
     (root / ".thumbnails").mkdir()  # hidden: never a class
     write_class(root / ".thumbnails", (1, 2, 3), 5)
     (root / "notes.txt").write_text("not an image")
@@ -425,7 +426,8 @@ def test_corrupt_images_are_skipped_and_empty_classes_ignored(
     assert out.report["classes"] == ["blue", "green", "red"]
     assert out.report["skipped_corrupt"] == 2
     assert {c["path"] for c in out.report["corrupt_files"]} == {"red/broken.jpg", "green/empty.png"}
-    assert any("'purple' has no images" in w for w in out.report["warnings"])
+    emptied = [w for w in out.report["warnings"] if "without images" in w]
+    assert len(emptied) == 1 and emptied[0].startswith("7 class folder(s) without images")
 
 
 def test_one_class_is_refused_with_a_clear_message(settings: Settings, session_factory) -> None:

@@ -22,6 +22,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from contract.paths import from_ledger
 from contract.queues import CLASSIFY_QUEUE
 from contract.settings import Settings
 from db.engine import transaction
@@ -218,6 +219,65 @@ def test_odd_filenames(settings: Settings, session_factory, name: str) -> None:
         write_image(settings.inbox / name, 5)
         wait_until(lambda: count(session_factory) == 1, 10, "1 row")
     assert recorded_paths(session_factory) == {str(settings.inbox / name)}
+
+
+BAD_NAME = os.fsdecode(b"bad-\xff\xfe.jpg")  # bytes no UTF-8 decoder accepts
+
+
+def test_a_name_that_is_not_utf8_is_recorded_and_does_not_stall_later_files(
+    settings: Settings, session_factory
+) -> None:
+    """Such a name used to make every later insert fail: nothing after it was recorded."""
+    with watching(settings):
+        write_image(settings.inbox / BAD_NAME, 5)
+        write_image(settings.inbox / "after.jpg", 6)
+        wait_until(lambda: count(session_factory) == 2, 10, "both files recorded")
+        wait_until(lambda: len(queued_items(settings.redis_url)) == 2, 10, "both sent")
+        os.unlink(settings.inbox / BAD_NAME)
+        write_image(settings.inbox / "later.jpg", 7)
+        wait_until(lambda: count(session_factory) == 3, 10, "a later file too")
+    stored = recorded_paths(session_factory)
+    escaped = "bytes:" + str(settings.inbox / "bad-\\xff\\xfe.jpg")
+    assert escaped in stored, stored
+    items = {i["path"] for i in queued_items(settings.redis_url)}
+    assert escaped in items
+    assert from_ledger(escaped) == str(settings.inbox / BAD_NAME)
+
+
+def test_a_name_that_is_not_utf8_does_not_stop_the_startup_rescan(
+    settings: Settings, session_factory
+) -> None:
+    write_image(settings.inbox / BAD_NAME, 5)
+    write_images(settings.inbox / "while-down", 3, start_seed=20)
+    with watching(settings) as watcher:
+        wait_until(lambda: count(session_factory) == 4, 15, "all 4 found by the rescan")
+    assert watcher.scans >= 1
+
+
+def test_one_file_the_ledger_refuses_fails_alone(
+    settings: Settings, session_factory, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A burst the ledger refuses for a reason other than being unavailable is recorded file
+    by file: the bad one is logged, once, and the rest are recorded and sent."""
+    import db.ledger
+    import watcher.service
+
+    real = db.ledger.record_files
+
+    def refuse_one(session, files):  # type: ignore[no-untyped-def]
+        if any(f.path.endswith("poison.jpg") for f in files):
+            raise ValueError("this value cannot be stored")
+        return real(session, files)
+
+    monkeypatch.setattr(watcher.service, "record_files", refuse_one)
+    write_image(settings.inbox / "poison.jpg", 1)
+    write_images(settings.inbox / "fine", 4, start_seed=30)
+    with watching(settings):
+        wait_until(lambda: count(session_factory) == 4, 15, "the 4 good files")
+        wait_until(lambda: len(queued_items(settings.redis_url)) == 4, 15, "4 sent")
+    refused = [r for r in caplog.records if "could not record" in r.getMessage()]
+    assert len(refused) == 1 and "poison.jpg" in refused[0].getMessage()
+    assert refused[0].levelname == "ERROR"
 
 
 def test_the_inbox_removed_and_recreated_is_watched_again(

@@ -32,9 +32,11 @@ from watchdog.observers.polling import PollingObserver
 from broker.app import make_celery
 from contract.backoff import Backoff
 from contract.chunks import chunked
+from contract.paths import shown
 from contract.records import SeenFile
 from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
+from db.errors import is_transient
 from db.ledger import known_paths, record_files
 from watcher.events import HANDLED_EVENTS, EventQueue, InboxHandler, Kind, make_observer
 from watcher.filters import Signature, Skip, inspect, walk
@@ -71,6 +73,7 @@ class Watcher:
         self._app = make_celery(settings)
         self.publisher = Publisher(self._app, self._sessions, settings.files_per_message)
         self._unrecorded: list[SeenFile] = []  # hashed, but the ledger was unavailable
+        self._refused: set[tuple[str, str]] = set()  # (path, sha256) the ledger would not take
         self._db_backoff = Backoff()
         self._hashers = ThreadPoolExecutor(settings.hash_threads, thread_name_prefix="hash")
         self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
@@ -230,8 +233,7 @@ class Watcher:
                 signature = inspect(path, self.inbox, self.inbox_real)
                 if isinstance(signature, Signature):
                     found[path] = signature
-            with transaction(self._sessions) as session:
-                known = known_paths(session, list(found))
+            known = self._known(list(found))
             now_ns = time.time_ns()
             for path, signature in found.items():
                 if known.get(path) == signature:
@@ -320,7 +322,7 @@ class Watcher:
         found = inspect(path, self.inbox, self.inbox_real)
         if isinstance(found, Skip):
             if found is not Skip.VANISHED:
-                log.debug("ignoring %s: %s", path, found)
+                log.debug("ignoring %s: %s", shown(path), found)
             return None
         return found
 
@@ -329,8 +331,7 @@ class Watcher:
         this size and mtime (a rescan's or a late event's duplicate)."""
         signatures = {p: s for p in paths if (s := self._signature(p)) is not None}
         try:
-            with transaction(self._sessions) as session:
-                known = known_paths(session, list(signatures))
+            known = self._known(list(signatures))
         except Exception as exc:  # only an optimisation: recording will retry the DB
             log.warning("ledger lookup failed (%s: %s); hashing all", type(exc).__name__, exc)
             known = {}
@@ -342,11 +343,20 @@ class Watcher:
             elif isinstance(hashed, ChangedWhileReading):
                 self.tracker.written(path)  # still being written: track it again
             else:
-                log.info("skipping %s: %s", path, hashed)
+                log.info("skipping %s: %s", shown(path), hashed)
         return seen
 
+    def _known(self, paths: list[str]) -> dict[str, Signature]:
+        """Path -> (size, mtime_ns) the ledger holds for it."""
+        with transaction(self._sessions) as session:
+            known = known_paths(session, paths)
+        return {path: Signature(*signature) for path, signature in known.items()}
+
     def _record(self) -> None:
-        """Record the hashed files in one transaction and hand their work items on."""
+        """Record the hashed files in one transaction and hand their work items on. A burst
+        the ledger refuses for a reason other than being unavailable (a bug, a value it
+        cannot store) is recorded file by file, so one bad entry fails alone, once, and the
+        rest go on."""
         files = self._unrecorded
         started = time.perf_counter()
         read_at = self.publisher.generation()
@@ -354,6 +364,9 @@ class Watcher:
             with transaction(self._sessions) as session:
                 items = record_files(session, files)
         except Exception as exc:
+            if not is_transient(exc):
+                self._record_one_by_one(files, read_at)
+                return
             delay = self._db_backoff.failed()
             log.error(
                 "could not record %d file(s) (%s: %s); retrying in %.1fs",
@@ -373,6 +386,36 @@ class Watcher:
             queued,
             (time.perf_counter() - started) * 1000,
         )
+
+    def _record_one_by_one(self, files: list[SeenFile], read_at: int) -> None:
+        items = []
+        for index, seen in enumerate(files):
+            try:
+                with transaction(self._sessions) as session:
+                    items += record_files(session, [seen])
+            except Exception as exc:
+                if is_transient(exc):  # the ledger went away meanwhile: the rest wait
+                    self._unrecorded = files[index:]
+                    self._db_backoff.failed()
+                    break
+                # Logged once per content; a later rescan tries again, quietly.
+                level = (
+                    logging.DEBUG if (seen.path, seen.sha256) in self._refused else logging.ERROR
+                )
+                self._refused.add((seen.path, seen.sha256))
+                log.log(
+                    level,
+                    "could not record %s (%s: %s); the other files go on",
+                    shown(seen.path),
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            self.recorded += 1
+        else:
+            self._unrecorded = []
+        if items:
+            self.publisher.submit(items, read_at)
 
 
 def _try_hash(path: str) -> SeenFile | NotHashable:

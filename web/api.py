@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from broker.app import NoBroker
@@ -18,21 +18,52 @@ from contract.clock import iso, parse_since
 from contract.failures import FailureKind
 from contract.serving import describe_serving
 from db import browse, labels, ledger, quality, runs, versions
-from db.browse import BadCursor, Sort
+from db.browse import MAX_CURSOR, MAX_ID, BadCursor, Sort
 from db.engine import transaction
 from db.models import ImageStatus
 from db.queries import ResultFilter, ResultRow, ledger_status
 from imaging.decode import BadImage
 from imaging.formats import sniff
 from web import schemas
-from web.files import FileGone, read_from_inbox
+from web.files import FileGone, FileRefused, read_from_inbox
 from web.labeling import LabelError, apply_label, remove_label
 from web.retrain import NotSent, request_retrain, retrain_if_enough_labels
 from web.state import REVIEW_COUNT_CAP, WebState
 from web.thumbs import cached_thumbnail, make_thumbnail
 
-router = APIRouter(prefix="/api")
+#: What any endpoint may answer besides its success (README, "The API").
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorOut, "description": text}
+    for code, text in {
+        400: "a malformed cursor or request body",
+        401: "no token (when the app has one)",
+        403: "a cross-origin request",
+        404: "no such image, label, version or run",
+        409: "the image's file cannot be used (gone, or not an image)",
+        410: "the image's file is gone",
+        413: "the request body is too large",
+        422: "a bad parameter: one line per field in `errors`",
+        503: "Redis is unreachable",
+    }.items()
+}
+router = APIRouter(prefix="/api", responses=ERRORS)
 ThumbSize = Literal["small", "large"]
+Sha256 = Annotated[
+    str,
+    Path(pattern=schemas.SHA256_PATTERN, description="the image's content hash (64 hex digits)"),
+]
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="a row id")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=MAX_CURSOR, description="next_cursor of the previous page"),
+]
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp")
+
+
+def binary(*media_types: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of a 200 that is bytes of ``media_types``, not JSON."""
+    content = {t: {"schema": {"type": "string", "format": "binary"}} for t in media_types}
+    return {200: {"content": content, "description": description}}
 IMMUTABLE = "public, max-age=31536000, immutable"  # content-addressed: never changes
 
 
@@ -57,20 +88,24 @@ def _since(text: str | None) -> datetime | None:
 # --- status and results ---------------------------------------------------------------------
 
 
-@router.get("/status", summary="The `status --json` object")
-def status(request: Request, window: Annotated[int, Query(ge=1, le=86_400)] = 60) -> Any:
+@router.get("/status", response_model=schemas.StatusOut, summary="The `status --json` object")
+def status(
+    request: Request, window: Annotated[int, Query(ge=1, le=86_400)] = 60
+) -> schemas.StatusOut:
     web = state(request)
     with transaction(web.sessions) as session:
         ledger_part = ledger_status(session, window)
     queues = web.queues.get()
     backlog = web.review_backlog.get()
-    return {
-        **ledger_part,
-        "queue_depth": queues.depth,
-        "workers": queues.workers,
-        "review_backlog": backlog,  # counted up to 10,000
-        "review_backlog_is_lower_bound": backlog >= REVIEW_COUNT_CAP,
-    }
+    return schemas.StatusOut.model_validate(
+        {
+            **ledger_part,
+            "queue_depth": queues.depth,
+            "workers": queues.workers,
+            "review_backlog": backlog,  # counted up to 10,000
+            "review_backlog_is_lower_bound": backlog >= REVIEW_COUNT_CAP,
+        }
+    )
 
 
 @router.get("/results", response_model=schemas.ResultPage, summary="Results, a page at a time")
@@ -90,7 +125,7 @@ def results(
         bool | None, Query(description="at or above its class's TARGET_PRECISION threshold")
     ] = None,
     sort: Sort = Sort.NEWEST,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
 ) -> schemas.ResultPage:
     filters = ResultFilter(
@@ -125,7 +160,7 @@ def label_counts(request: Request) -> list[schemas.LabelCount]:
 def review(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 20,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Cursor = None,
 ) -> schemas.ReviewPage:
     """Least certain first: the smallest margin between the model's two best classes."""
     web = state(request)
@@ -166,7 +201,7 @@ def add_label(request: Request, body: schemas.LabelRequest) -> schemas.ImageOut:
 
 
 @router.delete("/labels/{sha256}", response_model=schemas.ImageOut, summary="Undo an image's label")
-def undo_label(request: Request, sha256: str) -> schemas.ImageOut:
+def undo_label(request: Request, sha256: Sha256) -> schemas.ImageOut:
     _check_sha(sha256)
     web = state(request)
     try:
@@ -203,7 +238,7 @@ def _image(web: WebState, sha256: str) -> schemas.ImageOut:
 
 
 @router.get("/images/{sha256}", response_model=schemas.ImageOut, summary="One image")
-def image(request: Request, sha256: str) -> schemas.ImageOut:
+def image(request: Request, sha256: Sha256) -> schemas.ImageOut:
     _check_sha(sha256)
     return _image(state(request), sha256)
 
@@ -219,15 +254,24 @@ def _inbox_bytes(web: WebState, sha256: str) -> bytes:
     if target is None:
         raise HTTPException(404, f"no image with content hash {sha256}")
     try:
-        return read_from_inbox(str(web.settings.inbox), target.paths, sha256).data
+        return read_from_inbox(
+            str(web.settings.inbox), target.paths, sha256, web.settings.file_byte_limit
+        ).data
     except FileGone as exc:
         raise HTTPException(410, str(exc)) from None
+    except FileRefused as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
-@router.get("/images/{sha256}/thumbnail", summary="A JPEG thumbnail (cached)")
+@router.get(
+    "/images/{sha256}/thumbnail",
+    summary="A JPEG thumbnail (cached)",
+    response_class=FileResponse,
+    responses=binary("image/jpeg", description="the thumbnail"),
+)
 def thumbnail(
     request: Request,
-    sha256: str,
+    sha256: Sha256,
     size: Annotated[ThumbSize, Query(description="small: 320 px, large: 1024 px")] = "small",
 ) -> Response:
     _check_sha(sha256)
@@ -242,8 +286,13 @@ def thumbnail(
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
 
-@router.get("/images/{sha256}/original", summary="The file's bytes, as dropped")
-def original(request: Request, sha256: str) -> Response:
+@router.get(
+    "/images/{sha256}/original",
+    summary="The file's bytes, as dropped",
+    response_class=Response,
+    responses=binary(*IMAGE_TYPES, description="the file, with its sniffed image type"),
+)
+def original(request: Request, sha256: Sha256) -> Response:
     _check_sha(sha256)
     data = _inbox_bytes(state(request), sha256)
     kind = sniff(data)
@@ -275,7 +324,7 @@ def failure_kinds(request: Request) -> list[schemas.FailureGroup]:
 def failed(
     request: Request,
     kind: FailureKind | None = None,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
 ) -> schemas.ResultPage:
     try:
@@ -291,8 +340,6 @@ def retry_failed(request: Request, body: schemas.RetryRequest) -> schemas.RetryO
     """For files a person fixed: the images go back to queued and are sent to the workers."""
     if body.kind is None and not body.sha256s:
         raise HTTPException(422, "say which: a kind, or sha256s")
-    if body.kind is not None and body.kind not in set(FailureKind):
-        raise HTTPException(422, f"unknown failure kind {body.kind!r}")
     for sha in body.sha256s:
         _check_sha(sha)
     web = state(request)
@@ -314,7 +361,7 @@ def retry_failed(request: Request, body: schemas.RetryRequest) -> schemas.RetryO
 # --- models and training ----------------------------------------------------------------------
 
 
-def _model(view: versions.VersionView, models_dir: Path) -> dict[str, Any]:
+def _model(view: versions.VersionView, models_dir: FilePath) -> dict[str, Any]:
     return {
         **asdict(view),
         "serving_text": describe_serving(view.serving),
@@ -330,8 +377,10 @@ def models(request: Request) -> list[schemas.ModelOut]:
     return [schemas.ModelOut.model_validate(_model(v, web.settings.models_path)) for v in views]
 
 
-@router.get("/models/{version_id}", response_model=schemas.ModelDetailOut, summary="One version")
-def model(request: Request, version_id: int) -> schemas.ModelDetailOut:
+@router.get(
+    "/models/{version_id:int}", response_model=schemas.ModelDetailOut, summary="One version"
+)
+def model(request: Request, version_id: RowId) -> schemas.ModelDetailOut:
     web = state(request)
     with transaction(web.sessions) as session:
         view = next((v for v in versions.views(session) if v.id == version_id), None)
@@ -343,11 +392,11 @@ def model(request: Request, version_id: int) -> schemas.ModelDetailOut:
 
 
 @router.get(
-    "/models/{version_id}/quality",
+    "/models/{version_id:int}/quality",
     response_model=schemas.QualityOut,
     summary="Production against validation: drift, needs-review share, corrections",
 )
-def model_quality(request: Request, version_id: int) -> schemas.QualityOut:
+def model_quality(request: Request, version_id: RowId) -> schemas.QualityOut:
     web = state(request)
     with transaction(web.sessions) as session:
         found = quality.version_quality(session, version_id)
@@ -366,10 +415,17 @@ def model_quality(request: Request, version_id: int) -> schemas.QualityOut:
     )
 
 
-@router.get("/models/{version_id}/{picture}.png", summary="curves, val_grid or reliability")
-def model_picture(request: Request, version_id: int, picture: str) -> Response:
-    if picture not in {"curves", "val_grid", "reliability"}:
-        raise HTTPException(404, "no such picture: curves, val_grid or reliability")
+@router.get(
+    "/models/{version_id:int}/{picture}.png",
+    summary="curves, val_grid or reliability",
+    response_class=FileResponse,
+    responses=binary("image/png", description="the picture"),
+)
+def model_picture(
+    request: Request,
+    version_id: RowId,
+    picture: Annotated[Literal["curves", "val_grid", "reliability"], Path()],
+) -> Response:
     path = state(request).settings.models_path / str(version_id) / f"{picture}.png"
     if not path.is_file():
         raise HTTPException(404, f"model version {version_id} has no {picture}.png")
@@ -384,14 +440,16 @@ def _switch(web: WebState, version_id: int | None, verb: str) -> schemas.SwitchO
             raise HTTPException(404, str(exc)) from None
         if target.already_active:
             return schemas.SwitchOut(active=target.name, previous=target.name)
-        if target.trained and not Path(target.weights).is_file():
+        if target.trained and not FilePath(target.weights).is_file():
             raise HTTPException(409, f"{target.name} cannot be loaded: {target.weights} is missing")
         previous = versions.activate_by_hand(session, target.id, verb)
     return schemas.SwitchOut(active=target.name, previous=previous)
 
 
-@router.post("/models/{version_id}/promote", response_model=schemas.SwitchOut, summary="Promote")
-def promote(request: Request, version_id: int) -> schemas.SwitchOut:
+@router.post(
+    "/models/{version_id:int}/promote", response_model=schemas.SwitchOut, summary="Promote"
+)
+def promote(request: Request, version_id: RowId) -> schemas.SwitchOut:
     """Make this version active (even one the gate rejected); workers switch within seconds."""
     return _switch(state(request), version_id, "promoted")
 
@@ -401,15 +459,27 @@ def rollback(request: Request) -> schemas.SwitchOut:
     return _switch(state(request), None, "rolled back")
 
 
-@router.post("/retrain", status_code=202, response_model=schemas.RunOut, summary="Retrain now")
-def retrain(request: Request, body: schemas.RetrainRequestIn | None = None) -> schemas.RunOut:
+@router.post(
+    "/retrain",
+    status_code=202,
+    response_model=schemas.RunOut,
+    summary="Retrain now",
+    responses={200: {"model": schemas.RunOut, "description": "a run was queued already: it"}},
+)
+def retrain(
+    request: Request, response: Response, body: schemas.RetrainRequestIn | None = None
+) -> schemas.RunOut:
+    """202 and the new run; 200 and the run already queued or running, when there is one
+    (one manual run at a time: clicking twice queues nothing more)."""
     body = body or schemas.RetrainRequestIn()
     web = state(request)
     try:
-        run_id = request_retrain(web.sessions, web.celery(), force=body.force, fresh=body.fresh)
+        asked = request_retrain(web.sessions, web.celery(), force=body.force, fresh=body.fresh)
     except (NoBroker, NotSent) as exc:
         raise HTTPException(503, str(exc)) from None
-    return _run(web, run_id)
+    if not asked.new:
+        response.status_code = 200
+    return _run(web, asked.run_id)
 
 
 def _run(web: WebState, run_id: int) -> schemas.RunOut:
@@ -429,13 +499,13 @@ def recent_runs(
     return [schemas.RunOut.model_validate(asdict(r)) for r in views]
 
 
-@router.get("/runs/{run_id}", response_model=schemas.RunOut, summary="One training run")
-def run(request: Request, run_id: int) -> schemas.RunOut:
+@router.get("/runs/{run_id:int}", response_model=schemas.RunOut, summary="One training run")
+def run(request: Request, run_id: RowId) -> schemas.RunOut:
     return _run(state(request), run_id)
 
 
-@router.post("/runs/{run_id}/cancel", response_model=schemas.RunOut, summary="Stop a run")
-def cancel_run(request: Request, run_id: int) -> schemas.RunOut:
+@router.post("/runs/{run_id:int}/cancel", response_model=schemas.RunOut, summary="Stop a run")
+def cancel_run(request: Request, run_id: RowId) -> schemas.RunOut:
     """As `retrain --cancel RUN`: a queued run is cancelled at once, a running one stops at its
     next epoch (``cancel_requested`` until then); nothing from it is promoted."""
     web = state(request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -11,9 +13,11 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.settings import Settings
 from web import api, pages
+from web.limits import MAX_BODY_BYTES, BodyLimit
 from web.metrics import make_registry, render
 from web.security import Guard, is_loopback
 from web.state import WebState
@@ -66,12 +70,50 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
             f"{e['msg']}"
             for e in exc.errors()
         ]
+        if pages.wants_page(request):
+            return pages.error_page(request, HTTPException(422, "; ".join(problems)))
         return JSONResponse({"detail": "; ".join(problems), "errors": problems}, 422)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path that matched; a path served by
+            # several (GET and POST /api/labels) allows all their methods.
+            documented = allowed_methods(app, request.url.path)
+            if documented:
+                headers["Allow"] = ", ".join(documented)
         if pages.wants_page(request):
-            return pages.error_page(request, exc)
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+            return pages.error_page(request, HTTPException(exc.status_code, exc.detail, headers))
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
 
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # outermost: before anything reads
     return app
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the API documents at ``path`` (its OpenAPI paths, which is what a client
+    reads); empty for a path it does not document."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        integers = frozenset(
+            parameter["name"]
+            for operation in operations.values()
+            for parameter in operation.get("parameters", [])
+            if parameter["in"] == "path" and parameter.get("schema", {}).get("type") == "integer"
+        )
+        if _template(template, integers).fullmatch(path):
+            methods.update(m.upper() for m in operations)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+@functools.cache
+def _template(template: str, integers: frozenset[str]) -> re.Pattern[str]:
+    """A path template as a pattern: an integer parameter matches digits, any other a segment."""
+    pattern = re.escape(template)
+    for name in re.findall(r"\{([^}]+)\}", template):
+        segment = "[0-9]+" if name in integers else "[^/]+"
+        pattern = pattern.replace(re.escape("{" + name + "}"), segment)
+    return re.compile(pattern)

@@ -4,19 +4,21 @@ must still hold the bytes of that hash."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from contract.failures import Unusable
-from contract.files import open_regular
-
-MAX_ORIGINAL_BYTES = 512 * 1024 * 1024
+from contract.failures import FailureKind, Unusable
+from contract.files import read_verified
+from contract.paths import from_ledger
 
 
 class FileGone(LookupError):
     """No path of the image holds its bytes any more (moved, deleted or changed)."""
+
+
+class FileRefused(ValueError):
+    """The image's file is there but is not read: larger than ``MAX_FILE_BYTES``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,28 +32,24 @@ def inside(path: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def read_from_inbox(inbox: str, paths: Sequence[str], sha256: str) -> InboxFile:
-    """The bytes of the first of ``paths`` (most recently seen first) that is inside the inbox
-    and still has content ``sha256``. Raises :class:`FileGone`."""
+def read_from_inbox(inbox: str, paths: Sequence[str], sha256: str, max_bytes: int) -> InboxFile:
+    """The bytes of the first of ``paths`` (ledger paths, most recently seen first) that is
+    inside the inbox, at most ``max_bytes`` long and still has content ``sha256``. Raises
+    :class:`FileRefused` when the file is there but too large, else :class:`FileGone`."""
     root = os.path.realpath(inbox)
+    refused: Unusable | None = None
     for path in paths:
-        if not inside(path, root):
+        real = os.path.realpath(from_ledger(path))
+        if not inside(real, root):
             continue
         try:
-            fd = open_regular(os.path.realpath(path))
-        except Unusable:
+            return InboxFile(path, read_verified(real, sha256, max_bytes))
+        except Unusable as exc:
+            if exc.kind is FailureKind.TOO_LARGE:
+                refused = exc
             continue
-        try:
-            if os.fstat(fd).st_size > MAX_ORIGINAL_BYTES:
-                continue
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        if hashlib.sha256(data).hexdigest() == sha256:
-            return InboxFile(path, data)
+    if refused is not None:
+        raise FileRefused(refused.reason)
     raise FileGone(
         "the image's file is no longer in the inbox with this content (moved, deleted or "
         "changed since it was classified)"

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract.labeled import label_problem
+from contract.labeled import label_problem, normalized_label
+from contract.paths import from_ledger
 from contract.settings import Settings
 from db import labels
 from db.engine import transaction
 from imaging.formats import sniff
-from web.files import FileGone, read_from_inbox
+from web.files import FileGone, FileRefused, read_from_inbox
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def apply_label(
     label: str,
     reviewer: str | None = None,
 ) -> Labeled:
-    """Give image ``sha256`` the human label ``label``. Raises :class:`LabelError`."""
+    """Give image ``sha256`` the human label ``label`` (NFC-normalised). Raises
+    :class:`LabelError`."""
+    label = normalized_label(label)
     problem = label_problem(label)
     if problem is not None:
         raise LabelError(Problem.INVALID, f"{label!r} cannot be a class name: {problem}")
@@ -68,8 +71,10 @@ def apply_label(
     if image is None:
         raise LabelError(Problem.NOT_FOUND, f"no image with content hash {sha256}")
     try:
-        found = read_from_inbox(str(settings.inbox), image.paths, sha256)
-    except FileGone as exc:
+        found = read_from_inbox(
+            str(settings.inbox), image.paths, sha256, settings.file_byte_limit
+        )
+    except (FileGone, FileRefused) as exc:
         raise LabelError(Problem.CONFLICT, f"cannot be used for training: {exc}") from None
     kind = sniff(found.data)
     if kind is None:
@@ -115,7 +120,7 @@ def _place(source: str, data: bytes, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         try:
-            os.link(os.path.realpath(source), tmp)
+            os.link(os.path.realpath(from_ledger(source)), tmp)
             linked = hashlib.sha256(tmp.read_bytes()).digest() == hashlib.sha256(data).digest()
         except OSError:  # another file system, or links not allowed
             linked = False

@@ -13,10 +13,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 
 from contract.failures import FailureKind
 from db import browse, runs
-from db.browse import Sort
+from db.browse import MAX_ID, Sort
 from db.engine import transaction
 from db.models import ImageStatus
 from web import api, schemas
@@ -46,6 +47,9 @@ def submit(request: Request, action: Callable[[], object], default: str) -> Resp
         action()
     except HTTPException as exc:
         return error_page(request, exc)
+    except ValidationError as exc:  # a form field the API's request model refuses
+        problems = "; ".join(str(e["msg"]) for e in exc.errors())
+        return error_page(request, HTTPException(422, problems))
     return back(request, default)
 
 
@@ -79,7 +83,7 @@ def browse_page(
     needs_review: bool | None = None,
     sure: bool | None = None,
     sort: Sort = Sort.NEWEST,
-    cursor: str | None = None,
+    cursor: api.Cursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> HTMLResponse:
     filters = {
@@ -124,7 +128,7 @@ def browse_page(
 
 
 @router.get("/images/{sha256}", response_class=HTMLResponse)
-def image_page(request: Request, sha256: str) -> HTMLResponse:
+def image_page(request: Request, sha256: api.Sha256) -> HTMLResponse:
     detail = api.image(request, sha256)
     return render(
         request,
@@ -136,7 +140,9 @@ def image_page(request: Request, sha256: str) -> HTMLResponse:
 
 
 @router.post("/images/{sha256}/label")
-def label_form(request: Request, sha256: str, label: Annotated[str, Form()]) -> Response:
+def label_form(
+    request: Request, sha256: api.Sha256, label: Annotated[str, Form(max_length=1000)]
+) -> Response:
     return submit(
         request,
         lambda: api.add_label(request, schemas.LabelRequest(sha256=sha256, label=label.strip())),
@@ -145,7 +151,7 @@ def label_form(request: Request, sha256: str, label: Annotated[str, Form()]) -> 
 
 
 @router.post("/images/{sha256}/unlabel")
-def unlabel_form(request: Request, sha256: str) -> Response:
+def unlabel_form(request: Request, sha256: api.Sha256) -> Response:
     return submit(request, lambda: api.undo_label(request, sha256), f"/images/{sha256}")
 
 
@@ -165,7 +171,7 @@ def review_page(request: Request) -> HTMLResponse:
 
 @router.get("/failed", response_class=HTMLResponse)
 def failed_page(
-    request: Request, kind: FailureKind | None = None, cursor: str | None = None
+    request: Request, kind: FailureKind | None = None, cursor: api.Cursor = None
 ) -> HTMLResponse:
     page = api.failed(request, kind=kind, cursor=cursor, limit=100)
     query = {"kind": kind.value} if kind else {}
@@ -184,14 +190,16 @@ def failed_page(
 
 
 @router.post("/failed/retry")
-def retry_form(request: Request, kind: Annotated[str, Form()]) -> Response:
+def retry_form(request: Request, kind: Annotated[FailureKind, Form()]) -> Response:
     return submit(
         request, lambda: api.retry_failed(request, schemas.RetryRequest(kind=kind)), "/failed"
     )
 
 
 @router.get("/models", response_class=HTMLResponse)
-def models_page(request: Request, version: int | None = None) -> HTMLResponse:
+def models_page(
+    request: Request, version: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
+) -> HTMLResponse:
     versions_list = api.models(request)
     chosen = (
         version
@@ -211,8 +219,8 @@ def models_page(request: Request, version: int | None = None) -> HTMLResponse:
     )
 
 
-@router.post("/models/{version_id}/promote")
-def promote_form(request: Request, version_id: int) -> Response:
+@router.post("/models/{version_id:int}/promote")
+def promote_form(request: Request, version_id: api.RowId) -> Response:
     return submit(request, lambda: api.promote(request, version_id), "/models")
 
 
@@ -223,11 +231,15 @@ def rollback_form(request: Request) -> Response:
 
 @router.post("/retrain")
 def retrain_form(request: Request) -> Response:
-    return submit(request, lambda: api.retrain(request, schemas.RetrainRequestIn()), "/models")
+    return submit(
+        request,
+        lambda: api.retrain(request, Response(), schemas.RetrainRequestIn()),
+        "/models",
+    )
 
 
-@router.post("/runs/{run_id}/cancel")
-def cancel_run_form(request: Request, run_id: int) -> Response:
+@router.post("/runs/{run_id:int}/cancel")
+def cancel_run_form(request: Request, run_id: api.RowId) -> Response:
     return submit(request, lambda: api.cancel_run(request, run_id), "/models")
 
 

@@ -6,6 +6,7 @@ gate take it from there."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +24,12 @@ class NotSent(RuntimeError):
     """The broker refused the request; the run row says so too."""
 
 
+@dataclass(frozen=True)
+class Requested:
+    run_id: int
+    new: bool  # False: a run of this trigger was queued or running already; this is it
+
+
 def request_retrain(
     sessions: sessionmaker[Session],
     app: Celery,
@@ -30,10 +37,14 @@ def request_retrain(
     trigger: str = "manual",
     force: bool = False,
     fresh: bool = False,
-) -> int:
-    """Queue a training run; returns its id. Raises :class:`NotSent` (with the run marked
-    failed) when the broker cannot be reached."""
+) -> Requested:
+    """Queue a training run, unless one of ``trigger`` is queued or running already (then
+    that one is the answer: a second click, or a script retrying, queues nothing more).
+    Raises :class:`NotSent` (with the run marked failed) when the broker cannot be reached."""
     with transaction(sessions) as session:
+        existing = runs.open_run(session, trigger)
+        if existing is not None:
+            return Requested(existing, new=False)
         run_id = runs.create_queued(session, trigger)
     try:
         send_retrain(app, RetrainRequest(trigger, force=force, run_id=run_id, fresh=fresh))
@@ -41,7 +52,7 @@ def request_retrain(
         with transaction(sessions) as session:
             runs.fail(session, run_id, f"could not send the request to the broker: {exc}")
         raise NotSent(f"could not reach the broker: {exc}") from exc
-    return run_id
+    return Requested(run_id, new=True)
 
 
 def retrain_if_enough_labels(
@@ -59,7 +70,7 @@ def retrain_if_enough_labels(
     if fresh_labels < threshold:
         return None
     try:
-        run_id = request_retrain(sessions, app, trigger="labels")
+        run_id = request_retrain(sessions, app, trigger="labels").run_id
     except NotSent as exc:
         log.error("%d new labels, but the retrain request failed: %s", fresh_labels, exc)
         return None

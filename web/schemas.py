@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from contract.failures import FailureKind
+from contract.labeled import MAX_CLASS_NAME
+
+SHA256_PATTERN = "^[0-9a-f]{64}$"
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers: the reason in words; for a 422, one line per bad field."""
+
+    detail: str
+    errors: list[str] | None = Field(
+        default=None, description="422 only: one entry per bad field"
+    )
+
+
+class ActiveModelOut(BaseModel):
+    id: int
+    name: str
+    arch: str
+    classes: int = Field(description="how many classes the model knows")
+    val_accuracy: float | None
+    serving: dict[str, Any] | None
+
+
+class StatusOut(BaseModel):
+    """What ``inbox-classifier status --json`` prints, plus the review backlog."""
+
+    images: dict[str, int] = Field(description="images per status: queued, done, failed")
+    active_model: ActiveModelOut | None
+    images_per_second: float = Field(description="classified over the last `window` seconds")
+    queue_depth: dict[str, int] | None = Field(
+        description="messages waiting per queue; null: Redis unreachable"
+    )
+    workers: list[str] | None = Field(description="workers that answered a ping")
+    review_backlog: int
+    review_backlog_is_lower_bound: bool
 
 
 class LabelScore(BaseModel):
@@ -51,9 +88,15 @@ class ReviewPage(ResultPage):
     )
 
 
-class LabelRequest(BaseModel):
-    sha256: str = Field(pattern="^[0-9a-f]{64}$")
-    label: str = Field(min_length=1, max_length=255)
+class Request(BaseModel):
+    """A request body: exactly its fields (an unknown one is a typo, refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelRequest(Request):
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    label: str = Field(min_length=1, max_length=MAX_CLASS_NAME)
     reviewer: str | None = Field(default=None, max_length=255)
 
 
@@ -99,9 +142,11 @@ class FailureGroup(BaseModel):
     images: int
 
 
-class RetryRequest(BaseModel):
-    kind: str | None = Field(default=None, description="every failed image of this kind")
-    sha256s: list[str] = Field(default_factory=list, max_length=10_000)
+class RetryRequest(Request):
+    kind: FailureKind | None = Field(default=None, description="every failed image of this kind")
+    sha256s: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
+        default_factory=list, max_length=10_000
+    )
 
 
 class RetryOut(BaseModel):
@@ -109,9 +154,9 @@ class RetryOut(BaseModel):
     messages: int
 
 
-class RetrainRequestIn(BaseModel):
-    force: bool = False
-    fresh: bool = False
+class RetrainRequestIn(Request):
+    force: StrictBool = False  # true or false, not 0 or "yes"
+    fresh: StrictBool = False
 
 
 class RunOut(BaseModel):

@@ -39,6 +39,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_name(header: str) -> str:
+    """The host of a Host header, without its port: ``[::1]:8000`` and ``[::1]`` give
+    ``[::1]``, ``localhost:8000`` gives ``localhost``."""
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def check_bind(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise RefusedBind(
@@ -91,7 +99,7 @@ class Guard:
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         if self.loopback_only:
-            host = request.headers.get("host", "").rsplit(":", 1)[0]
+            host = host_name(request.headers.get("host", ""))
             if not is_loopback(host):
                 return _refuse(400, f"unknown host {host!r}: this app serves localhost only")
         if request.method not in SAFE_METHODS and not same_origin(request):

@@ -21,9 +21,7 @@ SQLite syncs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,8 +35,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from contract.backoff import retry
 from contract.failures import FailureKind, Unusable
-from contract.files import open_regular
+from contract.files import read_verified as read_file
 from contract.messages import WorkItem
+from contract.paths import from_ledger
 from contract.records import Classified, Failed
 from contract.settings import Settings
 from db.engine import transaction
@@ -162,24 +161,10 @@ def device_decode_wanted(mode: str, device_type: str) -> bool:
     return mode == "on"
 
 
-def read_verified(item: WorkItem) -> bytes:
-    """The file's bytes, if it is still a regular file with the content that was queued.
-    Raises :class:`~contract.failures.Unusable` (a path failure) otherwise."""
-    fd = open_regular(item.path)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise Unusable(
-            FailureKind.UNREADABLE, f"file cannot be read: {exc.strerror or exc}"
-        ) from None
-    finally:
-        os.close(fd)
-    if hashlib.sha256(data).hexdigest() != item.sha256:
-        raise Unusable(
-            FailureKind.CHANGED, "file changed after it was queued (content hash differs)"
-        )
-    return data
+def read_verified(item: WorkItem, max_bytes: int) -> bytes:
+    """The file's bytes, if it is still a regular file of at most ``max_bytes`` with the
+    content that was queued. Raises :class:`~contract.failures.Unusable` otherwise."""
+    return read_file(from_ledger(item.path), item.sha256, max_bytes)
 
 
 class BatchEngine:
@@ -248,7 +233,7 @@ class BatchEngine:
         started, t0 = time.monotonic(), time.thread_time()
         t1: float | None = None
         try:
-            data = read_verified(item)
+            data = read_verified(item, self._settings.file_byte_limit)
             t1 = time.thread_time()
             if self.device_decode:
                 return prepare(data, prep, self._settings.max_image_pixels)

@@ -11,11 +11,28 @@ from __future__ import annotations
 import torch
 
 
+class DeviceUnavailable(RuntimeError):
+    """The configured device does not exist in this process."""
+
+
 def pick_device(spec: str) -> torch.device:
-    """'auto' (CUDA if visible, else CPU), 'cpu' or 'cuda[:n]'."""
+    """'auto' (CUDA if visible, else CPU), 'cpu' or 'cuda[:n]'. Raises
+    :class:`DeviceUnavailable` for a CUDA device this process cannot see."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(
+                "CUDA is not available to this process (no NVIDIA GPU, driver or CUDA build of "
+                "torch); use auto (the GPU when there is one, else the CPU) or cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(
+                f"there is no GPU {device.index}: this process sees "
+                f"{torch.cuda.device_count()} (CUDA_VISIBLE_DEVICES renumbers them from 0)"
+            )
+    return device
 
 
 def native_bf16(device: torch.device) -> bool:

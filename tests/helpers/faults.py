@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract.messages import WorkItem
+from contract.paths import from_ledger
 from contract.queues import CLASSIFY_QUEUE
 from contract.settings import Settings
 from db.engine import transaction
@@ -158,7 +159,7 @@ def rows_by_name(sessions: sessionmaker[Session]) -> dict[str, Image]:
         ):
             if image in session:  # an image with two paths comes twice
                 session.expunge(image)
-            out[os.path.basename(path)] = image
+            out[os.path.basename(from_ledger(path))] = image
         return out
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image as PILImage
 
 from contract.labeled import VAL_DIR, class_name_problem, is_image_name
+from contract.paths import shown as shown_path
 from imaging.decode import BadImage, decode
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def list_labeled(root: Path) -> Listing:
                     st = path.stat()
                 except OSError:  # vanished or a dangling link: not part of the data
                     continue
-                rel = path.relative_to(root).as_posix()
+                # As text any report can hold, whatever bytes the name is (contract.paths).
+                rel = shown_path(path.relative_to(root).as_posix())
                 files.append(ListedFile(path, rel, name, is_val, st.st_size, st.st_mtime_ns))
     with os.scandir(root) as entries:
         loose = sum(1 for e in entries if e.is_file() and is_image_name(e.name))
@@ -221,21 +223,21 @@ def scan_labeled(
     if duplicates:
         note(f"{duplicates} duplicate image(s) (same content in one class) counted once")
 
-    classes: list[str] = []
-    for name in listing.class_dirs:
-        if files_per_class[name] == 0:
-            note(f"class folder {name!r} has no images: ignored")
-        else:
-            classes.append(name)
+    classes = [name for name in listing.class_dirs if files_per_class[name]]
+    empty = [name for name in listing.class_dirs if not files_per_class[name]]
+    if empty:  # one line per run, however many: an undone label can leave many behind
+        shown = ", ".join(repr(n) for n in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        note(f"{len(empty)} class folder(s) without images ignored: {shown}")
     if len(classes) < 2:
         raise TrainingRefused(
             f"need at least 2 classes with images in {root}, found {len(classes)}"
             + (f" ({classes[0]!r})" if classes else "")
             + ": add a folder per class, e.g. labeled/cat/ and labeled/dog/"
         )
-    for name in listing.val_dirs:
-        if name not in classes:
-            note(f"{VAL_DIR}/{name} has no matching training class: ignored")
+    unmatched = [name for name in listing.val_dirs if name not in classes]
+    if unmatched:
+        shown = ", ".join(repr(n) for n in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        note(f"{len(unmatched)} {VAL_DIR}/ folder(s) without a training class ignored: {shown}")
 
     index = {c: i for i, c in enumerate(classes)}
     by_class_sha: dict[str, set[str]] = defaultdict(set)
