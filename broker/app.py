@@ -8,7 +8,7 @@ from datetime import timedelta
 from celery import Celery
 from celery.schedules import crontab
 
-from contract.messages import RetrainRequest
+from contract.messages import RetrainRequest, Trigger
 from contract.queues import CLASSIFY_QUEUE, TASK_CLASSIFY, TASK_RECONCILE, TASK_RETRAIN, TRAIN_QUEUE
 from contract.settings import Settings
 
@@ -65,7 +65,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
             "options": {"expires": settings.reconcile_interval_s},
         }
     }
-    scheduled = [RetrainRequest(trigger="schedule").encode()]
+    scheduled = [RetrainRequest(trigger=Trigger.SCHEDULE).encode()]
     if settings.retrain_cron:
         minute, hour, day, month, weekday = settings.retrain_cron.split()
         schedule["retrain"] = {

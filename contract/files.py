@@ -1,13 +1,18 @@
-"""Opening a file from the inbox, which untrusted users write to: a FIFO or a device swapped in
-for a file must neither block the reader nor be read."""
+"""Reading files from the inbox, which untrusted users write to: a FIFO or a device swapped in
+for a file must neither block the reader nor be read, a huge file is refused before it is read,
+and bytes are used only if they still have the hash they were queued with. The workers, the web
+app and labeling all read through here."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from contract.failures import FailureKind, Unusable
+from contract.paths import from_ledger
 
 
 def open_regular(path: str) -> int:
@@ -71,3 +76,47 @@ def read_verified(path: str, sha256: str, max_bytes: int) -> bytes:
 
 def _mib(size: int) -> str:
     return f"{size / (1 << 20):,.1f} MiB"
+
+
+class FileGone(LookupError):
+    """No path of the image holds its bytes any more (moved, deleted or changed)."""
+
+
+class FileRefused(ValueError):
+    """The image's file is there but is not read: larger than ``MAX_FILE_BYTES``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxFile:
+    path: str  # as the ledger has it
+    data: bytes
+
+
+def inside(path: str, root_real: str) -> bool:
+    """Whether ``path``, symlinks resolved, lies in the folder ``root_real`` (resolved)."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def read_from_inbox(inbox: str, paths: Sequence[str], sha256: str, max_bytes: int) -> InboxFile:
+    """An image's bytes by content hash, for the web app and labeling: the first of ``paths``
+    (ledger paths, most recently seen first) that resolves inside the inbox (whatever the
+    symlinks), is a regular file of at most ``max_bytes`` and still has content ``sha256``.
+    Raises :class:`FileRefused` when the file is there but too large, else :class:`FileGone`."""
+    root = os.path.realpath(inbox)
+    refused: Unusable | None = None
+    for path in paths:
+        real = os.path.realpath(from_ledger(path))
+        if not inside(real, root):
+            continue
+        try:
+            return InboxFile(path, read_verified(real, sha256, max_bytes))
+        except Unusable as exc:
+            if exc.kind is FailureKind.TOO_LARGE:
+                refused = exc
+    if refused is not None:
+        raise FileRefused(refused.reason)
+    raise FileGone(
+        "the image's file is no longer in the inbox with this content (moved, deleted or "
+        "changed since it was classified)"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 PAYLOAD_VERSION = 1
@@ -43,12 +44,19 @@ def decode_classify(payload: Any) -> list[WorkItem]:
     return out
 
 
+class Trigger(StrEnum):
+    """Why a training run was asked for (``training_runs.trigger``)."""
+
+    MANUAL = "manual"  # the CLI or the web app, with the id of the run row it created
+    SCHEDULE = "schedule"  # beat
+    LABELS = "labels"  # RETRAIN_AFTER_LABELS new labels
+
+
 @dataclass(frozen=True, slots=True)
 class RetrainRequest:
-    """A request for one training run: from beat (``trigger='schedule'``), the CLI or the web
-    app (``'manual'``, with the id of the run row it created), or the labels threshold."""
+    """A request for one training run."""
 
-    trigger: str = "manual"
+    trigger: Trigger = Trigger.MANUAL
     force: bool = False
     run_id: int | None = None
     fresh: bool = False
@@ -56,7 +64,7 @@ class RetrainRequest:
     def encode(self) -> dict[str, Any]:
         return {
             "v": PAYLOAD_VERSION,
-            "trigger": self.trigger,
+            "trigger": str(self.trigger),
             "force": self.force,
             "run_id": self.run_id,
             "fresh": self.fresh,
@@ -69,12 +77,13 @@ class RetrainRequest:
         run_id, fresh = payload.get("run_id"), payload.get("fresh", False)
         if (
             not isinstance(trigger, str)
+            or trigger not in {t.value for t in Trigger}
             or not isinstance(force, bool)
             or not isinstance(fresh, bool)
             or not (run_id is None or (isinstance(run_id, int) and not isinstance(run_id, bool)))
         ):
             raise BadMessage(f"bad retrain payload: {payload!r:.200}")
-        return cls(trigger=trigger, force=force, run_id=run_id, fresh=fresh)
+        return cls(trigger=Trigger(trigger), force=force, run_id=run_id, fresh=fresh)
 
 
 def _check_version(payload: Any, kind: str) -> None:

@@ -24,7 +24,7 @@ from db.engine import transaction
 from db.models import RunStatus
 
 if TYPE_CHECKING:
-    from web.retrain import Requested
+    from pipeline.retrain import Requested
 from inbox_classifier.cli_common import (
     BROKER,
     LABELED,
@@ -188,7 +188,7 @@ def retrain(
 
 
 def _send_retrain(settings: Settings, force: bool, fresh: bool) -> Requested:
-    from web.retrain import NotSent, request_retrain
+    from pipeline.retrain import NotSent, request_retrain
 
     try:
         app = make_celery(with_broker(settings))

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from broker.app import make_celery
-from broker.send import send_classify
+from broker.app import NoBroker, make_celery
+from broker.locate import BrokerNotFound, with_broker
 from contract.calibration import Calibration
 from contract.clock import as_utc
 from contract.paths import shown
@@ -24,9 +24,7 @@ from contract.serving import describe_serving
 from contract.settings import Settings
 from db import quality, versions
 from db.engine import transaction
-from db.ledger import mark_enqueued, requeue_done
 from db.models import ModelStatus, ModelVersion
-from db.queries import reclassify_items
 from inbox_classifier.cli_common import (
     BROKER,
     LABELED,
@@ -273,39 +271,41 @@ def reclassify(
     dry_run: bool,
 ) -> None:
     """Classify done images again with the active model (older predictions stay as history)."""
+    from pipeline.enqueue import PartlySent
+    from pipeline.rescore import Selection, rescore, select
+
     with ledger(settings) as sessions:
         with transaction(sessions) as session:
             active = versions.active_model(session)
             if active is None:
                 raise click.ClickException("no active model yet: start a worker or train one")
-            items = reclassify_items(
-                session,
-                active.id,
-                below_confidence=below_confidence,
-                older_than_version=older_version,
-                label=label,
-                since=since,
-            )
             name = active.name
-            if dry_run or not items:
-                click.echo(
-                    f"{len(items)} image(s) match; active model is {name}"
-                    + (" (dry run: nothing changed)" if dry_run else "")
-                )
-                return
-            shas = [i.sha256 for i in items]
-            requeue_done(session, shas)
-        # Rows are queued before they are sent: if sending fails, the reconciler sends them.
+        which = Selection(
+            active.id,
+            below_confidence=below_confidence,
+            label=label,
+            since=since,
+            older_version=older_version,
+        )
+        if dry_run:
+            found = select(sessions, which)
+            click.echo(
+                f"{len(found)} image(s) match; active model is {name} (dry run: nothing changed)"
+            )
+            return
         try:
-            messages = send_classify(make_celery(settings), items, settings.files_per_message)
-        except Exception as exc:
+            items, sent = rescore(
+                make_celery(with_broker(settings)), sessions, which, settings.files_per_message
+            )
+        except (PartlySent, BrokerNotFound, NoBroker) as exc:
             raise click.ClickException(
-                f"{len(items)} image(s) set back to queued, but the broker is unreachable "
-                f"({exc}); the reconciler will send them once it is back"
+                f"images set back to queued, but the broker is unreachable ({exc}); the "
+                "reconciler will send them once it is back"
             ) from exc
-        with transaction(sessions) as session:
-            mark_enqueued(session, shas)
-    click.echo(f"{len(items)} image(s) queued for {name} in {messages} message(s)")
+    if not items:
+        click.echo(f"0 image(s) match; active model is {name}")
+        return
+    click.echo(f"{len(items)} image(s) queued for {name} in {sent.messages} message(s)")
 
 
 # --- label -------------------------------------------------------------------------------------
@@ -328,9 +328,10 @@ def label(
     settings: Settings, image: str, class_name: str | None, undo: bool, reviewer: str | None
 ) -> None:
     """Give IMAGE (a path in the inbox, or a sha256) the label CLASS, as the web app does: the
-    label wins over the model's, and the image becomes a training example in labeled/CLASS/."""
+    label wins over the model's, the image becomes a training example in labeled/CLASS/, and
+    the label that completes RETRAIN_AFTER_LABELS queues a retrain."""
     from db import labels
-    from web.labeling import LabelError, apply_label, remove_label
+    from pipeline.labels import LabelError, apply_label, remove_label
 
     if class_name is None and not undo:
         raise click.UsageError("say which class: `inbox-classifier label IMAGE CLASS`")
@@ -345,10 +346,22 @@ def label(
             if undo or class_name is None:
                 remove_label(settings, sessions, sha)
             else:
-                done = apply_label(settings, sessions, sha, class_name, reviewer)
+                done = apply_label(
+                    settings,
+                    sessions,
+                    sha,
+                    class_name,
+                    reviewer,
+                    broker=lambda: make_celery(with_broker(settings)),
+                )
         except LabelError as exc:
             raise click.ClickException(str(exc)) from exc
     if undo:
         click.echo(f"{sha[:12]}: label removed")
-    else:
-        click.echo(f"{sha[:12]}: labeled {class_name!r}; training copy {done.file}")
+        return
+    click.echo(f"{sha[:12]}: labeled {done.label!r}; training copy {done.file}")
+    if done.retrain_run is not None:
+        click.echo(
+            f"{settings.retrain_after_labels} new labels: training run {done.retrain_run} "
+            f"queued (`inbox-classifier retrain --follow {done.retrain_run}`)"
+        )

@@ -299,3 +299,30 @@ def test_commands_need_a_migrated_ledger(tmp_path: Path) -> None:
     args = ["--data-dir", str(tmp_path / "fresh")]
     result = CliRunner().invoke(models, args)
     assert result.exit_code != 0 and "db upgrade" in result.output
+
+
+def test_label_from_the_terminal_counts_towards_the_retrain_threshold(
+    settings: Settings, session_factory
+) -> None:
+    """`inbox-classifier label` goes through the same use case as the web app: the label that
+    completes RETRAIN_AFTER_LABELS queues one `labels` run, and no second while it is open."""
+    from inbox_classifier.cli_training import label
+    from tests.helpers.web import seed_images
+
+    s = settings.model_copy(update={"retrain_after_labels": 3})
+    seeded = seed_images(s, session_factory, [("cat", 0.6)] * 4)
+    args = ["--data-dir", str(s.data_dir), "--redis-url", s.redis_url or ""]
+    env = {"INBOX_CLASSIFIER_RETRAIN_AFTER_LABELS": "3", "INBOX_CLASSIFIER_INBOX": str(s.inbox)}
+    outputs = []
+    for image, name in zip(seeded, ["a", "b", "a", "b"], strict=True):
+        result = CliRunner().invoke(label, [image.sha256, name, *args], env=env)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert "training run" not in outputs[0] + outputs[1]
+    assert "3 new labels: training run" in outputs[2]
+    assert "training run" not in outputs[3]  # one is queued: no second
+    messages = queued_messages(s.redis_url or "", "train")
+    assert [m["args"][0]["trigger"] for m in messages] == ["labels"]
+    with transaction(session_factory) as session:
+        (run,) = session.scalars(select(TrainingRun)).all()
+        assert run.trigger == "labels" and run.status == RunStatus.RUNNING

@@ -18,11 +18,9 @@ from collections.abc import Sequence
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.send import send_classify
 from contract.backoff import Backoff
 from contract.messages import WorkItem
-from db.engine import transaction
-from db.ledger import mark_enqueued
+from pipeline.enqueue import PartlySent, enqueue, mark
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ class Publisher:
         self._backoff = backoff or Backoff()
         self._lock = threading.Lock()
         self._pending: collections.deque[WorkItem] = collections.deque()
-        self._unmarked: list[str] = []  # sent, not yet marked in the ledger
+        self._unmarked: list[WorkItem] = []  # sent, not yet marked in the ledger
         # Content handed over and not yet marked: the ledger still says "never sent", so the
         # same bytes recorded under another name meanwhile must not be sent again.
         self._in_flight: set[str] = set()
@@ -125,9 +123,9 @@ class Publisher:
     def flush(self) -> bool:
         """Send everything pending and mark it. False (and a backoff) on the first error."""
         try:
-            while self._has_work():
-                self._send_some()
-                self._mark()
+            self._mark()  # what an earlier flush sent but could not mark
+            while self.unsent:
+                self._enqueue_some()
         except Exception as exc:
             self.failures += 1
             delay = self._backoff.failed()
@@ -143,29 +141,40 @@ class Publisher:
         self._backoff.succeeded()
         return True
 
-    def _send_some(self) -> None:
-        """Up to MARK_EVERY items, one message per files_per_message, each dropped from the
-        pending list only once the broker took it."""
-        while len(self._unmarked) < MARK_EVERY:
-            with self._lock:
-                chunk = list(itertools.islice(self._pending, self._per_message))
-            if not chunk:
-                return
-            send_classify(self._app, chunk, self._per_message)
-            with self._lock:
-                for _ in chunk:
-                    self._pending.popleft()
-            self._unmarked.extend(i.sha256 for i in chunk)
-            self.sent_items += len(chunk)
-            self.sent_messages += 1
+    def _enqueue_some(self) -> None:
+        """Up to MARK_EVERY items, ``files_per_message`` per message, marked in one
+        transaction. An item leaves the pending list only once the broker took it; one sent
+        but not marked waits in ``_unmarked`` for the next flush (never sent twice)."""
+        with self._lock:
+            chunk = list(itertools.islice(self._pending, MARK_EVERY))
+        try:
+            done = enqueue(self._app, self._sessions, chunk, self._per_message)
+        except PartlySent as exc:
+            self._sent(exc.sent, messages=-(-len(exc.sent) // self._per_message))
+            if exc.marked:
+                self._marked(exc.sent)
+            else:
+                self._unmarked = list(exc.sent)
+            raise
+        self._sent(chunk, done.messages)
+        self._marked(chunk)
+
+    def _sent(self, items: Sequence[WorkItem], messages: int) -> None:
+        with self._lock:
+            for _ in items:
+                self._pending.popleft()
+        self.sent_items += len(items)
+        self.sent_messages += messages
 
     def _mark(self) -> None:
         if self._unmarked:
-            with transaction(self._sessions) as session:
-                mark_enqueued(session, self._unmarked)
-            with self._lock:
-                self._generation += 1
-                for sha in self._unmarked:
-                    self._in_flight.discard(sha)
-                    self._recently_marked[sha] = self._generation
+            mark(self._sessions, self._unmarked)
+            self._marked(self._unmarked)
             self._unmarked = []
+
+    def _marked(self, items: Sequence[WorkItem]) -> None:
+        with self._lock:
+            self._generation += 1
+            for item in items:
+                self._in_flight.discard(item.sha256)
+                self._recently_marked[item.sha256] = self._generation

@@ -3,7 +3,6 @@ hash; no parameter anywhere is a path."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path as FilePath
@@ -13,9 +12,9 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from broker.app import NoBroker
-from broker.send import send_classify
 from contract.clock import iso, parse_since
 from contract.failures import FailureKind
+from contract.files import FileGone, FileRefused, read_from_inbox
 from contract.serving import describe_serving
 from db import browse, labels, ledger, quality, runs, versions
 from db.browse import MAX_CURSOR, MAX_ID, BadCursor, Sort
@@ -24,10 +23,10 @@ from db.models import ImageStatus
 from db.queries import ResultFilter, ResultRow, ledger_status
 from imaging.decode import BadImage
 from imaging.formats import sniff
+from pipeline.enqueue import PartlySent, enqueue
+from pipeline.labels import LabelError, apply_label, remove_label
+from pipeline.retrain import NotSent, request_retrain
 from web import schemas
-from web.files import FileGone, FileRefused, read_from_inbox
-from web.labeling import LabelError, apply_label, remove_label
-from web.retrain import NotSent, request_retrain, retrain_if_enough_labels
 from web.state import REVIEW_COUNT_CAP, WebState
 from web.thumbs import cached_thumbnail, make_thumbnail
 
@@ -189,14 +188,13 @@ def add_label(request: Request, body: schemas.LabelRequest) -> schemas.ImageOut:
     """The label becomes the image's truth and a training example in labeled/<label>/."""
     web = state(request)
     try:
-        apply_label(web.settings, web.sessions, body.sha256, body.label, body.reviewer)
+        apply_label(
+            web.settings, web.sessions, body.sha256, body.label, body.reviewer, web.celery
+        )
     except LabelError as exc:
         raise HTTPException(int(exc.problem), str(exc)) from None
     web.label_counts.clear()
     web.review_backlog.clear()
-    # Without a broker, labeling still works; only retraining by labels needs one.
-    with contextlib.suppress(NoBroker):
-        retrain_if_enough_labels(web.settings, web.sessions, web.celery())
     return _image(web, body.sha256)
 
 
@@ -348,14 +346,12 @@ def retry_failed(request: Request, body: schemas.RetryRequest) -> schemas.RetryO
     if not items:
         return schemas.RetryOut(queued=0, messages=0)
     try:
-        messages = send_classify(web.celery(), items, web.settings.files_per_message)
-    except Exception as exc:  # the rows are queued: the reconciler sends them later
+        sent = enqueue(web.celery(), web.sessions, items, web.settings.files_per_message)
+    except (NoBroker, PartlySent) as exc:  # the rows are queued: the reconciler sends them
         raise HTTPException(
             503, f"{len(items)} image(s) queued, but the broker is unreachable ({exc})"
         ) from None
-    with transaction(web.sessions) as session:
-        ledger.mark_enqueued(session, [i.sha256 for i in items])
-    return schemas.RetryOut(queued=len(items), messages=messages)
+    return schemas.RetryOut(queued=len(items), messages=sent.messages)
 
 
 # --- models and training ----------------------------------------------------------------------

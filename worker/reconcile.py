@@ -15,10 +15,10 @@ import redis
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.send import send_classify
 from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import count_attempt, fail_orphans, find_stuck, mark_enqueued
+from db.ledger import count_attempt, fail_orphans, find_stuck
+from pipeline.enqueue import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ def reconcile(
         items = [w for w in stuck if w.sha256 in keep]
         if not items:
             return 0
-        send_classify(app, items, settings.files_per_message)
-        with transaction(sessions) as session:
-            mark_enqueued(session, [w.sha256 for w in items])
+        enqueue(app, sessions, items, settings.files_per_message)
         log.warning("re-sent %d stuck image(s) from the ledger", len(items))
         return len(items)
     finally:

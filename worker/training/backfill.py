@@ -10,11 +10,8 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.app import make_celery
-from broker.send import send_classify
 from contract.settings import Settings
-from db.engine import transaction
-from db.ledger import mark_enqueued, requeue_done
-from db.queries import reclassify_items
+from pipeline.rescore import Selection, rescore
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +22,19 @@ def backfill(settings: Settings, sessions: sessionmaker[Session], version_id: in
     raises: a backfill that cannot be sent is left to the reconciler."""
     if settings.backfill_limit == 0 or not settings.redis_url:
         return 0
+    which = Selection(
+        version_id,
+        below_confidence=settings.backfill_below_confidence,
+        unreviewed=True,
+        limit=settings.backfill_limit,
+    )
+    app = make_celery(settings)
     try:
-        with transaction(sessions) as session:
-            items = reclassify_items(
-                session,
-                version_id,
-                below_confidence=settings.backfill_below_confidence,
-                unreviewed=True,
-                limit=settings.backfill_limit,
-            )
-            requeue_done(session, [i.sha256 for i in items])
-        if not items:
-            return 0
-        # Rows are queued before they are sent: if sending fails, the reconciler sends them.
-        app = make_celery(settings)
-        try:
-            send_classify(app, items, settings.files_per_message)
-        finally:
-            app.close()
-        with transaction(sessions) as session:
-            mark_enqueued(session, [i.sha256 for i in items])
+        items, _ = rescore(app, sessions, which, settings.files_per_message)
     except Exception:
         log.exception("the backfill after promoting version %d failed", version_id)
         return 0
+    finally:
+        app.close()
     log.info("backfill: %d unreviewed image(s) queued for version %d", len(items), version_id)
     return len(items)

@@ -1,10 +1,13 @@
-"""A person's label: stored in the ledger (the truth from then on) and written into the
-training data as ``labeled/<class>/<sha256>.<ext>``, so the next retrain learns from it.
+"""A person's label: stored in the ledger (the truth from then on) and written into the training
+data as ``labeled/<class>/<sha256>.<ext>``, so the next retrain learns from it; the label that
+completes ``RETRAIN_AFTER_LABELS`` queues that retrain. The web app and ``inbox-classifier
+label`` both come here, so labeling works the same from a page, the API and a terminal.
 
 The training copy is a hard link to the inbox file where the file system allows (no second
-copy of the bytes), else a copy; either way it is written under a temporary name and renamed
-into place, and checked to hold the labeled bytes. Undoing a label removes its copy. Used by
-the web app and by ``inbox-classifier label``.
+copy of the bytes), else a copy; either way it is written under a temporary name, renamed into
+place and checked to hold the labeled bytes. Undoing a label removes its copy, and the class
+folder with it once it is empty. One label is one read and one write transaction (the label
+and, at the threshold, the queued run), then the run's message.
 """
 
 from __future__ import annotations
@@ -14,19 +17,24 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.files import FileGone, FileRefused, read_from_inbox
 from contract.labeled import label_problem, normalized_label
+from contract.messages import RetrainRequest, Trigger
 from contract.paths import from_ledger
 from contract.settings import Settings
-from db import labels
+from db import labels, runs
 from db.engine import transaction
+from db.models import ImageStatus
 from imaging.formats import sniff
-from web.files import FileGone, FileRefused, read_from_inbox
+from pipeline import retrain
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class Labeled:
     sha256: str
     label: str | None  # None: the label was undone
     file: Path | None  # the training copy
+    retrain_run: int | None = None  # the run this label queued (RETRAIN_AFTER_LABELS)
 
 
 def apply_label(
@@ -58,8 +67,11 @@ def apply_label(
     sha256: str,
     label: str,
     reviewer: str | None = None,
+    broker: Callable[[], Celery] | None = None,
 ) -> Labeled:
-    """Give image ``sha256`` the human label ``label`` (NFC-normalised). Raises
+    """Give image ``sha256`` the human label ``label`` (NFC-normalised). With ``broker``, the
+    label that completes ``RETRAIN_AFTER_LABELS`` sends a retrain (without one, or when it is
+    unreachable, the label still counts and the run row says why it was not sent). Raises
     :class:`LabelError`."""
     label = normalized_label(label)
     problem = label_problem(label)
@@ -70,6 +82,11 @@ def apply_label(
         old_file = labels.current_file(session, image.image_id) if image else None
     if image is None:
         raise LabelError(Problem.NOT_FOUND, f"no image with content hash {sha256}")
+    if image.status == ImageStatus.FAILED:
+        raise LabelError(
+            Problem.INVALID,
+            "this image failed (it could not be decoded), so it cannot be a training example",
+        )
     try:
         found = read_from_inbox(
             str(settings.inbox), image.paths, sha256, settings.file_byte_limit
@@ -88,13 +105,16 @@ def apply_label(
     try:
         with transaction(sessions) as session:
             labels.set_label(session, image, label, file=str(target), reviewer=reviewer)
+            run_id = retrain.queue_if_enough_labels(session, settings.retrain_after_labels)
     except BaseException:
         if created:
-            target.unlink(missing_ok=True)
+            _remove(target, settings.labeled_path)
         raise
     if old_file and Path(old_file) != target:
         _remove(Path(old_file), settings.labeled_path)
-    return Labeled(sha256, label, target)
+    if run_id is not None:
+        _send_labels_run(sessions, broker, run_id, settings.retrain_after_labels)
+    return Labeled(sha256, label, target, run_id)
 
 
 def remove_label(settings: Settings, sessions: sessionmaker[Session], sha256: str) -> Labeled:
@@ -113,9 +133,29 @@ def remove_label(settings: Settings, sessions: sessionmaker[Session], sha256: st
     return Labeled(sha256, None, None)
 
 
+def _send_labels_run(
+    sessions: sessionmaker[Session],
+    broker: Callable[[], Celery] | None,
+    run_id: int,
+    threshold: int,
+) -> None:
+    request = RetrainRequest(Trigger.LABELS, run_id=run_id)
+    try:
+        if broker is None:
+            raise RuntimeError("no broker: `inbox-classifier up` is not running")
+        retrain.send(sessions, broker(), request)
+    except Exception as exc:  # the label stands; the run row says why no run came of it
+        if not isinstance(exc, retrain.NotSent):
+            with transaction(sessions) as session:
+                runs.fail(session, run_id, f"could not send the request: {exc}")
+        log.error("%d new labels, but the retrain request failed: %s", threshold, exc)
+        return
+    log.info("%d new human labels: training run %d queued", threshold, run_id)
+
+
 def _place(source: str, data: bytes, target: Path) -> None:
-    """``target`` with the bytes ``data`` (read from ``source``): a hard link when it works
-    and still holds those bytes, else a copy; atomic either way."""
+    """``target`` with the bytes ``data`` (read from ``source``, a ledger path): a hard link
+    when it works and still holds those bytes, else a copy; atomic either way."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -137,10 +177,14 @@ def _place(source: str, data: bytes, target: Path) -> None:
 
 
 def _remove(path: Path, labeled_root: Path) -> None:
-    """Remove a training copy this module wrote (never anything outside labeled/)."""
+    """Remove a training copy this module wrote (never anything outside labeled/), and its
+    class folder once nothing is left in it (a typo's folder does not linger)."""
     root = labeled_root.resolve()
-    if path.resolve().parent.parent != root:
+    folder = path.resolve().parent
+    if folder.parent != root:
         log.warning("not removing %s: not a training copy under %s", path, root)
         return
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    with contextlib.suppress(OSError):  # not empty (other images, a person's files): kept
+        folder.rmdir()
