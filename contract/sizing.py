@@ -1,8 +1,9 @@
-"""Batch sizes for GPU workers. The CPU defaults (``BATCH_SIZE`` 16, ``FILES_PER_MESSAGE`` 16)
-keep a CPU's latency low; a GPU needs far larger batches to be busy, and its watcher larger
-messages to feed them. ``up`` applies these where it sees GPUs (before its children read their
-settings, so the watcher packs messages to match), and so does a ``worker`` started alone on a
-GPU; a value the user set is never changed.
+"""Batch sizes, decided here and only here. The CPU defaults (``BATCH_SIZE`` 16,
+``FILES_PER_MESSAGE`` 16, in :mod:`contract.settings`) keep a CPU's latency low; a GPU needs far
+larger batches to be busy, and its watcher larger messages to feed them. ``up`` applies
+:func:`sized_for_machine` before its children read their settings (so the watcher packs
+messages to match), and so does a ``worker`` started alone; a value the user set (a flag, a
+variable or ``.env``) is never changed.
 
 The sizes are chosen, not yet measured on a GPU (README, "GPU workers"): the largest batch whose
 activations stay well inside a 16 GB card at bf16, and messages a quarter of a batch, so a
@@ -10,6 +11,11 @@ batch fills from 4 messages and a crash redelivers at most one message's files p
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
 
 from contract.settings import Settings
 
@@ -39,3 +45,30 @@ def sized_for_cuda(settings: Settings) -> Settings:
     if "files_per_message" not in chosen:
         update["files_per_message"] = files
     return settings.model_copy(update=update) if update else settings
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this machine offers this process, without touching CUDA (a parent process must
+    not): ``CUDA_VISIBLE_DEVICES`` where it is set, else ``nvidia-smi -L``."""
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if pinned is not None:
+        return [d.strip() for d in pinned.split(",") if d.strip() and d.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+def sized_for_machine(settings: Settings, gpus: Sequence[str] | None = None) -> Settings:
+    """``settings`` with the batch sizes for where they run: GPU-sized
+    (:func:`sized_for_cuda`) where there are GPUs (``gpus``, default :func:`visible_gpus`) and
+    the device is not pinned to the CPU; the CPU defaults otherwise."""
+    if settings.device == "cpu":
+        return settings
+    if gpus is None:
+        gpus = visible_gpus()
+    return sized_for_cuda(settings) if gpus else settings

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
-import socket
 import threading
 
 import click
@@ -99,11 +96,7 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
 
     One worker per GPU: pin it with CUDA_VISIBLE_DEVICES. The model loads lazily in this
     process on the first batch."""
-    from db import migrate
-    from inbox_classifier.supervisor import sized_for_gpus
-    from worker import modelzoo
-    from worker.layout import worker_concurrency
-    from worker.tasks import create_worker_app
+    from worker.main import WorkerRefused, run_worker
 
     settings = require_broker(settings)
     wanted = {q.strip() for q in queues.split(",") if q.strip()}
@@ -114,46 +107,10 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
     check_database(settings)
     check_redis(settings)
     check_device(settings)
-    migrate.upgrade(settings.db_url)
-    if CLASSIFY_QUEUE in wanted:
-        try:
-            modelzoo.ensure_weights(settings.model, settings.weights)
-            _register_base_model(settings)
-        except modelzoo.ModelError as exc:
-            raise click.ClickException(str(exc)) from exc
-    settings = sized_for_gpus(settings)
-    if concurrency is None:
-        concurrency = worker_concurrency(settings) if CLASSIFY_QUEUE in wanted else 1
-    app = create_worker_app(settings)
-    node = name or f"{'+'.join(sorted(wanted))}.{os.getpid()}@{socket.gethostname()}"
-    with running.recorded(settings, "worker-" + "+".join(sorted(wanted))):
-        app.worker_main(
-            [
-                "worker",
-                "--pool=threads",  # one process owns the model; threads feed its batches
-                f"--concurrency={concurrency}",
-                f"--queues={','.join(sorted(wanted))}",
-                f"--hostname={node}",
-                "--prefetch-multiplier=1",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel=INFO",
-            ]
-        )
-
-
-def _register_base_model(settings: Settings) -> None:
-    """The base model in the ledger as this classify worker starts (its weights are loaded on
-    the first batch, in the process that runs it)."""
-    from db.engine import make_engine, make_sessionmaker
-    from worker.model_holder import register_base_model
-
-    engine = make_engine(settings.db_url)
     try:
-        active = register_base_model(settings, make_sessionmaker(engine))
-    finally:
-        engine.dispose()
-    logging.getLogger(__name__).info("active model: %s (version %d)", active.name, active.id)
+        run_worker(settings, wanted, concurrency, name)
+    except WorkerRefused as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command()

@@ -16,6 +16,7 @@ import click
 
 from broker.app import NoBroker, make_celery
 from broker.locate import BrokerNotFound, with_broker
+from contract.messages import Trigger
 from contract.queues import TRAIN_QUEUE
 from contract.reports import ProgressEvent, TrainingReport
 from contract.settings import Settings
@@ -294,7 +295,7 @@ def _train_here(settings: Settings, force: bool, fresh: bool) -> int:
         outcome = run_training(
             settings,
             sessions,
-            trigger="manual",
+            trigger=Trigger.MANUAL,
             force=force,
             fresh=fresh,
             on_progress=_Printer(),

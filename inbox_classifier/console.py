@@ -15,10 +15,12 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
+from contract import events
 from inbox_classifier.cli_common import LOG_FORMAT
 
 SHOWN_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
@@ -31,11 +33,6 @@ _RECORD = re.compile(
 )
 _CELERY_RECORD = re.compile(
     r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}: (?P<level>[A-Z]+)/[^\]]*\] (?P<message>.*)$"
-)
-# The line that ends a worker's busy period (worker.batching.BatchStats.line()).
-_BUSY_PERIOD = re.compile(
-    r"^classified (?P<images>\d+) image\(s\) \((?P<failed>\d+) failed\) in \d+ batch\(es\) "
-    r"in (?P<seconds>\d+(?:\.\d+)?)s from \S+ \((?P<rate>\d+(?:\.\d+)?) img/s\)"
 )
 
 
@@ -65,52 +62,83 @@ def parse_record(line: str) -> Record | None:
 _CLI_MESSAGES = (("Error: ", "ERROR"), ("error: ", "ERROR"), ("warning: ", "WARNING"))
 
 
-@dataclass(frozen=True)
-class BusyPeriod:
-    images: int
-    failed: int
-    seconds: float
-    rate: float
-
-    def line(self, child: str) -> str:
-        return (
-            f"{child}: classified {self.images} image{'' if self.images == 1 else 's'} in "
-            f"{self.seconds:.1f} s ({self.rate:.1f} img/s), {self.failed} failed"
-        )
-
-
-def busy_period(message: str) -> BusyPeriod | None:
-    """A worker's end-of-busy-period message, parsed; None for any other message."""
-    match = _BUSY_PERIOD.match(message)
-    if match is None:
-        return None
-    return BusyPeriod(
-        int(match["images"]), int(match["failed"]), float(match["seconds"]), float(match["rate"])
-    )
-
-
 class Tally:
-    """Images classified and failed while `up` ran, from its workers' busy-period lines: what
-    its stop message reports."""
+    """What the children reported while `up` ran, from their events: images classified (a
+    first result), rescored and failed (what its stop message reports), and which children
+    are ready (`up` says "ready" once every one it waits for is)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.images = 0
+        self.classified = 0
+        self.rescored = 0
         self.failed = 0
+        self._waiting: set[str] = set()
+        self._on_ready: Callable[[], None] | None = None
 
-    def add(self, period: BusyPeriod) -> None:
+    def add(self, period: events.BusyPeriod) -> None:
         with self._lock:
-            self.images += period.images
+            self.classified += period.classified
+            self.rescored += period.rescored
             self.failed += period.failed
+
+    def wait_for(self, children: Iterable[str], on_ready: Callable[[], None]) -> None:
+        """Call ``on_ready`` once each of ``children`` has reported :class:`events.Ready`."""
+        with self._lock:
+            self._waiting = set(children)
+            self._on_ready = on_ready
+
+    def ready(self, child: str) -> None:
+        with self._lock:
+            self._waiting.discard(child)
+            done = not self._waiting and self._on_ready is not None
+            on_ready, self._on_ready = (self._on_ready, None) if done else (None, self._on_ready)
+        if on_ready is not None:
+            on_ready()
+
+
+def render_event(child: str, event: events.Event, tally: Tally | None = None) -> str | None:
+    """The terminal line for one event of ``child``, or None (it only updates the tally)."""
+    match event:
+        case events.BusyPeriod():
+            if tally is not None:
+                tally.add(event)
+            settled = event.classified + event.rescored + event.failed
+            parts = [f"{event.classified} classified"]
+            if event.rescored:
+                parts.append(f"{event.rescored} rescored")
+            parts.append(f"{event.failed} failed")
+            return (
+                f"{child}: {_images(settled)} in {event.seconds:.1f} s "
+                f"({event.rate:.1f} img/s): {', '.join(parts)}"
+            )
+        case events.Ready():
+            if tally is not None:
+                tally.ready(child)
+            return None
+        case events.Promoted():
+            line = f"{child}: {event.version} promoted"
+            if event.accuracy is not None:
+                before = (
+                    "" if event.previous_accuracy is None else f"{event.previous_accuracy:.2f} → "
+                )
+                line += f" ({before}{event.accuracy:.2f} on {event.images} held-out images)"
+            return line
+        case events.Rescoring():
+            return f"{child}: rescoring {_images(event.images)} with {event.version}"
+        case events.RunEnded():
+            return f"{child}: run {event.run_id} {event.status}: {event.message}"
+    return None
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
 
 
 def render(child: str, record: Record, tally: Tally | None = None) -> str | None:
     """What the terminal shows for one record of ``child``, or None (log file only)."""
-    busy = busy_period(record.message)
-    if busy is not None:
-        if tally is not None:
-            tally.add(busy)
-        return busy.line(child)
+    if record.logger == events.EVENT_LOGGER:
+        event = events.decode(record.message)
+        return None if event is None else render_event(child, event, tally)
     if record.level in SHOWN_LEVELS:
         source = f" {record.logger}:" if record.logger else ""
         return f"{child}: {record.level}{source} {record.message}"
@@ -138,8 +166,8 @@ class LineFilter:
         record = parse_record(line)
         if record is not None:
             shown = render(self._child, record, self._tally)
-            # Only a problem's continuation is worth a pointer (a busy period's line has none;
-            # what Celery prints after it, e.g. "worker: Warm shutdown", is not its traceback).
+            # Only a problem's continuation is worth a pointer (an event's line has none; what
+            # Celery prints after it, e.g. "worker: Warm shutdown", is not its traceback).
             self._after_problem = shown is not None and record.level in SHOWN_LEVELS
             self._pointed = False
             return shown

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,7 +34,7 @@ from contract import running
 from contract.backoff import backoff_delay
 from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
 from contract.settings import ENV_PREFIX, Settings
-from contract.sizing import sized_for_cuda
+from contract.sizing import sized_for_machine, visible_gpus
 from db import migrate
 from inbox_classifier.console import Console, Tally, follow_output, route_supervisor_logging
 from inbox_classifier.lifeline import (
@@ -71,29 +70,6 @@ METRICS_PORT_ENV = ENV_PREFIX + "METRICS_PORT"
 
 class PortError(ValueError):
     """The ports asked for cannot be assigned."""
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids this machine offers, without touching CUDA in this (parent) process."""
-    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if pinned is not None:
-        return [d.strip() for d in pinned.split(",") if d.strip() and d.strip() != "-1"]
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
-
-
-def sized_for_gpus(settings: Settings) -> Settings:
-    """``settings`` with GPU-sized batches (:func:`contract.sizing.sized_for_cuda`) where this
-    machine has GPUs and the device is not pinned to the CPU; unchanged otherwise."""
-    if settings.device != "cpu" and visible_gpus():
-        return sized_for_cuda(settings)
-    return settings
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -308,7 +284,7 @@ def _run_locked(
     web: bool,
     lifeline: Lifeline,
 ) -> int:
-    settings = sized_for_gpus(settings)  # before the children read it: the watcher too
+    settings = sized_for_machine(settings)  # before the children read it: the watcher too
     output = ChildOutput(Console(), settings.data_dir / "logs")
     route_supervisor_logging(output.console, output.log_path("up"), log.name)
     from worker.modelzoo import ModelError, ensure_weights
@@ -341,10 +317,12 @@ def _run_locked(
             redis_server.stop()
             url_file(settings).unlink(missing_ok=True)
         tally = output.tally
+        rescored = f", {tally.rescored} rescored" if tally.rescored else ""
         log.info(
-            "stopped: %d image%s classified, %d failed, while up ran; logs in %s",
-            tally.images,
-            "" if tally.images == 1 else "s",
+            "stopped: %d image%s classified%s, %d failed, while up ran; logs in %s",
+            tally.classified,
+            "" if tally.classified == 1 else "s",
+            rescored,
             tally.failed,
             output.log_dir,
         )
@@ -385,6 +363,19 @@ def _supervise(
         output.log_dir,
         ", ".join(output.log_path(name).name for name in ["up", *(c.name for c in children)]),
     )
+    started = time.monotonic()
+    web_url = next((c.url for c in children if c.name == "web"), None)
+
+    def say_ready() -> None:
+        where = f"; open {web_url}" if web_url else ""
+        log.info(
+            "ready in %.1f s: drop images into %s%s",
+            time.monotonic() - started,
+            settings.inbox,
+            where,
+        )
+
+    output.tally.wait_for([c.name for c in children if c.name != "beat"], say_ready)
     for child in children:
         child.start(output, lifeline)
     code = 0

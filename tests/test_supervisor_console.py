@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from contract import events
 from contract.settings import Settings
 from db.models import ImageStatus
 from inbox_classifier.cli_common import LOG_FORMAT
-from inbox_classifier.console import Console, LineFilter, console_line, follow_output
+from inbox_classifier.console import Console, LineFilter, Tally, console_line, follow_output
 from inbox_classifier.redis_server import free_port
 from inbox_classifier.supervisor import METRICS_PORT_ENV, PortError, plan_children
 from tests.helpers.images import write_images
@@ -31,7 +32,8 @@ from tests.helpers.pipeline import count, wait_until
 from tests.helpers.procs import stop
 
 BUSY = re.compile(
-    r"^worker-cpu0: classified (\d+) images? in \d+\.\d s \(\d+\.\d img/s\), (\d+) failed$"
+    r"^worker-cpu0: (\d+) images? in \d+\.\d s \(\d+\.\d img/s\): (\d+) classified, "
+    r"(?:(\d+) rescored, )?(\d+) failed$"
 )
 UP_ARGS = ("--weights", "none", "--no-trainer", "--no-beat", "--no-web")
 BANNER_TEXT = ("celery@", "classify-cpu0@", "[config]", "-------------- ", "[queues]", "[tasks]")
@@ -46,19 +48,49 @@ def formatted(level: int, logger: str, message: str) -> str:
 # --- the line filter ------------------------------------------------------------------------
 
 
-def test_a_busy_period_line_is_shortened() -> None:
-    from worker.batching import BatchStats  # the real line, so the two cannot drift apart
+def test_a_busy_period_is_read_from_its_event_not_its_sentence() -> None:
+    from worker.batch_stats import BatchStats  # the real event, so the two cannot drift apart
 
-    stats = BatchStats(images=120, batches=4)
+    stats = BatchStats(images=120, failed=2, first_results=100, batches=4)
     stats.start()
-    line = formatted(logging.INFO, "worker.batching", stats.line())
-    shown = console_line("worker-cpu0", line)
+    line = formatted(logging.INFO, events.EVENT_LOGGER, events.encode(stats.event()))
+    tally = Tally()
+    shown = LineFilter("worker-cpu0", Path("/x.log"), tally).feed(line)
     assert shown is not None and BUSY.match(shown), shown
-    assert shown.startswith("worker-cpu0: classified 120 images in ")
+    assert shown.startswith("worker-cpu0: 120 images in ")
+    assert shown.endswith("): 100 classified, 18 rescored, 2 failed")
+    assert (tally.classified, tally.rescored, tally.failed) == (100, 18, 2)
+    # The worker's own sentence in its log says the same in words, and is not parsed.
+    sentence = formatted(logging.INFO, "worker.batching", stats.line())
+    assert console_line("worker-cpu0", sentence) is None
 
-    one = "classified 1 image(s) (1 failed) in 1 batch(es) in 0.14s from 10:11:12.345 (7.1 img/s): "
-    assert console_line("worker-gpu1", formatted(logging.INFO, "worker.batching", one)) == (
-        "worker-gpu1: classified 1 image in 0.1 s (7.1 img/s), 1 failed"
+    one = events.BusyPeriod(classified=0, rescored=0, failed=1, seconds=0.14, rate=7.1)
+    assert console_line(
+        "worker-gpu1", formatted(logging.INFO, events.EVENT_LOGGER, events.encode(one))
+    ) == ("worker-gpu1: 1 image in 0.1 s (7.1 img/s): 0 classified, 1 failed")
+
+
+def test_ready_promoted_and_rescoring_events_are_shown_and_up_says_ready_once() -> None:
+    said: list[str] = []
+    tally = Tally()
+    tally.wait_for(["watcher", "worker-cpu0"], lambda: said.append("ready"))
+    feed = LineFilter("watcher", Path("/x.log"), tally).feed
+    ready = formatted(logging.INFO, events.EVENT_LOGGER, events.encode(events.Ready("w")))
+    assert feed(ready) is None  # not a line of its own: `up` says ready once, for all
+    assert feed(formatted(logging.INFO, events.EVENT_LOGGER, "ready {broken json")) is None
+    assert said == []
+    worker = LineFilter("worker-cpu0", Path("/x.log"), tally).feed
+    worker(formatted(logging.INFO, events.EVENT_LOGGER, events.encode(events.Ready("w"))))
+    worker(formatted(logging.INFO, events.EVENT_LOGGER, events.encode(events.Ready("w"))))
+    assert said == ["ready"]
+    promoted = events.Promoted("v3", 0.71, "v2", 0.66, 100)
+    rescoring = events.Rescoring("v3", 41)
+    trainer = LineFilter("trainer", Path("/x.log"), tally).feed
+    assert trainer(formatted(logging.INFO, events.EVENT_LOGGER, events.encode(promoted))) == (
+        "trainer: v3 promoted (0.66 → 0.71 on 100 held-out images)"
+    )
+    assert trainer(formatted(logging.INFO, events.EVENT_LOGGER, events.encode(rescoring))) == (
+        "trainer: rescoring 41 images with v3"
     )
 
 
@@ -109,9 +141,8 @@ def test_a_shown_records_traceback_stays_in_the_log_with_one_pointer() -> None:
         "  more INFO continuation",
         formatted(
             logging.INFO,
-            "worker.batching",
-            "classified 2 image(s) (0 failed) in 1 batch(es) in 0.50s "
-            "from 10:11:12.345 (4.0 img/s): inference 0.40s",
+            events.EVENT_LOGGER,
+            events.encode(events.BusyPeriod(2, 0, 0, 0.5, 4.0)),
         ),
         "worker: Warm shutdown (MainProcess)",  # printed by Celery: no pointer after a busy line
     ]
@@ -119,7 +150,7 @@ def test_a_shown_records_traceback_stays_in_the_log_with_one_pointer() -> None:
     assert shown == [
         "worker-cpu0: ERROR worker.batching: batch of 4 failed",
         f"worker-cpu0:   (more in {log_path})",
-        "worker-cpu0: classified 2 images in 0.5 s (4.0 img/s), 0 failed",
+        "worker-cpu0: 2 images in 0.5 s (4.0 img/s): 2 classified, 0 failed",
     ]
 
 
@@ -315,6 +346,7 @@ def test_up_shows_addresses_busy_periods_and_problems_and_logs_the_rest(
     assert not [line for line in lines if "(more in " in line or "WARNING" in line], shown
     busy = [line for line in lines if BUSY.match(line)]
     assert busy and sum(int(BUSY.match(line)[1]) for line in busy) == images  # type: ignore[index]
+    assert any(line.startswith("ready in ") for line in lines), shown
     terminal = shown + err_path.read_text(errors="replace")
     for text in BANNER_TEXT:
         assert text not in terminal, text

@@ -30,6 +30,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from broker.app import make_celery
+from contract import events
 from contract.backoff import Backoff
 from contract.chunks import chunked
 from contract.paths import shown
@@ -81,6 +82,7 @@ class Watcher:
         self._observer: BaseObserver | None = None
         self._started_scan = False
         self._ready: threading.Event | None = None
+        self._announced = False  # the start-up rescan is taken in: said so (events.Ready)
         self.recorded = 0  # files recorded in the ledger by this run
         self.scans = 0  # rescans completed
 
@@ -278,13 +280,16 @@ class Watcher:
                 if self._unrecorded:
                     self._record()
         if (
-            self._ready is not None
+            not self._announced
             and self._started_scan
             and self.tracker.ready_count == 0
             and not self._unrecorded
         ):
-            self._ready.set()
-            self._ready = None
+            self._announced = True
+            events.emit(events.Ready(role="watcher", detail=str(self.inbox)))
+            if self._ready is not None:
+                self._ready.set()
+                self._ready = None
 
     def _next_wake(self) -> float | None:
         waits = []

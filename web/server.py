@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import uvicorn
 
+from contract import events
 from contract.settings import Settings
 from db import migrate
 from web.app import create_app
@@ -27,13 +30,26 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     migrate.upgrade(settings.db_url)
     shown = f"[{host}]" if ":" in host else host
     log.info("web: http://%s:%d", shown, port)
-    uvicorn.run(
-        create_app(settings, host),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, host),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+        )
     )
+    url = f"http://{shown}:{port}"
+    threading.Thread(target=_announce, args=(server, url), name="ready", daemon=True).start()
+    server.run()
     return 0
+
+
+def _announce(server: uvicorn.Server, url: str) -> None:
+    """Say ready once the socket listens (uvicorn sets ``started`` then), not before."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if server.started:
+        events.emit(events.Ready(role="web", detail=url))

@@ -41,6 +41,14 @@ _JPEG_EOI = b"\xff\xd9"
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
 
 
+def device_decode_wanted(mode: str, device_type: str) -> bool:
+    """Whether ``GPU_DECODE`` (``mode``) asks for batched device decode on a ``device_type``
+    ('cpu', 'cuda') device."""
+    if mode == "auto":
+        return device_type == "cuda"
+    return mode == "on"
+
+
 @dataclass(frozen=True, slots=True)
 class Encoded:
     """A JPEG the batched decoder takes: its bytes and what its header says."""

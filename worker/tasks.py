@@ -10,6 +10,7 @@ from celery import Celery, Task
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from broker.app import make_celery
+from contract import events
 from contract.backoff import backoff_delay
 from contract.messages import BadMessage, decode_classify
 from contract.queues import TASK_CLASSIFY, TASK_RECONCILE
@@ -63,6 +64,7 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
         # Recover what a previous crash left behind as soon as a worker is up.
         if getattr(sender, "app", None) is app:
             reconcile_task.apply_async(countdown=1)
+            events.emit(events.Ready(role="worker"))
 
     @worker_init.connect(weak=False)
     def _limit_arenas(sender: Any = None, **_: Any) -> None:

@@ -1,4 +1,4 @@
-"""The ways a run fits its model, on one typed set of inputs:
+"""The ways a run fits its model, on one typed set of ctx:
 
 - ``full``: every layer trains, on augmented images;
 - ``frozen``: the backbone runs once over the images (plus ``feature_passes`` augmented
@@ -15,32 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from contract.reports import EpochRecord
-from worker.training.batches import Batch, DecodedCache, EvalSet, ImageSource, Normalizer
-from worker.training.dataset import LabeledSet
+from worker.training.batches import Batch, DecodedCache, Normalizer
+from worker.training.context import RunContext
 from worker.training.features import FeatureSet, extract, get_head, headless
-from worker.training.loop import EvalResult, FitResult, TrainConfig, evaluate, fit
-
-
-@dataclass
-class FitInputs:
-    model: torch.nn.Module  # on ``device``
-    labeled: LabeledSet
-    source: ImageSource
-    eval_set: EvalSet
-    train_cache: DecodedCache
-    device: torch.device
-    autocast: torch.dtype | None
-    config: TrainConfig
-    on_phase: Callable[..., None]  # (phase, **values): progress
-    on_epoch: Callable[[EpochRecord], None]
-    check: Callable[[], None]  # raises to stop the run (the training lock was lost)
-    deadline: float | None = None  # time.monotonic() by which training must end
+from worker.training.loop import EvalResult, FitResult, evaluate, fit
 
 
 @dataclass
@@ -51,46 +34,47 @@ class Fitted:
     notes: list[str] = field(default_factory=list)  # what the report should say of it
 
 
-def fit_model(inputs: FitInputs, mode: str) -> Fitted:
-    if mode == "frozen":
-        return fit_frozen(inputs)
-    if mode == "frozen+unfreeze":
-        return fit_frozen_then_full(inputs)
-    return fit_full(inputs)
+def fit_model(ctx: RunContext, cache: DecodedCache) -> Fitted:
+    """Fit ``ctx.model`` on the training images in ``cache`` the way ``ctx.plan`` says."""
+    if ctx.plan.mode == "frozen":
+        return fit_frozen(ctx, cache)
+    if ctx.plan.mode == "frozen+unfreeze":
+        return fit_frozen_then_full(ctx, cache)
+    return fit_full(ctx, cache)
 
 
-def fit_full(inputs: FitInputs, first_epoch: int = 1) -> Fitted:
-    model, cfg, source = inputs.model, inputs.config, inputs.source
+def fit_full(ctx: RunContext, cache: DecodedCache, first_epoch: int = 1) -> Fitted:
+    model, cfg, source = ctx.model, ctx.config, ctx.source
     model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(True)
-    normalize = Normalizer(source.prep, inputs.device)
+    normalize = Normalizer(source.prep, ctx.device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    inputs.on_phase("training", epochs=first_epoch + cfg.epochs - 1)
+    ctx.on_phase("training", epochs=first_epoch + cfg.epochs - 1)
     t0 = time.perf_counter()
     result = fit(
         model,
         cfg,
-        train_batches=lambda _epoch: inputs.train_cache.batches(
+        train_batches=lambda _epoch: cache.batches(
             cfg.batch_size, generator, drop_single=True
         ),
-        val_batches=lambda: inputs.eval_set,
+        val_batches=lambda: ctx.eval_set,
         prepare_train=normalize,
         prepare_val=normalize,
-        device=inputs.device,
-        autocast=inputs.autocast,
-        on_epoch=inputs.on_epoch,
-        deadline=inputs.deadline,
+        device=ctx.device,
+        autocast=ctx.autocast,
+        on_epoch=ctx.on_epoch,
+        deadline=ctx.deadline,
         first_epoch=first_epoch,
     )
     seconds = {"training": time.perf_counter() - t0}
     final = evaluate(
         model,
         torch.nn.CrossEntropyLoss(),
-        inputs.eval_set,
+        ctx.eval_set,
         normalize,
-        inputs.device,
-        inputs.autocast,
+        ctx.device,
+        ctx.autocast,
         keep_logits=True,
     )
     return Fitted(result, final, seconds)
@@ -104,24 +88,23 @@ def _centre(cache: DecodedCache, batch_size: int, crop: int) -> Iterator[Batch]:
         yield images[:, :, top : top + crop, top : top + crop], labels
 
 
-def fit_frozen(inputs: FitInputs) -> Fitted:
-    model, cfg, source, device = inputs.model, inputs.config, inputs.source, inputs.device
+def fit_frozen(ctx: RunContext, cache: DecodedCache) -> Fitted:
+    model, cfg, source, device = ctx.model, ctx.config, ctx.source, ctx.device
     normalize = Normalizer(source.prep, device)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     passes = 1 + cfg.feature_passes
-    inputs.on_phase("features", feature_passes=passes)
+    ctx.on_phase("features", feature_passes=passes)
     t0 = time.perf_counter()
-    cache = inputs.train_cache
     with headless(model):
-        val = FeatureSet(*extract(model, inputs.eval_set, normalize, inputs.autocast))
+        val = FeatureSet(*extract(model, ctx.eval_set, normalize, ctx.autocast))
         clean = _centre(cache, cfg.batch_size, source.prep.crop)
-        sets = [FeatureSet(*extract(model, clean, normalize, inputs.autocast))]
+        sets = [FeatureSet(*extract(model, clean, normalize, ctx.autocast))]
         for _ in range(cfg.feature_passes):
             batches = cache.batches(cfg.batch_size)
-            sets.append(FeatureSet(*extract(model, batches, normalize, inputs.autocast)))
-            inputs.check()
+            sets.append(FeatureSet(*extract(model, batches, normalize, ctx.autocast)))
+            ctx.check()
     seconds = {"features": time.perf_counter() - t0}
     head = get_head(model)
     for p in head.parameters():
@@ -131,7 +114,7 @@ def fit_frozen(inputs: FitInputs) -> Fitted:
     def to_device(features: torch.Tensor) -> torch.Tensor:
         return features.to(device, non_blocking=True)
 
-    inputs.on_phase("training", epochs=cfg.epochs)
+    ctx.on_phase("training", epochs=cfg.epochs)
     t1 = time.perf_counter()
     result = fit(
         head,
@@ -144,8 +127,8 @@ def fit_frozen(inputs: FitInputs) -> Fitted:
         prepare_val=to_device,
         device=device,
         autocast=None,  # a Linear on cached features: fp32 costs nothing
-        on_epoch=inputs.on_epoch,
-        deadline=inputs.deadline,
+        on_epoch=ctx.on_epoch,
+        deadline=ctx.deadline,
     )
     seconds["training"] = time.perf_counter() - t1
     model.requires_grad_(True)
@@ -160,34 +143,34 @@ def fit_frozen(inputs: FitInputs) -> Fitted:
     return Fitted(result, final, seconds)
 
 
-def fit_frozen_then_full(inputs: FitInputs) -> Fitted:
+def fit_frozen_then_full(ctx: RunContext, cache: DecodedCache) -> Fitted:
     """The head first; then every layer, when the budget leaves time for at least an epoch
     (estimated as three backbone passes: forward and backward), and only if it does better."""
-    head_only = fit_frozen(inputs)
-    if inputs.deadline is None:
+    head_only = fit_frozen(ctx, cache)
+    if ctx.deadline is None:
         head_only.notes.append("every layer: not trained (no TRAIN_BUDGET_S)")
         return head_only
-    images = len(inputs.train_cache) + len(inputs.eval_set.samples)
-    per_image = head_only.seconds["features"] / max(1, images * (1 + inputs.config.feature_passes))
-    epoch_estimate = 3 * per_image * len(inputs.train_cache)
-    left = inputs.deadline - time.monotonic()
+    images = len(cache) + len(ctx.eval_set.samples)
+    per_image = head_only.seconds["features"] / max(1, images * (1 + ctx.config.feature_passes))
+    epoch_estimate = 3 * per_image * len(cache)
+    left = ctx.deadline - time.monotonic()
     if left < epoch_estimate:
         head_only.notes.append(
             f"every layer: not trained ({left:.0f}s of the budget left, an epoch needs "
             f"≈{epoch_estimate:.0f}s)"
         )
         return head_only
-    kept = {k: v.detach().clone() for k, v in inputs.model.state_dict().items()}
-    config = dataclasses.replace(inputs.config, lr=inputs.config.lr / 10)
+    kept = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    config = dataclasses.replace(ctx.config, lr=ctx.config.lr / 10)
     first = len(head_only.result.history) + 1
-    whole = fit_full(dataclasses.replace(inputs, config=config), first_epoch=first)
+    whole = fit_full(dataclasses.replace(ctx, config=config), cache, first_epoch=first)
     whole.result.history = head_only.result.history + whole.result.history
     whole.seconds = {
         "features": head_only.seconds["features"],
         "training": head_only.seconds["training"] + whole.seconds["training"],
     }
     if whole.final.accuracy < head_only.final.accuracy:
-        inputs.model.load_state_dict(kept)
+        ctx.model.load_state_dict(kept)
         head_only.result.history = whole.result.history
         head_only.seconds = whole.seconds
         head_only.notes.append(

@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from contract.reports import GateReport
 from worker import model_store
-from worker.training.batches import EvalSet, ImageSource, Normalizer
+from worker.training.batches import ImageSource, Normalizer
+from worker.training.context import RunContext
 from worker.training.loop import autocast_context
 from worker.training.start import ActiveInfo
 
@@ -125,25 +125,10 @@ def _verdict(
     return False, f"rejected by the gate: {comparison}"
 
 
-@dataclass(frozen=True)
-class GateInputs:
-    """The candidate's predictions on the validation images, and what scoring the active
-    model on the same images needs."""
-
-    classes: list[str]  # the candidate's (the labeled) classes
-    truth: list[str]  # per validation image
-    predicted: list[str]
-    eval_set: EvalSet
-    models_dir: Path
-    max_pixels: int
-    decode_threads: int
-    batch_size: int
-    device: torch.device
-    autocast: torch.dtype | None
-
-
-def judge(active: ActiveInfo | None, inputs: GateInputs, margin: float) -> GateVerdict:
-    """The gate's verdict on the candidate against the active model."""
+def judge(ctx: RunContext, truth: Sequence[str], predicted: Sequence[str]) -> GateVerdict:
+    """The gate's verdict on the candidate (its ``predicted`` class per validation image,
+    against ``truth``) against the active model."""
+    active, margin = ctx.active, ctx.settings.gate_margin
     if active is None or not active.trained:
         return decide(
             margin=margin,
@@ -151,10 +136,10 @@ def judge(active: ActiveInfo | None, inputs: GateInputs, margin: float) -> GateV
             active_name=active.name if active else None,
             active_trained=False,
         )
-    shared = [c for c in inputs.classes if c in set(active.classes)]
-    candidate_acc, images = accuracy_on(inputs.truth, inputs.predicted, set(shared))
+    shared = [c for c in ctx.classes if c in set(active.classes)]
+    candidate_acc, images = accuracy_on(truth, predicted, set(shared))
     try:
-        active_acc = score_active(active, inputs, set(shared))
+        active_acc = score_active(active, ctx, set(shared))
     except Exception as exc:
         log.exception("could not score the active model %s", active.name)
         return GateVerdict(
@@ -180,31 +165,32 @@ def judge(active: ActiveInfo | None, inputs: GateInputs, margin: float) -> GateV
     )
 
 
-def score_active(active: ActiveInfo, inputs: GateInputs, shared: set[str]) -> float | None:
+def score_active(active: ActiveInfo, ctx: RunContext, shared: set[str]) -> float | None:
     """The active model's accuracy on the validation images of the shared classes, each
     image preprocessed as that model's own inference does it."""
     if not shared:
         return None
-    loaded = model_store.load_version(inputs.models_dir, active.id)
-    device = inputs.device
+    s = ctx.settings
+    loaded = model_store.load_version(s.models_path, active.id)
+    device = ctx.device
     model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
-    labels = {i for i, c in enumerate(inputs.classes) if c in shared}
-    eval_set = inputs.eval_set
+    labels = {i for i, c in enumerate(ctx.classes) if c in shared}
+    eval_set = ctx.eval_set
     batches: Any
     if loaded.preprocessing == eval_set.source.prep:
         batches = eval_set.subset(labels)
     else:
-        source = ImageSource(loaded.preprocessing, inputs.max_pixels, inputs.decode_threads)
+        source = ImageSource(loaded.preprocessing, s.max_image_pixels, s.decode_threads)
         samples = [x for x in eval_set.samples if x.label in labels]
-        batches = source.batches(samples, inputs.batch_size, source.eval_image)
+        batches = source.batches(samples, ctx.config.batch_size, source.eval_image)
     normalize = Normalizer(loaded.preprocessing, device)
     truth: list[str] = []
     predicted: list[str] = []
     with torch.inference_mode():
         for images, targets in batches:
-            with autocast_context(device, inputs.autocast):
+            with autocast_context(device, ctx.autocast):
                 logits = model(normalize(images))
-            truth += [inputs.classes[int(t)] for t in targets]
+            truth += [ctx.classes[int(t)] for t in targets]
             predicted += [loaded.classes[int(i)] for i in logits.float().argmax(1).cpu()]
     del model, loaded
     accuracy, count = accuracy_on(truth, predicted, shared)

@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract.clock import iso, utcnow
+from contract.messages import Trigger
 from contract.reports import ProgressEvent, TrainingReport
 from db import runs
 from db.engine import transaction
@@ -62,7 +63,7 @@ class RunRecorder:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        trigger: str,
+        trigger: Trigger,
         run_id: int | None,
         on_progress: Progress | None,
     ) -> None:

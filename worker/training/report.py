@@ -8,54 +8,24 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from contract.clock import iso, utcnow
 from contract.reports import CalibrationReport, ConfusionMatrix, EpochRecord, TrainingReport
-from contract.settings import Settings
-from worker.preprocess import Preprocessing
-from worker.training.batches import ImageSource
-from worker.training.dataset import LabeledSet
+from worker.training.context import RunContext
 from worker.training.fit import Fitted
 from worker.training.gate import GateVerdict
-from worker.training.loop import TrainConfig
-from worker.training.plan import TrainPlan
 
 GRID_MAX = 25
 
 
-@dataclass(frozen=True)
-class RunFacts:
-    """How a run went, besides the fit itself."""
-
-    run_id: int | None
-    trigger: str
-    arch: str
-    started_from: str
-    head_rows_kept: int
-    device: torch.device
-    autocast: torch.dtype | None
-    preprocessing: Preprocessing
-    manifest_sha256: str
-    durations: dict[str, float]
-
-
-def build_report(
-    facts: RunFacts,
-    labeled: LabeledSet,
-    source: ImageSource,
-    fitted: Fitted,
-    verdict: GateVerdict,
-    config: TrainConfig,
-    settings: Settings,
-    how: TrainPlan,
-) -> TrainingReport:
+def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> TrainingReport:
+    labeled, source, settings, how = ctx.labeled, ctx.source, ctx.settings, ctx.plan
     classes = labeled.classes
     final = fitted.final
     per_class = dict(zip(classes, final.per_class(len(classes)), strict=True))
@@ -63,9 +33,9 @@ def build_report(
         {"path": p, "error": e} for p, e in list(source.failed.items())[:100]
     ]
     return TrainingReport(
-        run_id=facts.run_id,
-        trigger=facts.trigger,
-        arch=facts.arch,
+        run_id=ctx.run_id,
+        trigger=ctx.trigger,
+        arch=ctx.loaded.arch,
         classes=classes,
         accuracy=final.accuracy,
         val_loss=final.loss,
@@ -91,18 +61,18 @@ def build_report(
         skipped_corrupt=len(labeled.corrupt) + len(source.failed),
         corrupt_files=corrupt,
         warnings=labeled.warnings,
-        started_from=facts.started_from,
-        head_rows_kept=facts.head_rows_kept,
+        started_from=ctx.start.started_from,
+        head_rows_kept=ctx.head_rows_kept,
         mode=how.mode,
         mode_reason=how.reason,
         input_size=how.size_reason,
         notes=fitted.notes,
-        config=asdict(config),
-        device=str(facts.device),
-        autocast=str(facts.autocast).replace("torch.", "") if facts.autocast else "fp32",
-        preprocessing=facts.preprocessing.to_dict(),
-        duration_s={k: round(v, 3) for k, v in facts.durations.items()},
-        manifest_sha256=facts.manifest_sha256,
+        config=asdict(ctx.config),
+        device=str(ctx.device),
+        autocast=str(ctx.autocast).replace("torch.", "") if ctx.autocast else "fp32",
+        preprocessing=ctx.loaded.preprocessing.to_dict(),
+        duration_s={k: round(v, 3) for k, v in ctx.durations.items()},
+        manifest_sha256=ctx.manifest_sha256,
         gate=verdict.to_dict(),
         created_at=iso(utcnow()) or "",
     )

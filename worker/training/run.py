@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract.reports import EpochRecord
+from contract import events
+from contract.messages import Trigger
+from contract.reports import CalibrationReport, EpochRecord, TrainingReport
 from contract.settings import Settings
 from db import runs, versions
 from db.engine import LazySessions, transaction
@@ -38,15 +40,22 @@ from worker.serving import torch_reason
 from worker.training.backfill import backfill
 from worker.training.batches import DecodedCache, EvalSet, ImageSource
 from worker.training.calibration import calibrate
-from worker.training.dataset import TrainingRefused, list_labeled, manifest_sha256, scan_labeled
+from worker.training.context import RunContext
+from worker.training.dataset import (
+    Listing,
+    TrainingRefused,
+    list_labeled,
+    manifest_sha256,
+    scan_labeled,
+)
 from worker.training.features import remap_head
-from worker.training.fit import FitInputs, fit_model
-from worker.training.gate import GateInputs, judge
+from worker.training.fit import Fitted, fit_model
+from worker.training.gate import GateVerdict, judge
 from worker.training.lock import LOCK_TIMEOUT_S, TrainingLock
 from worker.training.loop import TrainConfig
 from worker.training.plan import plan
 from worker.training.progress import Progress, RunCancelled, RunOutcome, RunRecorder
-from worker.training.report import GRID_MAX, RunFacts, build_report
+from worker.training.report import GRID_MAX, build_report
 from worker.training.save import ValGrid, save_and_settle
 from worker.training.skip import has_class_dirs, unchanged_reason
 from worker.training.start import ActiveInfo, start_model
@@ -54,7 +63,7 @@ from worker.training.start import ActiveInfo, start_model
 log = logging.getLogger(__name__)
 
 
-def create_queued_run(sessions: sessionmaker[Session], trigger: str = "manual") -> int:
+def create_queued_run(sessions: sessionmaker[Session], trigger: Trigger = Trigger.MANUAL) -> int:
     """A run row for a request that a worker will pick up (``retrain`` without ``--wait``)."""
     with transaction(sessions) as session:
         return runs.create_queued(session, trigger)
@@ -64,7 +73,7 @@ def run_training(
     settings: Settings,
     sessions: sessionmaker[Session] | None = None,
     *,
-    trigger: str = "manual",
+    trigger: Trigger = Trigger.MANUAL,
     force: bool = False,
     run_id: int | None = None,
     fresh: bool = False,
@@ -127,6 +136,7 @@ class _Run:
         self.lock = TrainingLock(settings.redis_url, lock_timeout_s)
         self.cfg = config
         self.started = time.perf_counter()
+        self.active: ActiveInfo | None = None
 
     # --- the run, top to bottom ----------------------------------------------------------------
 
@@ -171,19 +181,38 @@ class _Run:
                 torch.cuda.empty_cache()
 
     def _train(self) -> RunOutcome:
-        s, cfg, rec = self.s, self.cfg, self.rec
-        # Scan: a listing (stat only) is enough to know the data did not change.
+        listing = self._scan()
+        if isinstance(listing, RunOutcome):
+            return listing
+        ctx = self._prepare(listing)
+        fitted = self._fit(ctx)
+        calibration_report = self._calibrate(ctx, fitted)
+        verdict = self._gate(ctx, fitted)
+        report = build_report(ctx, fitted, verdict)
+        report["calibration"] = calibration_report
+        return self._save(ctx, fitted, verdict, report)
+
+    # --- the steps ------------------------------------------------------------------------------
+
+    def _scan(self) -> Listing | RunOutcome:
+        """List labeled/ (stat only): enough to know the data did not change."""
+        s, rec = self.s, self.rec
         rec.phase("scanning", labeled=str(s.labeled_path))
-        if rec.trigger == "schedule" and not has_class_dirs(s.labeled_path):
+        if rec.trigger == Trigger.SCHEDULE and not has_class_dirs(s.labeled_path):
             # Nobody labels anything here (yet): an hourly 'failed' would only be noise.
             return rec.finish(RunStatus.SKIPPED, f"no labeled class folders in {s.labeled_path}")
         listing = list_labeled(s.labeled_path)
-        manifest = manifest_sha256(listing)
-        active = self._active()
-        if not self.force and (why := unchanged_reason(self.sessions, manifest, active)):
+        self.active = self._active()
+        why = unchanged_reason(self.sessions, manifest_sha256(listing), self.active)
+        if not self.force and why:
             return rec.finish(RunStatus.SKIPPED, f"{why}; nothing to do (--force retrains)")
+        return listing
 
-        # Split: every image read once, hashed (the split) and decode-checked.
+    def _prepare(self, listing: Listing) -> RunContext:
+        """Split (every image read once, hashed and decode-checked), choose the start model
+        (the active one to fine-tune, or the base, with a head for these classes) and how to
+        train it here, decode the validation images: the run's context."""
+        s, rec = self.s, self.rec
         labeled = scan_labeled(
             s.labeled_path,
             val_fraction=s.val_fraction,
@@ -193,23 +222,19 @@ class _Run:
             listing=listing,
             warn=rec.warn,
         )
-
-        # Start model: fine-tune the active one, or the base, with a head for these classes;
-        # the plan: how to train it here, at which input size.
-        begin = start_model(s, active, labeled.classes, self.fresh)
-        start = begin.loaded
-        kept_rows = remap_head(start.model, start.classes, labeled.classes)
-        start.classes = list(labeled.classes)
+        begin = start_model(s, self.active, labeled.classes, self.fresh)
+        kept_rows = remap_head(begin.loaded.model, begin.loaded.classes, labeled.classes)
+        begin.loaded.classes = list(labeled.classes)
         device = pick_device(s.device)
         how = plan(
             s.train_mode,
             device,
             begin.pretrained,
-            start.preprocessing,
+            begin.loaded.preprocessing,
             labeled.typical_shorter_side,
             s.train_budget_s,
         )
-        start.preprocessing = how.preprocessing
+        begin.loaded.preprocessing = how.preprocessing
         rec.phase(
             "preparing",
             classes=labeled.classes,
@@ -217,106 +242,90 @@ class _Run:
             val_images=len(labeled.val),
             mode=how.mode,
         )
-
-        # Decode every image once, fit, then evaluate the kept weights on the validation set.
-        autocast = pick_autocast(device, self.autocast_spec, training=True)
-        source = ImageSource(start.preprocessing, s.max_image_pixels, s.decode_threads)
-        durations: dict[str, float] = {}
-        deadline = time.monotonic() + s.train_budget_s if s.train_budget_s else None
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed)
-            t0 = time.perf_counter()
-            eval_set = EvalSet(source, labeled.val, cfg.batch_size)
-            cache = DecodedCache(source, labeled.train, s.data_dir / "cache")
-            durations["decode"] = time.perf_counter() - t0
-            try:
-                fitted = fit_model(
-                    FitInputs(
-                        model=start.model.to(device),
-                        labeled=labeled,
-                        source=source,
-                        eval_set=eval_set,
-                        train_cache=cache,
-                        device=device,
-                        autocast=autocast,
-                        config=cfg,
-                        on_phase=rec.phase,
-                        on_epoch=self._on_epoch,
-                        check=self._check_running,
-                        deadline=deadline,
-                    ),
-                    how.mode,
-                )
-            finally:
-                cache.close()
-        durations.update(fitted.seconds)
-        self._check_running()
-        start.model = start.model.cpu().eval()
-
-        # Calibrate: what its confidences mean, from the same validation images.
-        calibration, calibration_report = calibrate(
-            fitted.final.logits,
-            torch.tensor(fitted.final.targets, dtype=torch.int64),
-            labeled.classes,
-            s.coverage,
-            s.target_precision,
-        )
-        start.calibration = calibration
-
-        # Gate: the candidate against the active model, on the same validation images.
-        classes = labeled.classes
-        truth = [classes[t] for t in fitted.final.targets]
-        predicted = [classes[p] for p in fitted.final.preds]
-        if active is not None and active.trained:
-            rec.phase("gate", compared_with=active.name)
-        verdict = judge(
-            active,
-            GateInputs(
-                classes=classes,
-                truth=truth,
-                predicted=predicted,
-                eval_set=eval_set,
-                models_dir=s.models_path,
-                max_pixels=s.max_image_pixels,
-                decode_threads=s.decode_threads,
-                batch_size=cfg.batch_size,
-                device=device,
-                autocast=autocast,
-            ),
-            s.gate_margin,
-        )
-        durations["total"] = time.perf_counter() - self.started
-
-        # Report, save, then promote or reject.
-        facts = RunFacts(
+        source = ImageSource(how.preprocessing, s.max_image_pixels, s.decode_threads)
+        t0 = time.perf_counter()
+        eval_set = EvalSet(source, labeled.val, self.cfg.batch_size)
+        return RunContext(
+            settings=s,
             run_id=rec.run_id,
             trigger=rec.trigger,
-            arch=start.arch,
-            started_from=begin.started_from,
+            labeled=labeled,
+            manifest_sha256=manifest_sha256(listing),
+            active=self.active,
+            start=begin,
             head_rows_kept=kept_rows,
+            plan=how,
             device=device,
-            autocast=autocast,
-            preprocessing=start.preprocessing,
-            manifest_sha256=manifest,
-            durations=durations,
+            autocast=pick_autocast(device, self.autocast_spec, training=True),
+            config=self.cfg,
+            source=source,
+            eval_set=eval_set,
+            on_phase=rec.phase,
+            on_epoch=self._on_epoch,
+            check=self._check_running,
+            deadline=time.monotonic() + s.train_budget_s if s.train_budget_s else None,
+            durations={"decode": time.perf_counter() - t0},
         )
-        report = build_report(facts, labeled, source, fitted, verdict, cfg, s, how)
-        report["calibration"] = calibration_report
+
+    def _fit(self, ctx: RunContext) -> Fitted:
+        """Decode the training images once, fit, evaluate the kept weights on validation."""
+        device = ctx.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(ctx.config.seed)
+            t0 = time.perf_counter()
+            cache = DecodedCache(ctx.source, ctx.labeled.train, self.s.data_dir / "cache")
+            ctx.durations["decode"] += time.perf_counter() - t0
+            ctx.start.loaded.model = ctx.model.to(device)
+            try:
+                fitted = fit_model(ctx, cache)
+            finally:
+                cache.close()
+        ctx.durations.update(fitted.seconds)
+        self._check_running()
+        ctx.start.loaded.model = ctx.model.cpu().eval()
+        return fitted
+
+    def _calibrate(self, ctx: RunContext, fitted: Fitted) -> CalibrationReport:
+        """What its confidences mean, from the same validation images."""
+        calibration, report = calibrate(
+            fitted.final.logits,
+            torch.tensor(fitted.final.targets, dtype=torch.int64),
+            ctx.classes,
+            self.s.coverage,
+            self.s.target_precision,
+        )
+        ctx.start.loaded.calibration = calibration
+        return report
+
+    def _gate(self, ctx: RunContext, fitted: Fitted) -> GateVerdict:
+        """The candidate against the active model, on the same validation images."""
+        if ctx.active is not None and ctx.active.trained:
+            self.rec.phase("gate", compared_with=ctx.active.name)
+        verdict = judge(ctx, self._truth(ctx, fitted), self._predicted(ctx, fitted))
+        ctx.durations["total"] = time.perf_counter() - self.started
+        return verdict
+
+    def _save(
+        self, ctx: RunContext, fitted: Fitted, verdict: GateVerdict, report: TrainingReport
+    ) -> RunOutcome:
+        """Save the version (and its ONNX artifacts), then promote or reject it."""
+        rec = self.rec
+        truth, predicted = self._truth(ctx, fitted), self._predicted(ctx, fitted)
         shown = sorted(range(len(truth)), key=lambda i: (truth[i] == predicted[i], i))[:GRID_MAX]
         grid = ValGrid(
-            eval_set.images(shown), [truth[i] for i in shown], [predicted[i] for i in shown]
+            ctx.eval_set.images(shown), [truth[i] for i in shown], [predicted[i] for i in shown]
         )
         rec.phase("saving")
         saved = save_and_settle(
             self.sessions,
-            s.models_path,
-            start,
+            self.s.models_path,
+            ctx.loaded,
             report,
             verdict,
             grid,
             run_id=rec.run_id,
             check=self._check_lock,
-            build_serving=self._serving_builder(start, eval_set, fitted.final.targets),
+            build_serving=self._serving_builder(ctx.loaded, ctx.eval_set, fitted.final.targets),
         )
         accuracy = f"val accuracy {report['accuracy']:.3f}"
         if saved.failed:
@@ -329,8 +338,27 @@ class _Run:
             message += saved.reason
         outcome = rec.finish(status, message, saved.version_id, saved.name, report)
         if saved.promoted:
-            backfill(s, self.sessions, saved.version_id)
+            events.emit(
+                events.Promoted(
+                    version=saved.name,
+                    accuracy=verdict.candidate_accuracy,
+                    previous=verdict.active_name,
+                    previous_accuracy=verdict.active_accuracy,
+                    images=verdict.images or len(truth),
+                )
+            )
+            rescored = backfill(self.s, self.sessions, saved.version_id)
+            if rescored:
+                events.emit(events.Rescoring(version=saved.name, images=rescored))
         return outcome
+
+    @staticmethod
+    def _truth(ctx: RunContext, fitted: Fitted) -> list[str]:
+        return [ctx.classes[t] for t in fitted.final.targets]
+
+    @staticmethod
+    def _predicted(ctx: RunContext, fitted: Fitted) -> list[str]:
+        return [ctx.classes[p] for p in fitted.final.preds]
 
     # --- helpers --------------------------------------------------------------------------------
 

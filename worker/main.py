@@ -1,0 +1,77 @@
+"""The worker's one entry point, as ``watcher.service.run_watcher`` is the watcher's: everything a
+worker process does before it serves, in order, then Celery's loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Collection
+
+from contract import running
+from contract.queues import CLASSIFY_QUEUE
+from contract.settings import Settings
+from contract.sizing import sized_for_machine
+from db import migrate
+from db.engine import make_engine, make_sessionmaker
+from worker import modelzoo
+from worker.layout import worker_concurrency
+from worker.model_holder import register_base_model
+from worker.tasks import create_worker_app
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRefused(RuntimeError):
+    """The worker cannot start with these settings (e.g. weights that cannot be had)."""
+
+
+def run_worker(
+    settings: Settings,
+    queues: Collection[str],
+    concurrency: int | None = None,
+    name: str | None = None,
+) -> None:
+    """Serve ``queues`` until Celery stops: migrate the ledger; for the classify queue, make
+    sure the weights are there and register the base model (so ``status`` names it before the
+    first image); size the batches for this machine; hold enough messages to keep the
+    inference streams fed. The model itself loads lazily on the first batch, in this process.
+    Raises :class:`WorkerRefused`."""
+    migrate.upgrade(settings.db_url)
+    if CLASSIFY_QUEUE in queues:
+        try:
+            modelzoo.ensure_weights(settings.model, settings.weights)
+        except modelzoo.ModelError as exc:
+            raise WorkerRefused(str(exc)) from exc
+        _register_base_model(settings)
+    settings = sized_for_machine(settings)
+    if concurrency is None:
+        concurrency = worker_concurrency(settings) if CLASSIFY_QUEUE in queues else 1
+    app = create_worker_app(settings)
+    wanted = ",".join(sorted(queues))
+    node = name or f"{'+'.join(sorted(queues))}.{os.getpid()}@{socket.gethostname()}"
+    with running.recorded(settings, "worker-" + "+".join(sorted(queues))):
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",  # one process owns the model; threads feed its batches
+                f"--concurrency={concurrency}",
+                f"--queues={wanted}",
+                f"--hostname={node}",
+                "--prefetch-multiplier=1",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=INFO",
+            ]
+        )
+
+
+def _register_base_model(settings: Settings) -> None:
+    """The base model in the ledger as a classify worker starts (its weights are loaded on the
+    first batch, in the process that runs it)."""
+    engine = make_engine(settings.db_url)
+    try:
+        active = register_base_model(settings, make_sessionmaker(engine))
+    finally:
+        engine.dispose()
+    log.info("active model: %s (version %d)", active.name, active.id)

@@ -1,0 +1,56 @@
+"""What every step of a training run shares, built once the run knows its data and its start
+model (:func:`worker.training.run.run_training` builds it in its ``prepare`` step): the data, the
+model and how to train it, where and in which precision, the images decoded for validation, and
+how to report progress. The steps take it instead of repeating the same dozen values each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from contract.messages import Trigger
+from contract.reports import EpochRecord
+from contract.settings import Settings
+from worker.modelzoo import LoadedModel
+from worker.training.batches import EvalSet, ImageSource
+from worker.training.dataset import LabeledSet
+from worker.training.loop import TrainConfig
+from worker.training.plan import TrainPlan
+from worker.training.start import ActiveInfo, Start
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    run_id: int | None
+    trigger: Trigger
+    labeled: LabeledSet
+    manifest_sha256: str
+    active: ActiveInfo | None  # the model the candidate must beat
+    start: Start  # the model it starts from, its head already sized for the labeled classes
+    head_rows_kept: int
+    plan: TrainPlan
+    device: torch.device
+    autocast: torch.dtype | None
+    config: TrainConfig
+    source: ImageSource  # decodes labeled images as this model's preprocessing does
+    eval_set: EvalSet  # the validation images, decoded once
+    on_phase: Callable[..., None]  # (phase, **values): progress
+    on_epoch: Callable[[EpochRecord], None]
+    check: Callable[[], None]  # raises to stop the run (lock lost, cancel asked)
+    deadline: float | None = None  # time.monotonic() by which training must end
+    durations: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.start.loaded
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.start.loaded.model
+
+    @property
+    def classes(self) -> list[str]:
+        return self.labeled.classes
