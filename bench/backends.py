@@ -183,14 +183,14 @@ def bench_model(arch: str, images_n: int, rounds: int, work: Path) -> dict[str, 
     latency = {
         name: latency_ms(maker(cores, False)(), images, 40) for name, maker in backends.items()
     }
-    check = manifest["int8_check"] or {}
+    check = manifest.int8_check
     return {
         "model": arch,
         "images": len(images),
         "build_seconds": round(build_s, 1),
-        "export_max_abs_diff": manifest["fp32"]["max_abs_diff"],
-        "int8_agreement": check.get("agreement"),
-        "int8_max_confidence_diff": check.get("max_confidence_diff"),
+        "export_max_abs_diff": manifest.fp32.max_abs_diff,
+        "int8_agreement": check.agreement if check else None,
+        "int8_max_confidence_diff": check.max_confidence_diff if check else None,
         "images_per_s": {k: round(statistics.median(v), 1) for k, v in samples.items()},
         "latency_ms_bs1": latency,
     }

@@ -59,9 +59,9 @@ def make_classifier(
             min_agreement=0.99,
             margin=0.0,
         )
-        entry, precision = onnx_backend.preferred(manifest)
+        entry, precision = manifest.preferred()
         threads = inference_layout(None, None, "cpu").threads_per_stream
-        path = onnx_backend.serving_dir(folder) / entry["file"]
+        path = onnx_backend.serving_dir(folder) / entry.file
         classifier.use_runner(onnx_backend.OrtRunner(path, precision, threads))
     elif compile_for and classifier.compile_async(compile_for, mode=compile_mode):
         classifier.wait_compiled(600)

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,11 @@ def int8_figures(version_dir: Path, batch: np.ndarray, labels: np.ndarray) -> di
     folder = onnx_backend.serving_dir(version_dir)
     fp32 = onnx_backend.run_session(onnx_backend.open_session(folder / "model.onnx", 2), batch)
     out: dict[str, Any] = {
-        "validation_check": manifest["int8_check"],
-        "int8_reason": manifest["int8_reason"],
+        "validation_check": asdict(manifest.int8_check) if manifest.int8_check else None,
+        "int8_reason": manifest.int8_reason,
         "held_out_fp32_accuracy": round(float((fp32.argmax(1) == labels).mean()), 4),
     }
-    if manifest["int8"] is not None:
+    if manifest.int8 is not None:
         int8 = onnx_backend.run_session(
             onnx_backend.open_session(folder / "model.int8.onnx", 2), batch
         )

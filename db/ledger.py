@@ -266,7 +266,9 @@ def save_batch(
             done.update(i for i, status, _, _ in states if status == ImageStatus.DONE)
             has_result.update(i for i, _, _, label in states if label is not None)
             retry_elsewhere.update(
-                _seen_since_sent(session, [(i, at) for i, s, at, _ in states if s != "done"])
+                _seen_since_sent(
+                    session, [(i, at) for i, s, at, _ in states if s != ImageStatus.DONE]
+                )
             )
         changes: list[dict[str, Any]] = []
         for f in bad:

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from contract.clock import iso, utcnow
 from contract.messages import WorkItem
+from contract.serving import ServingRecord
+from contract.status import ActiveModel, LedgerStatus
 from db.models import Image, ImagePath, ImageStatus, LabelSource, ModelVersion
 from db.versions import active_model
 
@@ -159,28 +161,28 @@ def result_rows(session: Session, f: ResultFilter) -> list[ResultRow]:
     ]
 
 
-def ledger_status(session: Session, window_s: int) -> dict[str, Any]:
+def ledger_status(session: Session, window_s: int) -> LedgerStatus:
     """The ledger's part of ``status --json``: images per status, the active model, and the
     classification rate over the last ``window_s`` seconds."""
     model = active_model(session)
     active = (
         None
         if model is None
-        else {
-            "id": model.id,
-            "name": model.name,
-            "arch": model.arch,
-            "classes": len(model.classes),
-            "val_accuracy": model.val_accuracy,
-            "serving": model.serving,
-        }
+        else ActiveModel(
+            id=model.id,
+            name=model.name,
+            arch=model.arch,
+            classes=len(model.classes),
+            val_accuracy=model.val_accuracy,
+            serving=ServingRecord.from_dict(model.serving),
+        )
     )
     recent = done_since(session, timedelta(seconds=window_s))
-    return {
-        "images": status_counts(session),
-        "active_model": active,
-        "images_per_second": round(recent / window_s, 2),
-    }
+    return LedgerStatus(
+        images=status_counts(session),
+        active_model=active,
+        images_per_second=round(recent / window_s, 2),
+    )
 
 
 def status_counts(session: Session) -> dict[str, int]:

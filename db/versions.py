@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from contract.clock import iso, utcnow
+from contract.serving import ServingRecord
 from db.models import ModelStatus, ModelVersion, TrainingRun
 
 
@@ -134,7 +135,7 @@ class VersionView:
     created_at: str | None
     activated_at: str | None
     calibration: dict[str, Any] | None = None
-    serving: dict[str, Any] | None = None
+    serving: ServingRecord | None = None
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionView:
@@ -152,7 +153,7 @@ class VersionView:
             iso(row.created_at),
             iso(row.activated_at),
             dict(row.calibration) if row.calibration else None,
-            dict(row.serving) if row.serving else None,
+            ServingRecord.from_dict(row.serving),
         )
 
 
@@ -260,9 +261,10 @@ def settle_candidate(
     return promote, reason
 
 
-def set_serving(session: Session, version_id: int, serving: dict[str, Any]) -> None:
-    """Record how CPU workers serve ``version_id``: ``serving`` (its ONNX artifacts' checks,
-    which backend serves and why) is merged into what is recorded."""
+def set_serving(session: Session, version_id: int, serving: ServingRecord) -> None:
+    """Record how CPU workers serve ``version_id``: what ``serving`` knows (its ONNX artifacts'
+    checks, which backend serves and why) is merged into what is recorded."""
     row = session.get(ModelVersion, version_id)
     if row is not None:
-        row.serving = {**(row.serving or {}), **serving}
+        known = ServingRecord.from_dict(row.serving) or ServingRecord()
+        row.serving = known.merged(serving).to_dict()

@@ -141,33 +141,33 @@ def status(settings: Settings, as_json: bool, window: int) -> None:
     finally:
         engine.dispose()
     queues = queue_report(with_broker(settings, required=False))
-    report: dict[str, Any] = {
-        **ledger_part,
-        "queue_depth": queues.depth,
-        "workers": queues.workers,
-    }
-    counts, active = report["images"], report["active_model"]
     if as_json:
+        report = {
+            **ledger_part.to_dict(),
+            "queue_depth": queues.depth,
+            "workers": queues.workers,
+        }
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo("images:   " + "  ".join(f"{k} {v}" for k, v in counts.items()))
-    depth = report["queue_depth"]
+    active = ledger_part.active_model
+    click.echo("images:   " + "  ".join(f"{k} {v}" for k, v in ledger_part.images.items()))
+    depth = queues.depth
     click.echo(
         "queue:    "
         + ("unreachable" if depth is None else "  ".join(f"{k} {v}" for k, v in depth.items()))
     )
-    workers = report["workers"]
+    workers = queues.workers
     click.echo(
         "workers:  " + ("unreachable" if workers is None else (", ".join(workers) or "none"))
     )
     click.echo(
         "model:    "
         + (
-            f"{active['name']} (version {active['id']}, {active['classes']} classes)"
+            f"{active.name} (version {active.id}, {active.classes} classes)"
             if active
             else NO_MODEL_YET
         )
     )
     if active:
-        click.echo("serving:  " + describe_serving(active["serving"]))
-    click.echo(f"rate:     {report['images_per_second']} img/s over the last {window}s")
+        click.echo("serving:  " + describe_serving(active.serving))
+    click.echo(f"rate:     {ledger_part.images_per_second} img/s over the last {window}s")

@@ -250,7 +250,12 @@ def _follow(settings: Settings, run_id: int) -> int:
 
 
 def _print_end(run_id: int | None, status: str, message: str) -> int:
-    colour = {"promoted": "green", "rejected": "yellow", "failed": "red", "cancelled": "yellow"}
+    colour: dict[str, str] = {
+        RunStatus.PROMOTED: "green",
+        RunStatus.REJECTED: "yellow",
+        RunStatus.FAILED: "red",
+        RunStatus.CANCELLED: "yellow",
+    }
     click.secho(f"run {run_id} {status}: {message}", fg=colour.get(status))
     return 1 if status in (RunStatus.FAILED, RunStatus.CANCELLED) else 0
 

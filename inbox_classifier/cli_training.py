@@ -20,7 +20,7 @@ from broker.locate import BrokerNotFound, with_broker
 from contract.calibration import Calibration
 from contract.clock import as_utc
 from contract.paths import shown
-from contract.serving import describe_serving
+from contract.serving import ServingRecord, describe_serving
 from contract.settings import Settings
 from db import quality, versions
 from db.engine import transaction
@@ -95,7 +95,7 @@ def _quality_lines(version: ModelVersion, found: quality.Quality | None, bound: 
         lines.append(text)
     else:
         lines.append("calibration: none (a base model: no validation set; T = 1)")
-    lines.append("serving: " + describe_serving(version.serving))
+    lines.append("serving: " + describe_serving(ServingRecord.from_dict(version.serving)))
     if found is not None and found.predictions:
         drift = "-" if found.confidence_drift is None else f"{found.confidence_drift:.2f}"
         mix = "-" if found.class_mix_drift is None else f"{found.class_mix_drift:.2f}"

@@ -98,7 +98,7 @@ def status(
     backlog = web.review_backlog.get()
     return schemas.StatusOut.model_validate(
         {
-            **ledger_part,
+            **ledger_part.to_dict(),
             "queue_depth": queues.depth,
             "workers": queues.workers,
             "review_backlog": backlog,  # counted up to 10,000

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from db import browse, labels, versions
 from db.engine import transaction
+from db.models import ImageStatus
 from db.quality import Quality, version_quality
 from db.queries import status_counts
 from web.state import Cached, WebState
@@ -65,7 +66,7 @@ class LedgerCollector(Collector):
             labels=["source"],
         )
         by_source.add_metric(["human"], figures.human_labels)
-        model_labels = max(0, figures.by_status.get("done", 0) - figures.human_labels)
+        model_labels = max(0, figures.by_status.get(ImageStatus.DONE, 0) - figures.human_labels)
         by_source.add_metric(["model"], model_labels)
         yield by_source
         queue = self.web.queues.get()

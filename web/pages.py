@@ -19,7 +19,7 @@ from contract.failures import FailureKind
 from db import browse, runs
 from db.browse import MAX_ID, Sort
 from db.engine import transaction
-from db.models import ImageStatus
+from db.models import ImageStatus, ModelStatus
 from web import api, schemas
 from web.security import COOKIE, token_matches, wants_html
 
@@ -204,7 +204,7 @@ def models_page(
     chosen = (
         version
         if version is not None
-        else next((v.id for v in versions_list if v.status == "active"), None)
+        else next((v.id for v in versions_list if v.status == ModelStatus.ACTIVE), None)
     )
     detail = api.model(request, chosen) if chosen is not None else None
     quality = api.model_quality(request, chosen) if chosen is not None else None

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from contract.failures import FailureKind
 from contract.labeled import MAX_CLASS_NAME
+from contract.serving import ServingRecord
 
 SHA256_PATTERN = "^[0-9a-f]{64}$"
 
@@ -27,7 +28,7 @@ class ActiveModelOut(BaseModel):
     arch: str
     classes: int = Field(description="how many classes the model knows")
     val_accuracy: float | None
-    serving: dict[str, Any] | None
+    serving: ServingRecord | None
 
 
 class StatusOut(BaseModel):
@@ -174,7 +175,7 @@ class RunOut(BaseModel):
 class ModelOut(BaseModel):
     id: int
     calibration: dict[str, Any] | None = None
-    serving: dict[str, Any] | None = None
+    serving: ServingRecord | None = None
     serving_text: str | None = None
     name: str
     arch: str

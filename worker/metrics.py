@@ -25,6 +25,7 @@ from prometheus_client import (
 from contract.clock import as_utc, utcnow
 from contract.failures import FailureKind
 from contract.settings import Settings
+from db.models import ImageStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class WorkerMetrics:
         )
         # RSS and CPU of the worker process (README, Performance: a worker's memory over time).
         ProcessCollector(registry=r)
-        self._done = self.images.labels(outcome="done", kind="")
+        self._done = self.images.labels(outcome=ImageStatus.DONE.value, kind="")
         self._server: WSGIServer | None = None
 
     def committed(
@@ -101,7 +102,7 @@ class WorkerMetrics:
         each image that got its first result."""
         self._done.inc(done)
         for kind in failed:
-            self.images.labels(outcome="failed", kind=kind.value).inc()
+            self.images.labels(outcome=ImageStatus.FAILED.value, kind=kind.value).inc()
         now = utcnow()
         for moment in recorded_at:
             # Clamped: the watcher's clock may run ahead of this machine's.

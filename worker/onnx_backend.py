@@ -26,7 +26,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.serving import Artifact, Int8Check, ServingManifest
 from worker.modelzoo import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ SERVING_DIR = "serving"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 MANIFEST_FILE = "serving.json"
-MANIFEST_FORMAT = 1
 OPSET = 17
 
 #: The export must reproduce torch's fp32 logits to this (max abs difference; README).
@@ -252,19 +252,6 @@ class Int8Limits:
     max_confidence_diff: float
 
 
-@dataclass(frozen=True)
-class Int8Check:
-    """int8 against fp32 on images the calibration did not see."""
-
-    images: int
-    agreement: float  # share of images with the same top-1 class
-    max_confidence_diff: float  # largest |p_int8 - p_fp32| of the top-1 class (temperature applied)
-    fp32_accuracy: float | None  # where labels are known (the validation split)
-    int8_accuracy: float | None
-    passed: bool
-    reason: str
-
-
 def check_int8(
     fp32: np.ndarray,
     int8: np.ndarray,
@@ -319,7 +306,7 @@ def build(
     margin: float,
     threads: int = 1,
     max_confidence_diff: float = CONFIDENCE_TOLERANCE,
-) -> dict[str, Any]:
+) -> ServingManifest:
     """Export, verify, quantize and check ``loaded``; write ``version_dir/serving/`` atomically.
     ``images``: uint8 NHWC at the model's input size (the validation split with its
     ``labels``, or the first images a worker classified). Returns the manifest.
@@ -347,20 +334,19 @@ def build(
                 f"the ONNX export differs from torch by {diff:.2e} on the logits "
                 f"(tolerance {EXPORT_TOLERANCE:g}); serving with torch"
             )
-        manifest: dict[str, Any] = {
-            "format": MANIFEST_FORMAT,
-            "weights_sha256": weights_sha256,
-            "built_from": built_from,
-            "fp32": {"file": FP32_FILE, "sha256": sha256_file(fp32_path), "max_abs_diff": diff},
-            "int8": None,
-            "int8_check": None,
-            "int8_reason": None,
-        }
         limits = Int8Limits(min_agreement, margin, max_confidence_diff)
-        _add_int8(manifest, tmp, fp32_logits, images, labels, limits, threads, loaded)
-        manifest["build_seconds"] = round(time.monotonic() - started, 2)
-        manifest["onnxruntime"] = _ort_version()
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        int8, check, reason = _add_int8(tmp, fp32_logits, images, labels, limits, threads, loaded)
+        manifest = ServingManifest(
+            weights_sha256=weights_sha256,
+            built_from=built_from,
+            fp32=Artifact(FP32_FILE, sha256_file(fp32_path), diff),
+            int8=int8,
+            int8_check=check,
+            int8_reason=reason,
+            build_seconds=round(time.monotonic() - started, 2),
+            onnxruntime=_ort_version(),
+        )
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2))
         for file in tmp.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -375,7 +361,6 @@ def build(
 
 
 def _add_int8(
-    manifest: dict[str, Any],
     tmp: Path,
     fp32_logits: np.ndarray,
     images: np.ndarray,
@@ -383,16 +368,17 @@ def _add_int8(
     limits: Int8Limits,
     threads: int,
     loaded: LoadedModel,
-) -> None:
+) -> tuple[Artifact | None, Int8Check | None, str | None]:
+    """The int8 artifact (written to ``tmp``) if it passes its check, the check, and why
+    there is no int8 artifact when there is none."""
     # Calibrate on every other image, check on the rest: agreement measured on images the
     # ranges were not fitted to.
     calibrate_on, check_on = np.arange(0, len(images), 2), np.arange(1, len(images), 2)
     if len(check_on) < MIN_CHECK_IMAGES:
-        manifest["int8_reason"] = (
+        return None, None, (
             f"int8 not built: only {len(check_on)} image(s) to check it against fp32 "
             f"(needs {MIN_CHECK_IMAGES})"
         )
-        return
     int8_bytes = quantize_bytes(tmp / FP32_FILE, images[calibrate_on], tmp)
     int8_logits = run_session(open_session(int8_bytes, threads), images[check_on])
     check = check_int8(
@@ -404,12 +390,10 @@ def _add_int8(
         temperature=loaded.calibration.temperature,
         max_confidence_diff=limits.max_confidence_diff,
     )
-    manifest["int8_check"] = asdict(check)
     if not check.passed:
-        manifest["int8_reason"] = f"int8 refused: {check.reason}"
-        return
+        return None, check, f"int8 refused: {check.reason}"
     (tmp / INT8_FILE).write_bytes(int8_bytes)
-    manifest["int8"] = {"file": INT8_FILE, "sha256": hashlib.sha256(int8_bytes).hexdigest()}
+    return Artifact(INT8_FILE, hashlib.sha256(int8_bytes).hexdigest()), check, None
 
 
 def _ort_version() -> str:
@@ -418,56 +402,26 @@ def _ort_version() -> str:
     return str(onnxruntime.__version__)
 
 
-def load_manifest(version_dir: Path) -> dict[str, Any] | None:
-    """The version's manifest, None if it has no artifacts; :class:`ArtifactRefused` if a file it
-    names is missing or differs from its hash."""
+def load_manifest(version_dir: Path) -> ServingManifest | None:
+    """The version's manifest, None if it has no artifacts; :class:`ArtifactRefused` if it is
+    unreadable, of another format, or a file it names is missing or differs from its hash."""
     folder = serving_dir(version_dir)
     path = folder / MANIFEST_FILE
     if not folder.exists():
         return None
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        manifest = ServingManifest.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactRefused(f"{path}: unreadable manifest ({exc})") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ArtifactRefused(f"{path}: unknown manifest format {manifest.get('format')!r}")
-    for key in ("fp32", "int8"):
-        entry = manifest.get(key)
+    for entry in (manifest.fp32, manifest.int8):
         if entry is None:
             continue
-        file = folder / entry["file"]
+        file = folder / entry.file
         if not file.is_file():
             raise ArtifactRefused(f"{file} is missing (named in {path})")
-        if sha256_file(file) != entry["sha256"]:
+        if sha256_file(file) != entry.sha256:
             raise ArtifactRefused(f"{file} differs from the sha256 in {path}: tampered or damaged")
     return manifest
-
-
-def preferred(manifest: dict[str, Any], backend: str = "auto") -> tuple[dict[str, Any], str]:
-    """The artifact that serves under ``INFERENCE_BACKEND`` ``backend``, and its precision: int8
-    where the int8 check kept it (and the backend allows it), else fp32."""
-    int8 = manifest.get("int8")
-    if int8 is not None and backend != "onnxruntime-fp32":
-        return int8, "int8"
-    return manifest["fp32"], "fp32"
-
-
-def summary(manifest: dict[str, Any], backend: str) -> dict[str, Any]:
-    """What the ledger (model_versions.serving) records: which precision serves and why."""
-    check = manifest.get("int8_check") or {}
-    return {
-        "backend": "onnxruntime",
-        "precision": preferred(manifest, backend)[1],
-        "int8_agreement": check.get("agreement"),
-        "int8_check_images": check.get("images"),
-        "int8_max_confidence_diff": check.get("max_confidence_diff"),
-        "fp32_accuracy": check.get("fp32_accuracy"),
-        "int8_accuracy": check.get("int8_accuracy"),
-        "int8_reason": manifest.get("int8_reason") or check.get("reason"),
-        "export_max_abs_diff": manifest["fp32"]["max_abs_diff"],
-        "built_from": manifest.get("built_from"),
-        "build_seconds": manifest.get("build_seconds"),
-    }
 
 
 class OrtRunner:

@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.serving import ServingManifest, ServingRecord
 from contract.settings import Settings
 from db import versions
 from db.engine import transaction
@@ -107,7 +107,7 @@ class Serving:
             return
         try:
             manifest = onnx_backend.load_manifest(version_dir)
-            if manifest is not None and manifest.get("weights_sha256") != weights_sha256:
+            if manifest is not None and manifest.weights_sha256 != weights_sha256:
                 raise onnx_backend.ArtifactRefused(
                     f"{onnx_backend.serving_dir(version_dir)} was built for other weights"
                 )
@@ -121,27 +121,29 @@ class Serving:
 
     # --- serving from artifacts ----------------------------------------------------------------
 
-    def _serve(self, classifier: Classifier, version_dir: Path, manifest: dict[str, Any]) -> None:
+    def _serve(
+        self, classifier: Classifier, version_dir: Path, manifest: ServingManifest
+    ) -> None:
         backend = self._settings.inference_backend
         folder = onnx_backend.serving_dir(version_dir)
-        entry, precision = onnx_backend.preferred(manifest, backend)
+        entry, precision = manifest.preferred(backend)
         if precision == "fp32" and backend == "auto" and self._torch_is_faster(classifier):
             if classifier.compile_state is CompileState.OFF:  # set while it was to be replaced
                 classifier.compile_state = CompileState.EAGER
-            why = manifest.get("int8_reason") or "int8 not allowed"
+            why = manifest.int8_reason or "int8 not allowed"
             self._announce(classifier, f"{why}; on this CPU torch bf16 beats ONNX Runtime fp32")
             return
         try:
-            runner = onnx_backend.OrtRunner(folder / entry["file"], precision, self._threads)
+            runner = onnx_backend.OrtRunner(folder / entry.file, precision, self._threads)
         except Exception as exc:
             self._refuse(classifier, exc)
             return
         classifier.use_runner(runner)
-        check = manifest.get("int8_check") or {}
+        check = manifest.int8_check
         why = (
-            f"top-1 agreement with fp32 {check['agreement']:.3f} on {check['images']} images"
-            if precision == "int8"
-            else manifest.get("int8_reason") or "INFERENCE_BACKEND=onnxruntime-fp32"
+            f"top-1 agreement with fp32 {check.agreement:.3f} on {check.images} images"
+            if precision == "int8" and check is not None
+            else manifest.int8_reason or "INFERENCE_BACKEND=onnxruntime-fp32"
         )
         self._announce(classifier, why)
 
@@ -156,7 +158,9 @@ class Serving:
         try:
             with transaction(self._sessions) as session:
                 versions.set_serving(
-                    session, classifier.version_id, {"serves": classifier.backend, "why": why}
+                    session,
+                    classifier.version_id,
+                    ServingRecord(serves=classifier.backend, why=why),
                 )
         except Exception as exc:  # the record is informative; serving goes on without it
             log.warning("could not record how version %d is served: %s", classifier.version_id, exc)
@@ -234,7 +238,7 @@ class Serving:
         if manifest is not None:
             self._serve(classifier, version_dir, manifest)
 
-    def _wait_for_other(self, version_dir: Path) -> dict[str, Any] | None:
+    def _wait_for_other(self, version_dir: Path) -> ServingManifest | None:
         deadline = time.monotonic() + STALE_LOCK_S
         while time.monotonic() < deadline:
             manifest = onnx_backend.load_manifest(version_dir)
@@ -243,10 +247,10 @@ class Serving:
             time.sleep(2.0)
         raise onnx_backend.ServingError("another worker's build did not finish")
 
-    def _record(self, version_id: int, manifest: dict[str, Any]) -> None:
-        summary = onnx_backend.summary(manifest, self._settings.inference_backend)
+    def _record(self, version_id: int, manifest: ServingManifest) -> None:
+        record = ServingRecord.of(manifest, self._settings.inference_backend)
         with transaction(self._sessions) as session:
-            versions.set_serving(session, version_id, summary)
+            versions.set_serving(session, version_id, record)
 
 
 def _take_lock(lock: Path) -> bool:

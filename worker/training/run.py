@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from contract import events
 from contract.messages import Trigger
 from contract.reports import CalibrationReport, EpochRecord, TrainingReport
+from contract.serving import ServingRecord
 from contract.settings import Settings
 from db import runs, versions
 from db.engine import LazySessions, transaction
@@ -390,7 +391,7 @@ class _Run:
                 )
                 with transaction(self.sessions) as session:
                     versions.set_serving(
-                        session, version_id, onnx_backend.summary(manifest, s.inference_backend)
+                        session, version_id, ServingRecord.of(manifest, s.inference_backend)
                     )
             except Exception:
                 log.exception("version %d: could not build its ONNX artifacts", version_id)
