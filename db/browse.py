@@ -14,13 +14,19 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Integer, Select, cast, func, select, text, tuple_
+from sqlalchemy import Integer, cast, func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from contract.clock import iso, utcnow
+from contract.filters import ResultFilters
 from db.labels import LabelAct, history
 from db.models import Image, ImagePath, ImageStatus, ModelVersion, Prediction
-from db.queries import ResultFilter, ResultRow, apply_filters, effective_label, source_of
+from db.queries import (
+    ResultRow,
+    apply_filters,
+    effective_label,
+    result_columns,
+)
 
 MAX_PAGE = 500
 
@@ -82,46 +88,9 @@ def _storable(value: Any) -> bool:
     return True
 
 
-def _columns() -> Select[Any]:
-    return select(
-        Image.id,
-        Image.sha256,
-        Image.status,
-        Image.label,
-        Image.human_label,
-        Image.confidence,
-        Image.topk,
-        Image.error,
-        Image.error_kind,
-        Image.classified_at,
-        Image.needs_review,
-        Image.sure,
-        ModelVersion.name.label("version_name"),
-    ).outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
-
-
-def _row(r: Any, path: str) -> ResultRow:
-    return ResultRow(
-        path=path,
-        sha256=r.sha256,
-        status=r.status,
-        label=r.human_label or r.label,
-        label_source=source_of(r.human_label, r.label),
-        model_label=r.label,
-        confidence=r.confidence,
-        topk=r.topk or [],
-        model_version=r.version_name,
-        error=r.error,
-        error_kind=r.error_kind,
-        classified_at=iso(r.classified_at),
-        needs_review=r.needs_review,
-        sure=r.sure,
-    )
-
-
 def result_page(
     session: Session,
-    f: ResultFilter,
+    f: ResultFilters,
     sort: Sort = Sort.NEWEST,
     cursor: str | None = None,
     limit: int = 100,
@@ -130,7 +99,7 @@ def result_page(
     limit = max(1, min(limit, MAX_PAGE))
     by_confidence = sort in (Sort.LEAST_CONFIDENT, Sort.MOST_CONFIDENT)
     query = apply_filters(
-        _columns()
+        result_columns()
         .add_columns(ImagePath.id.label("path_id"), ImagePath.path)
         .join(ImagePath, ImagePath.image_id == Image.id),
         f,
@@ -149,7 +118,7 @@ def result_page(
         query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
     query = query.order_by(*(k.desc() if descending else k.asc() for k in keys))
     rows = session.execute(query.limit(limit + 1)).all()
-    items = [_row(r, r.path) for r in rows[:limit]]
+    items = [ResultRow.of(r, r.path) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -177,7 +146,7 @@ def review_page(session: Session, cursor: str | None = None, limit: int = 20) ->
     smallest margin between the model's two best classes."""
     limit = max(1, min(limit, MAX_PAGE))
     query = (
-        _columns()
+        result_columns()
         .add_columns(Image.review_score, _latest_path().label("path"))
         .where(_IN_REVIEW_QUEUE)
     )
@@ -186,7 +155,7 @@ def review_page(session: Session, cursor: str | None = None, limit: int = 20) ->
         query = query.where(tuple_(Image.review_score, Image.id) > tuple_(score, image_id))
     query = query.order_by(Image.review_score, Image.id)
     rows = session.execute(query.limit(limit + 1)).all()
-    items = [_row(r, r.path or "") for r in rows[:limit]]
+    items = [ResultRow.of(r, r.path or "") for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -234,7 +203,7 @@ class ImageDetail:
 
 def image_detail(session: Session, sha256: str) -> ImageDetail | None:
     row = session.execute(
-        _columns()
+        result_columns()
         .add_columns(Image.size, Image.margin, _latest_path().label("path"))
         .where(Image.sha256 == sha256)
     ).first()
@@ -265,7 +234,7 @@ def image_detail(session: Session, sha256: str) -> ImageDetail | None:
         )
     ]
     return ImageDetail(
-        item=_row(row, row.path or ""),
+        item=ResultRow.of(row, row.path or ""),
         size=row.size,
         margin=row.margin,
         paths=paths,
@@ -304,7 +273,7 @@ def failed_page(
     """Failed images (newest first), of one kind or all, with their latest path."""
     limit = max(1, min(limit, MAX_PAGE))
     query = (
-        _columns()
+        result_columns()
         .add_columns(_latest_path().label("path"))
         .where(Image.status == ImageStatus.FAILED)
     )
@@ -314,7 +283,7 @@ def failed_page(
         (image_id,) = decode_cursor(cursor, f"failed:{kind or ''}", (int,))
         query = query.where(Image.id < image_id)
     rows = session.execute(query.order_by(Image.id.desc()).limit(limit + 1)).all()
-    items = [_row(r, r.path or "") for r in rows[:limit]]
+    items = [ResultRow.of(r, r.path or "") for r in rows[:limit]]
     next_cursor = (
         encode_cursor(f"failed:{kind or ''}", [rows[limit - 1].id]) if len(rows) > limit else None
     )

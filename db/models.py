@@ -23,28 +23,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from contract.clock import utcnow
+from contract.states import ImageStatus, ModelStatus, RunStatus
 
-
-class ImageStatus(StrEnum):
-    QUEUED = "queued"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class ModelStatus(StrEnum):
-    ACTIVE = "active"  # exactly one at a time: what workers classify with
-    CANDIDATE = "candidate"  # trained, awaiting the gate
-    REJECTED = "rejected"  # failed the gate (reason recorded)
-    RETIRED = "retired"  # was active once; can be promoted again (rollback)
-
-
-class RunStatus(StrEnum):
-    RUNNING = "running"
-    PROMOTED = "promoted"
-    REJECTED = "rejected"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # by request (retrain --cancel), before anything was promoted
+__all__ = ["ImageStatus", "ModelStatus", "RunStatus"]  # re-exported: the ledger's states
 
 
 class Base(DeclarativeBase):

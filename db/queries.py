@@ -11,26 +11,12 @@ from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from contract.clock import iso, utcnow
+from contract.filters import ResultFilters
 from contract.messages import WorkItem
 from contract.serving import ServingRecord
 from contract.status import ActiveModel, LedgerStatus
 from db.models import Image, ImagePath, ImageStatus, LabelSource, ModelVersion
 from db.versions import active_model
-
-
-@dataclass(frozen=True, slots=True)
-class ResultFilter:
-    label: str | None = None  # the label shown: a person's where there is one, else the model's
-    min_confidence: float | None = None  # the model's confidence
-    max_confidence: float | None = None
-    status: str | None = None
-    since: datetime | None = None  # changed since
-    path_glob: str | None = None
-    model_version_id: int | None = None
-    reviewed: bool | None = None  # has a human label (True) or not (False)
-    needs_review: bool | None = None  # its conformal prediction set is not a single class
-    sure: bool | None = None  # at or above its class's target-precision threshold
-    limit: int | None = None
 
 
 def effective_label() -> Any:
@@ -49,7 +35,7 @@ Columns = TypeVarTuple("Columns")
 
 
 def apply_filters(
-    query: Select[*Columns], f: ResultFilter, *, confidence_index: bool = True
+    query: Select[*Columns], f: ResultFilters, *, confidence_index: bool = True
 ) -> Select[*Columns]:
     """``query`` (over images joined to image_paths) narrowed by ``f``; bound parameters.
 
@@ -65,12 +51,10 @@ def apply_filters(
         query = query.where(confidence <= f.max_confidence)
     if f.status is not None:
         query = query.where(Image.status == f.status)
-    if f.since is not None:
-        query = query.where(Image.updated_at >= f.since)
-    if f.path_glob is not None:
-        query = query.where(ImagePath.path.like(glob_to_like(f.path_glob), escape="\\"))
-    if f.model_version_id is not None:
-        query = query.where(Image.model_version_id == f.model_version_id)
+    if (since := f.since_moment) is not None:
+        query = query.where(Image.updated_at >= since)
+    if (pattern := f.path_pattern) is not None:
+        query = query.where(ImagePath.path.like(glob_to_like(pattern), escape="\\"))
     if f.reviewed is not None:
         reviewed = Image.human_label.is_not(None)
         query = query.where(reviewed if f.reviewed else ~reviewed)
@@ -78,20 +62,6 @@ def apply_filters(
         query = query.where(Image.needs_review.is_(f.needs_review))
     if f.sure is not None:
         query = query.where(Image.sure.is_(f.sure))
-    return query
-
-
-def results(f: ResultFilter) -> Select[Image, ImagePath, ModelVersion]:
-    """One row per (image, path): the image's current result and where it was seen."""
-    query = (
-        select(Image, ImagePath, ModelVersion)
-        .join(ImagePath, ImagePath.image_id == Image.id)
-        .outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
-        .order_by(Image.id, ImagePath.id)
-    )
-    query = apply_filters(query, f)
-    if f.limit is not None:
-        query = query.limit(f.limit)
     return query
 
 
@@ -132,6 +102,26 @@ class ResultRow:
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
+    @classmethod
+    def of(cls, r: Any, path: str) -> ResultRow:
+        """A row of :func:`result_columns`, seen at ``path``."""
+        return cls(
+            path=path,
+            sha256=r.sha256,
+            status=r.status,
+            label=r.human_label or r.label,
+            label_source=source_of(r.human_label, r.label),
+            model_label=r.label,
+            confidence=r.confidence,
+            topk=r.topk or [],
+            model_version=r.version_name,
+            error=r.error,
+            error_kind=r.error_kind,
+            classified_at=iso(r.classified_at),
+            needs_review=r.needs_review,
+            sure=r.sure,
+        )
+
 
 def source_of(human_label: str | None, model_label: str | None) -> str | None:
     if human_label is not None:
@@ -139,26 +129,41 @@ def source_of(human_label: str | None, model_label: str | None) -> str | None:
     return LabelSource.MODEL.value if model_label is not None else None
 
 
-def result_rows(session: Session, f: ResultFilter) -> list[ResultRow]:
-    return [
-        ResultRow(
-            path=path.path,
-            sha256=image.sha256,
-            status=image.status,
-            label=image.human_label or image.label,
-            label_source=source_of(image.human_label, image.label),
-            model_label=image.label,
-            confidence=image.confidence,
-            topk=image.topk or [],
-            model_version=version.name if version else None,
-            error=image.error,
-            error_kind=image.error_kind,
-            classified_at=iso(image.classified_at),
-            needs_review=image.needs_review,
-            sure=image.sure,
-        )
-        for image, path, version in session.execute(results(f))
-    ]
+def result_columns() -> Select[Any]:
+    """What a results listing reads of each image: one read model, for ``results``, the API and
+    the pages (:meth:`ResultRow.of` turns a row of it into a result)."""
+    return select(
+        Image.id,
+        Image.sha256,
+        Image.status,
+        Image.label,
+        Image.human_label,
+        Image.confidence,
+        Image.topk,
+        Image.error,
+        Image.error_kind,
+        Image.classified_at,
+        Image.needs_review,
+        Image.sure,
+        ModelVersion.name.label("version_name"),
+    ).outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
+
+
+def results(f: ResultFilters, limit: int | None = None) -> Select[Any]:
+    """One row per (image, path), in id order: the image's current result and where it was
+    seen (``path``)."""
+    query = (
+        result_columns()
+        .add_columns(ImagePath.id.label("path_id"), ImagePath.path)
+        .join(ImagePath, ImagePath.image_id == Image.id)
+        .order_by(Image.id, ImagePath.id)
+    )
+    query = apply_filters(query, f)
+    return query if limit is None else query.limit(limit)
+
+
+def result_rows(session: Session, f: ResultFilters, limit: int | None = None) -> list[ResultRow]:
+    return [ResultRow.of(r, r.path) for r in session.execute(results(f, limit))]
 
 
 def ledger_status(session: Session, window_s: int) -> LedgerStatus:

@@ -3,23 +3,73 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import sys
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import click
+from pydantic import ValidationError
 
 from broker.locate import with_broker
 from broker.stats import queue_report
+from contract.filters import ResultFilters
 from contract.serving import describe_serving
 from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.models import ImageStatus
-from db.queries import ResultFilter, ResultRow, ledger_status, result_rows
-from inbox_classifier.cli_common import BROKER, NO_MODEL_YET, WHERE, Since, settings_options
+from db.queries import ResultRow, ledger_status, result_rows
+from inbox_classifier.cli_common import BROKER, NO_MODEL_YET, WHERE, settings_options
 
 RESULT_FIELDS = list(ResultRow.__slots__)
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per field of :class:`contract.filters.ResultFilters` (the API and the
+    Browse page read the same declaration): ``--label``, ``--min-confidence``, ``--status``,
+    ``--needs-review/--no-needs-review``...; the command gets ``filters: ResultFilters``."""
+    fields = ResultFilters.model_fields
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in fields if kwargs.get(name) is not None}
+        try:
+            filters = ResultFilters(**given)
+        except ValidationError as exc:
+            problems = "; ".join(
+                "--{}: {}".format(
+                    str(e["loc"][0]).replace("_", "-"),
+                    str(e["msg"]).removeprefix("Value error, "),
+                )
+                for e in exc.errors()
+            )
+            raise click.UsageError(problems) from None
+        for name in fields:
+            kwargs.pop(name, None)
+        return command(*args, filters=filters, **kwargs)
+
+    decorated: Any = wrapper
+    for name, field in reversed(list(fields.items())):
+        flag = "--" + name.replace("_", "-")
+        kind = field.annotation
+        if kind == bool | None:
+            option = click.option(
+                f"{flag}/--no-{flag[2:]}", name, default=None, help=field.description
+            )
+        elif kind == ImageStatus | None:
+            option = click.option(
+                flag,
+                name,
+                type=click.Choice([s.value for s in ImageStatus]),
+                help=field.description,
+            )
+        elif kind == float | None:
+            option = click.option(flag, name, type=click.FloatRange(0, 1), help=field.description)
+        else:
+            option = click.option(flag, name, type=str, help=field.description)
+        decorated = option(decorated)
+    return cast(Callable[..., Any], decorated)
 
 
 @click.command(
@@ -31,20 +81,7 @@ Examples:
 """
 )
 @settings_options(only=WHERE)
-@click.option("--label", help="Only this top label.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1))
-@click.option("--max-confidence", type=click.FloatRange(0, 1))
-@click.option("--status", "status_", type=click.Choice([s.value for s in ImageStatus]))
-@click.option("--since", type=Since(), help="Changed since: 30m, 2h, 7d, or an ISO date/time.")
-@click.option("--path-glob", help="Shell-style pattern on the full path, e.g. '*/2026/*.jpg'.")
-@click.option(
-    "--needs-review",
-    is_flag=True,
-    help="Only images whose set of likely classes (COVERAGE) is not one class.",
-)
-@click.option(
-    "--sure", is_flag=True, help="Only images at their class's TARGET_PRECISION threshold."
-)
+@filter_options
 @click.option("--limit", type=click.IntRange(min=1))
 @click.option(
     "--format",
@@ -53,35 +90,12 @@ Examples:
     default="table",
     show_default=True,
 )
-def results(
-    settings: Settings,
-    label: str | None,
-    min_confidence: float | None,
-    max_confidence: float | None,
-    status_: str | None,
-    since: datetime | None,
-    path_glob: str | None,
-    needs_review: bool,
-    sure: bool,
-    limit: int | None,
-    fmt: str,
-) -> None:
+def results(settings: Settings, filters: ResultFilters, limit: int | None, fmt: str) -> None:
     """Classification results, one row per file path."""
-    filters = ResultFilter(
-        label=label,
-        min_confidence=min_confidence,
-        max_confidence=max_confidence,
-        status=status_,
-        since=since,
-        path_glob=path_glob,
-        needs_review=True if needs_review else None,
-        sure=True if sure else None,
-        limit=limit,
-    )
     engine = make_engine(settings.db_url)
     try:
         with transaction(make_sessionmaker(engine)) as session:
-            rows = [row.to_dict() for row in result_rows(session, filters)]
+            rows = [row.to_dict() for row in result_rows(session, filters, limit)]
     finally:
         engine.dispose()
     _print_rows(rows, fmt)

@@ -61,7 +61,7 @@ def test_the_export_reproduces_torch_on_other_images_and_batch_sizes(
 ) -> None:
     images = model_inputs(write_images(tmp_path / "in", 40), resnet18)
     manifest = build(resnet18, tmp_path / "v", images[:8])
-    assert manifest["fp32"]["max_abs_diff"] <= onnx_backend.EXPORT_TOLERANCE
+    assert manifest.fp32.max_abs_diff <= onnx_backend.EXPORT_TOLERANCE
     runner = onnx_backend.OrtRunner(
         onnx_backend.serving_dir(tmp_path / "v") / onnx_backend.FP32_FILE, "fp32", 2
     )
@@ -71,7 +71,7 @@ def test_the_export_reproduces_torch_on_other_images_and_batch_sizes(
         assert got.shape == (size, 1000)
         assert np.abs(got - reference[:size]).max() <= onnx_backend.EXPORT_TOLERANCE
     # Too few images to check int8 against: fp32 only, and the manifest says why.
-    assert manifest["int8"] is None and "only 4 image(s)" in manifest["int8_reason"]
+    assert manifest.int8 is None and "only 4 image(s)" in (manifest.int8_reason or "")
 
 
 def test_every_convolution_has_its_weights_as_initializers_so_int8_can_fuse_them(
@@ -96,9 +96,9 @@ def test_int8_that_fails_its_agreement_check_is_not_built_and_fp32_serves(
     )
     folder = tmp_path / "v"
     manifest = build(resnet18, folder, images, min_agreement=1.01)  # no model can pass
-    assert manifest["int8"] is None
-    assert manifest["int8_check"]["passed"] is False
-    assert "INT8_MIN_AGREEMENT 1.01" in manifest["int8_reason"]
+    assert manifest.int8 is None
+    assert manifest.int8_check is not None and manifest.int8_check.passed is False
+    assert "INT8_MIN_AGREEMENT 1.01" in (manifest.int8_reason or "")
     assert not (onnx_backend.serving_dir(folder) / onnx_backend.INT8_FILE).exists()
 
     classifier = Classifier(1, resnet18, torch_device(), None)
@@ -213,11 +213,13 @@ def test_a_trained_version_serves_at_int8_with_the_same_answers_and_a_promotion_
         assert outcome.status == RunStatus.PROMOTED, outcome.message
         trained = model_store.version_dir(s.models_path, outcome.version_id)
         manifest = onnx_backend.load_manifest(trained)
-        assert manifest is not None and manifest["int8"] is not None, manifest
-        check = manifest["int8_check"]
-        assert check["passed"] and check["agreement"] >= s.int8_min_agreement
-        assert check["int8_accuracy"] >= check["fp32_accuracy"] - s.gate_margin
-        assert check["max_confidence_diff"] <= CONFIDENCE_TOLERANCE
+        assert manifest is not None and manifest.int8 is not None, manifest
+        check = manifest.int8_check
+        assert check is not None
+        assert check.passed and check.agreement >= s.int8_min_agreement
+        assert check.int8_accuracy is not None and check.fp32_accuracy is not None
+        assert check.int8_accuracy >= check.fp32_accuracy - s.gate_margin
+        assert check.max_confidence_diff <= CONFIDENCE_TOLERANCE
         with transaction(session_factory) as session:
             recorded = session.get(ModelVersion, outcome.version_id)
             assert recorded is not None and recorded.serving["precision"] == "int8"

@@ -16,13 +16,14 @@ from sqlalchemy import inspect, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.filters import ResultFilters
 from contract.messages import WorkItem
 from contract.records import Classified, Failed, SeenFile
 from db import migrate
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import count_attempt, find_stuck, mark_enqueued, record_files, save_results
 from db.models import Base, Image, ImagePath, ImageStatus, ModelStatus, ModelVersion, Prediction
-from db.queries import ResultFilter, glob_to_like, results
+from db.queries import glob_to_like, results
 from db.versions import activate, active_model, ensure_base_model
 
 pytestmark = pytest.mark.postgres
@@ -82,11 +83,9 @@ def test_record_dedupes_content_and_save_is_idempotent(pg_sessions: sessionmaker
         with transaction(pg_sessions) as s:
             assert save_results(s, base.id, [result]) == 1
     with transaction(pg_sessions) as s:
-        rows = s.execute(results(ResultFilter(label="x"))).all()
-        assert {p.path for _, p, _ in rows} == {"/in/a.jpg", "/in/copy-of-a.jpg"}
-        image, _, version = rows[0]
-        assert image.status == ImageStatus.DONE and image.model_version_id == base.id
-        assert version is not None and version.id == base.id
+        rows = s.execute(results(ResultFilters(label="x"))).all()
+        assert {r.path for r in rows} == {"/in/a.jpg", "/in/copy-of-a.jpg"}
+        assert rows[0].status == ImageStatus.DONE and rows[0].version_name == base.name
         assert s.query(Image).count() == 1
         assert s.query(Prediction).count() == 1
 
@@ -251,10 +250,10 @@ def test_path_glob_filter_uses_bound_parameters(pg_sessions: sessionmaker[Sessio
              for p, ch in paths.items()],
         )  # fmt: skip
 
-    def matching(**kwargs: object) -> list[str]:
+    def matching(limit: int | None = None, **kwargs: object) -> list[str]:
         with transaction(pg_sessions) as s:
-            rows = s.execute(results(ResultFilter(**kwargs))).all()  # type: ignore[arg-type]
-        return sorted(p.path for _, p, _ in rows)
+            rows = s.execute(results(ResultFilters(**kwargs), limit)).all()  # type: ignore[arg-type]
+        return sorted(r.path for r in rows)
 
     assert matching(path_glob="/in/cats/*") == sorted(p for p in paths if "/cats/" in p)
     assert matching(path_glob="/in/cats/a_1.jpg") == ["/in/cats/a_1.jpg"]  # `_` is literal
@@ -276,7 +275,7 @@ def test_path_glob_filter_uses_bound_parameters(pg_sessions: sessionmaker[Sessio
     with transaction(pg_sessions) as s:
         assert s.query(Image).count() == len(paths)  # still there
     compiled = str(
-        results(ResultFilter(path_glob=hostile, label=hostile)).compile(
+        results(ResultFilters(path_glob=hostile, label=hostile)).compile(
             dialect=postgresql.dialect()
         )
     )

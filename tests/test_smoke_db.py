@@ -1,9 +1,10 @@
+from contract.filters import ResultFilters
 from contract.messages import WorkItem
 from contract.records import Classified, SeenFile
 from db.engine import transaction
 from db.ledger import record_files, save_results
 from db.models import Image, ImageStatus
-from db.queries import ResultFilter, results
+from db.queries import results
 from db.versions import ensure_base_model
 
 
@@ -21,8 +22,7 @@ def test_record_dedupes_content_and_save_is_idempotent(session_factory) -> None:
         with transaction(session_factory) as s:
             save_results(s, base.id, [result])
     with transaction(session_factory) as s:
-        rows = s.execute(results(ResultFilter(label="x"))).all()
-        assert {p.path for _, p, _ in rows} == {"/in/a.jpg", "/in/copy-of-a.jpg"}
-        image = rows[0][0]
-        assert image.status == ImageStatus.DONE and image.model_version_id == base.id
+        rows = s.execute(results(ResultFilters(label="x"))).all()
+        assert {r.path for r in rows} == {"/in/a.jpg", "/in/copy-of-a.jpg"}
+        assert rows[0].status == ImageStatus.DONE and rows[0].version_name == base.name
         assert s.query(Image).count() == 1

@@ -4,7 +4,6 @@ hash; no parameter anywhere is a path."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
@@ -12,15 +11,15 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from broker.app import NoBroker
-from contract.clock import iso, parse_since
+from contract.clock import iso
 from contract.failures import FailureKind
 from contract.files import FileGone, FileRefused, read_from_inbox
+from contract.filters import ResultFilters
 from contract.serving import describe_serving
 from db import browse, labels, ledger, quality, runs, versions
 from db.browse import MAX_CURSOR, MAX_ID, BadCursor, Sort
 from db.engine import transaction
-from db.models import ImageStatus
-from db.queries import ResultFilter, ResultRow, ledger_status
+from db.queries import ResultRow, ledger_status
 from imaging.decode import BadImage
 from imaging.formats import sniff
 from pipeline.enqueue import PartlySent, enqueue
@@ -75,15 +74,6 @@ def item(row: ResultRow) -> schemas.ResultItem:
     return schemas.ResultItem.model_validate(row.to_dict())
 
 
-def _since(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-
-
 # --- status and results ---------------------------------------------------------------------
 
 
@@ -110,34 +100,11 @@ def status(
 @router.get("/results", response_model=schemas.ResultPage, summary="Results, a page at a time")
 def results(
     request: Request,
-    label: str | None = None,
-    min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-    max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-    status: ImageStatus | None = None,
-    since: Annotated[str | None, Query(description="30m, 2h, 7d or an ISO time")] = None,
-    path_glob: Annotated[str | None, Query(max_length=1000)] = None,
-    reviewed: bool | None = None,
-    needs_review: Annotated[
-        bool | None, Query(description="its conformal set of likely classes is not one class")
-    ] = None,
-    sure: Annotated[
-        bool | None, Query(description="at or above its class's TARGET_PRECISION threshold")
-    ] = None,
+    filters: Annotated[ResultFilters, Query()],
     sort: Sort = Sort.NEWEST,
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
 ) -> schemas.ResultPage:
-    filters = ResultFilter(
-        label=label,
-        min_confidence=min_confidence,
-        max_confidence=max_confidence,
-        status=status.value if status else None,
-        since=_since(since),
-        path_glob=path_glob,
-        reviewed=reviewed,
-        needs_review=needs_review,
-        sure=sure,
-    )
     try:
         with transaction(state(request).sessions) as session:
             page = browse.result_page(session, filters, sort, cursor, limit)
@@ -483,7 +450,7 @@ def _run(web: WebState, run_id: int) -> schemas.RunOut:
         run = runs.get(session, run_id)
     if run is None:
         raise HTTPException(404, f"no training run {run_id}")
-    return schemas.RunOut.model_validate(asdict(run))
+    return run
 
 
 @router.get("/runs", response_model=list[schemas.RunOut], summary="Recent training runs")
@@ -492,7 +459,7 @@ def recent_runs(
 ) -> list[schemas.RunOut]:
     with transaction(state(request).sessions) as session:
         views = runs.recent(session, limit)
-    return [schemas.RunOut.model_validate(asdict(r)) for r in views]
+    return views
 
 
 @router.get("/runs/{run_id:int}", response_model=schemas.RunOut, summary="One training run")

@@ -5,7 +5,6 @@ work without JavaScript, and the review page adds a little of our own for the ke
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -16,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from contract.failures import FailureKind
+from contract.filters import ResultFilters
 from db import browse, runs
 from db.browse import MAX_ID, Sort
 from db.engine import transaction
@@ -73,33 +73,12 @@ def overview(request: Request) -> HTMLResponse:
 @router.get("/browse", response_class=HTMLResponse)
 def browse_page(
     request: Request,
-    label: str | None = None,
-    min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-    max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-    status: ImageStatus | None = None,
-    since: str | None = None,
-    path_glob: str | None = None,
-    reviewed: bool | None = None,
-    needs_review: bool | None = None,
-    sure: bool | None = None,
+    filters: Annotated[ResultFilters, Query()],
     sort: Sort = Sort.NEWEST,
     cursor: api.Cursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> HTMLResponse:
-    filters = {
-        "label": label or None,
-        "min_confidence": min_confidence,
-        "max_confidence": max_confidence,
-        "status": status,
-        "since": since or None,
-        "path_glob": path_glob or None,
-        "reviewed": reviewed,
-        "needs_review": needs_review,
-        "sure": sure,
-        "sort": sort,
-        "limit": limit,
-    }
-    page = api.results(request, cursor=cursor, **filters)  # type: ignore[arg-type]
+    page = api.results(request, filters, sort=sort, cursor=cursor, limit=limit)
     # Rows are (image, path): an image seen at two paths shows once, with both.
     tiles: list[dict[str, Any]] = []
     for row in page.items:
@@ -107,9 +86,7 @@ def browse_page(
             tiles[-1]["paths"].append(row.path)
         else:
             tiles.append({"item": row, "paths": [row.path]})
-    query = {
-        k: (v.value if isinstance(v, Enum) else v) for k, v in filters.items() if v is not None
-    }
+    query = {**filters.active(), "sort": sort.value, "limit": limit}
     next_url = None
     if page.next_cursor:
         next_url = "/browse?" + urlencode({**query, "cursor": page.next_cursor})
@@ -123,7 +100,7 @@ def browse_page(
         statuses=[s.value for s in ImageStatus],
         sorts=[s.value for s in Sort],
         next_url=next_url,
-        first_page=cursor is None,
+        first_page=not cursor,
     )
 
 

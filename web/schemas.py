@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from contract.failures import FailureKind
 from contract.labeled import MAX_CLASS_NAME
 from contract.serving import ServingRecord
+from db.runs import RunView
 
 SHA256_PATTERN = "^[0-9a-f]{64}$"
 
@@ -160,16 +161,8 @@ class RetrainRequestIn(Request):
     fresh: StrictBool = False
 
 
-class RunOut(BaseModel):
-    id: int
-    status: str
-    trigger: str
-    message: str | None
-    progress: dict[str, Any]
-    model_version_id: int | None
-    started_at: str | None
-    finished_at: str | None
-    cancel_requested: bool = False
+#: A training run as the API shows it: the ledger's own view of it (db.runs), not a copy.
+RunOut = RunView
 
 
 class ModelOut(BaseModel):
