@@ -3,7 +3,7 @@ files read on threads, each batch's JPEGs decoded by nvjpeg in one call, resized
 there, and fed to the model without visiting host memory; other formats take Pillow.
 
 Not yet run on a GPU (none was lent to the sessions that wrote it); the decode path itself is
-tested on the CPU (tests/test_batch_decode.py), with its CUDA cases skipped there.
+tested on the CPU (tests/unit/worker/test_batch_decode.py), with its CUDA cases skipped there.
 """
 
 from __future__ import annotations

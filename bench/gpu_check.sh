@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 \
   > "$out/gpu-utilisation.csv" 2>/dev/null &
 smi=$!
-python -m pytest -q -m cuda tests/test_batch_decode.py -rs 2>&1 | tail -5 | tee "$out/cuda-tests.txt"
+python -m pytest -q -m cuda tests/unit/worker/test_batch_decode.py -rs 2>&1 | tail -5 | tee "$out/cuda-tests.txt"
 for model in resnet18 resnet50; do
   batch=256; files=64
   [ "$model" = resnet50 ] && { batch=128; files=32; }

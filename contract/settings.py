@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     torch_compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="torch.compile a busy worker's model in the background; auto: only on "
-        "CPUs with native bf16 (where it pays; README, Performance).",
+        "CPUs with native bf16 (where it pays; docs/performance.md).",
     )
 
     inference_backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-fp32"] = Field(

@@ -5,7 +5,8 @@ larger batches to be busy, and its watcher larger messages to feed them. ``up`` 
 messages to match), and so does a ``worker`` started alone; a value the user set (a flag, a
 variable or ``.env``) is never changed.
 
-The sizes are chosen, not yet measured on a GPU (README, "GPU workers"): the largest batch whose
+The sizes are chosen, not yet measured on a GPU (docs/architecture.md, "GPU workers"): the
+largest batch whose
 activations stay well inside a 16 GB card at bf16, and messages a quarter of a batch, so a
 batch fills from 4 messages and a crash redelivers at most one message's files per message.
 """

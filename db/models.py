@@ -1,5 +1,5 @@
 """Typed SQLAlchemy 2 models. One row per image *content* (sha256); paths, predictions and
-model versions hang off it. Documented for plain-SQL users in README.md ("The schema")."""
+model versions hang off it. Documented for plain-SQL users in docs/operations.md ("The schema")."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
         Index("ix_images_status_enqueued", "status", "enqueued_at"),
-        # The web app's keyset pages (README, "The web app"): each filter or sort a page
+        # The web app's keyset pages (docs/web.md): each filter or sort a page
         # offers has an index that serves it in order, so a page never scans the table.
         Index("ix_images_status_id", "status", "id"),
         Index("ix_images_confidence_id", "confidence", "id"),

@@ -61,7 +61,7 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         retrain_interval_s=None,
         torch_threads=1,
         # Same behaviour on every CI machine: no background compile stealing a core mid-test
-        # (tests/test_compile.py covers compiling).
+        # (tests/unit/worker/test_compile.py covers compiling).
         torch_compile="off",
     )
     migrate.upgrade(s.db_url)

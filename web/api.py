@@ -29,7 +29,7 @@ from web import schemas
 from web.state import REVIEW_COUNT_CAP, WebState
 from web.thumbs import cached_thumbnail, make_thumbnail
 
-#: What any endpoint may answer besides its success (README, "The API").
+#: What any endpoint may answer besides its success (docs/web.md, "The API").
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorOut, "description": text}
     for code, text in {

@@ -11,7 +11,8 @@ What the batched decoder does not take falls back per file to the Pillow path
 - :func:`decode_batch` returns None for a file the device decoder refused, and the caller
   decodes it with Pillow; a file that neither can decode fails alone, with Pillow's reason.
 
-The output matches the Pillow path within a stated tolerance (README, "GPU workers"), not
+The output matches the Pillow path within a stated tolerance (docs/architecture.md, "GPU
+workers"), not
 exactly: Pillow decodes JPEGs scaled down in the DCT, this path decodes at full size, and both
 then resample with an antialiased bilinear filter.
 """
@@ -37,7 +38,8 @@ _EXIF_ORIENTATION = 0x0112
 _JPEG_EOI = b"\xff\xd9"
 
 # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; they are the
-# batched nvjpeg path this module uses, so the warning is said once in the README, not per batch.
+# batched nvjpeg path this module uses, so the warning is said once in docs/architecture.md,
+# not per batch.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
 
 

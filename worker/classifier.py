@@ -4,7 +4,7 @@ A classifier starts eager. Where compiling pays (``TORCH_COMPILE``, see :func:`c
 :meth:`Classifier.compile_async` builds a ``torch.compile``d version (Inductor, frozen weights,
 dynamic batch dimension) on a background thread, warms it up for the batch sizes it will see,
 and only then swaps it in between two batches: serving never waits for a compilation. It pays
-on CPUs that run bf16 natively and not in fp32 on AVX2 (figures in the README, Performance),
+on CPUs that run bf16 natively and not in fp32 on AVX2 (figures in docs/performance.md),
 which is why ``auto`` compiles only where the CPU runs bf16 natively. Where compiling is
 impossible (no C++ compiler for CPU, no Triton for CUDA) or fails, the classifier stays eager.
 """

@@ -44,7 +44,7 @@ def limit_arenas(count: int) -> bool:
 
     glibc gives each new thread its own arena, up to 8 per core; a worker's threads (streams,
     decoders, writer, Celery's) then each keep the free memory of their last big batch, and
-    the RSS drifts up in steps (measured in the README, "Memory")."""
+    the RSS drifts up in steps (measured in docs/performance.md, "Memory")."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False

@@ -90,7 +90,7 @@ class WorkerMetrics:
             "Ledger id (model_versions.id) of the model the last batch ran on; 0 before one.",
             registry=r,
         )
-        # RSS and CPU of the worker process (README, Performance: a worker's memory over time).
+        # RSS and CPU of the worker process (docs/performance.md, "Memory").
         ProcessCollector(registry=r)
         self._done = self.images.labels(outcome=ImageStatus.DONE.value, kind="")
         self._server: WSGIServer | None = None

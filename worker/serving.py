@@ -3,11 +3,11 @@ fp32 from the version's artifacts (``worker.onnx_backend``).
 
 ``auto`` on a CPU: int8 where the version's int8 model passed its agreement check; else ONNX
 Runtime fp32, except on a CPU that runs bf16 natively, where torch's bf16 measured faster than
-ONNX Runtime fp32 (README, "ONNX Runtime and int8"); torch on CUDA. A version with no artifacts
-yet (a base model, or one trained before this backend existed) is served by torch while the
-worker keeps a sample of the first images it classifies, then builds them in the background
-from that sample and switches between two batches. Artifacts that fail their hash check are
-refused, logged once, and torch serves that version.
+ONNX Runtime fp32 (docs/architecture.md, "ONNX Runtime and int8"); torch on CUDA. A version
+with no artifacts yet (a base model, or one trained before this backend existed) is served by
+torch while the worker keeps a sample of the first images it classifies, then builds them in the
+background from that sample and switches between two batches. Artifacts that fail their hash
+check are refused, logged once, and torch serves that version.
 """
 
 from __future__ import annotations

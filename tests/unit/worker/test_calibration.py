@@ -23,7 +23,7 @@ from db.ledger import record_files, save_results
 from db.models import Image, ImageStatus, ModelVersion
 from db.versions import active_model, ensure_base_model
 from tests.helpers.pipeline import record, wait_until
-from tests.test_training import COLOURS, make_labeled, training_settings, write_class
+from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
 from worker import model_store
 from worker.layout import worker_concurrency
 from worker.model_holder import ModelHolder

@@ -2,7 +2,7 @@
 `inbox-classifier up` on weights none: a person opens the review page, labels ten images
 from the keyboard (two new classes, typed once, then picked with a key), undoes one, and
 presses retrain on the models page; the trained version is promoted, the unreviewed rows
-are rescored by it, and every page is photographed into docs/screenshots/ for the README."""
+are rescored by it, and every page is photographed into docs/screenshots/ for the docs."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ FLAGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(600),

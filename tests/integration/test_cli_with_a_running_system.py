@@ -26,7 +26,7 @@ from db.models import ModelVersion, RunStatus, TrainingRun
 from inbox_classifier.cli import main
 from inbox_classifier.cli_common import NO_MODEL_YET
 from tests.helpers.pipeline import wait_until
-from tests.test_training import make_labeled
+from tests.helpers.training import make_labeled
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -1,5 +1,5 @@
 """The benchmark harness (bench/) keeps working: one tiny run of the real thing, end to end.
-Its figures are not checked here (speed targets live in the benchmark and the README), only
+Its figures are not checked here (speed targets live in the benchmark and docs/performance.md), only
 that every phase ran on real parts and reported what it measured."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_bench(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]

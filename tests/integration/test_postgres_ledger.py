@@ -1,6 +1,7 @@
-"""The ledger on a real PostgreSQL server: the same contract that tests/test_smoke_db.py checks on
-SQLite (content dedupe, idempotent results, JSON round-trip, bound-parameter filters), plus what
-only a server shows (the schema Alembic makes matches the models; concurrent writers)."""
+"""The ledger on a real PostgreSQL server: the same contract that
+tests/unit/db/test_ledger_writes.py checks on SQLite (content dedupe, idempotent results, JSON
+round-trip, bound-parameter filters), plus what only a server shows (the schema Alembic makes
+matches the models; concurrent writers)."""
 
 from __future__ import annotations
 

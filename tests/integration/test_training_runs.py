@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import redis
 import torch
-from PIL import Image
 from sqlalchemy import select
 
 from broker.app import make_celery
@@ -27,6 +26,7 @@ from contract.settings import Settings
 from db.engine import transaction
 from db.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
 from db.versions import active_model
+from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
 from worker import model_store
 from worker.classifier import Classifier
 from worker.preprocess import load_for_model
@@ -41,56 +41,6 @@ from worker.training.lock import LOCK_NAME
 from worker.training.progress import RunOutcome
 from worker.training.run import run_training
 from worker.training.task import register_training_task
-
-COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
-
-
-def write_class(
-    folder: Path,
-    rgb: tuple[int, int, int],
-    count: int,
-    seed: int = 0,
-    start: int = 0,
-    size: int = 64,
-) -> list[Path]:
-    """``count`` noisy images around colour ``rgb`` (the class), each different."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + count):
-        rng = np.random.default_rng([seed, *rgb, i])
-        base = np.array(rgb) + rng.integers(-40, 40, size=3)
-        pixels = base + rng.integers(-50, 50, size=(size, size, 3))
-        path = folder / f"img_{i:04d}.png"
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def make_labeled(
-    root: Path,
-    per_class: int = 24,
-    seed: int = 0,
-    classes: tuple[str, ...] = ("red", "green", "blue"),
-) -> Path:
-    for name in classes:
-        write_class(root / name, COLOURS[name], per_class, seed)
-    return root
-
-
-def training_settings(settings: Settings, **changes: object) -> Settings:
-    values: dict[str, object] = {
-        "labeled_dir": settings.data_dir.parent / "labeled",
-        "train_mode": "frozen",
-        "train_epochs": 15,
-        "train_lr": 1e-3,
-        "train_batch_size": 16,
-        "train_patience": 5,
-        "val_fraction": 0.25,
-        "min_images_per_class": 5,
-        "torch_threads": 2,
-    }
-    values.update(changes)
-    return settings.model_copy(update=values)
 
 
 @pytest.fixture
@@ -141,7 +91,7 @@ def test_frozen_training_learns_promotes_and_writes_a_loadable_version(
         "curves.png",
         "val_grid.png",
         "reliability.png",
-        "serving",  # its ONNX artifacts (tests/test_onnx.py)
+        "serving",  # its ONNX artifacts (tests/unit/worker/test_onnx_backend.py)
     }
     assert (folder / "serving" / "serving.json").is_file()
     on_disk = json.loads((folder / "report.json").read_text())
@@ -352,7 +302,7 @@ def test_a_killed_training_process_does_not_block_the_next_run(
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLABLE, json.dumps(slow.model_dump(mode="json"))],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         deadline = time.monotonic() + 90

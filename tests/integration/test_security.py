@@ -3,7 +3,8 @@ is refused, not executed), model files load with weights_only (a tampered model.
 and workers keep their model), class folder names cannot escape, CLI filters are bound
 parameters, and the compose file publishes nothing beyond loopback.
 
-Threat model (README "Security"): whoever can write to the inbox can make us *read* any file
+Threat model (docs/operations.md, "Security"): whoever can write to the inbox can make us
+*read* any file
 they could name (we never follow links out of the inbox and never execute content); Redis and
 the database are trusted infrastructure, but a message or a model file that did get tampered
 with must not run code in a worker.
@@ -171,7 +172,7 @@ def test_class_folder_names_cannot_reach_outside_labeled_or_models(
 ) -> None:
     """Names that could become paths (separators, '..', control characters, hidden) are
     refused before any training; the model is written under models/<integer id>/ only."""
-    from tests.test_training import make_labeled, training_settings
+    from tests.helpers.training import make_labeled, training_settings
     from worker.training.run import run_training
 
     s = training_settings(settings)
@@ -228,6 +229,6 @@ def test_cli_filters_are_bound_parameters(
 
 # --- the deployment
 # Redis and PostgreSQL publish no port beyond loopback, Redis requires a password, and every
-# password comes from the environment: tests/test_compose.py
+# password comes from the environment: tests/project/test_compose.py
 # (test_backing_services_are_not_reachable_from_outside, test_redis, test_postgres,
 # test_passwords_come_only_from_the_environment, test_compose_refuses_to_start_without_passwords).

@@ -1,6 +1,7 @@
 """The learning loop's CLI through click's CliRunner, against the real Redis and SQLite of the
 fixtures: retrain (--here, and queued), models (list / promote / rollback), reclassify. The
-retrain that a train worker runs, followed with --wait, is in tests/test_cli_client.py."""
+retrain that a train worker runs, followed with --wait, is in
+tests/integration/test_cli_with_a_running_system.py."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from db.models import (
 from db.versions import active_model, ensure_base_model
 from inbox_classifier.cli_retrain import retrain
 from inbox_classifier.cli_training import models, reclassify
-from tests.test_training import make_labeled, training_settings
+from tests.helpers.training import make_labeled, training_settings
 from worker.training.run import run_training
 
 TRAIN_ENV = {

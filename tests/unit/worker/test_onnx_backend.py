@@ -22,8 +22,8 @@ from db.models import Image, ImageStatus, ModelVersion, RunStatus
 from inbox_classifier.cli import main
 from tests.helpers.images import write_images
 from tests.helpers.pipeline import record, wait_until
+from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
 from tests.helpers.web import client as web_client
-from tests.test_training import COLOURS, make_labeled, training_settings, write_class
 from worker import model_store, modelzoo, onnx_backend, serving
 from worker.batching import BatchEngine
 from worker.classifier import Classifier
@@ -31,7 +31,7 @@ from worker.model_holder import ModelHolder
 from worker.preprocess import load_for_model
 from worker.training.run import run_training
 
-#: int8 confidences stay this close to fp32's (the README states it; measured far below).
+#: int8 confidences stay this close to fp32's (docs/architecture.md states it; measured far below).
 CONFIDENCE_TOLERANCE = 0.02
 
 

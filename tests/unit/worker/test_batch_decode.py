@@ -23,8 +23,8 @@ from db.engine import transaction
 from db.models import Image as ImageRow
 from db.models import ImagePath
 from imaging.decode import BadImage
+from tests.helpers.corpus import CONTENT_CASES, DONE, LIMIT
 from tests.helpers.pipeline import record
-from tests.test_bad_inputs import CONTENT_CASES, DONE, LIMIT
 from worker.batch_decode import assemble, decode_batch, decode_files, orient, prepare, probe
 from worker.batching import BatchEngine, device_decode_wanted
 from worker.model_holder import ModelHolder
@@ -32,7 +32,8 @@ from worker.preprocess import Preprocessing, load_for_model
 
 CPU = torch.device("cpu")
 PREP = Preprocessing()
-# The stated tolerance against the Pillow path (README, "GPU workers"), in levels of 255:
+# The stated tolerance against the Pillow path (docs/architecture.md, "GPU workers"), in
+# levels of 255:
 # Pillow decodes a large JPEG scaled down in the DCT, this path at full size.
 MEAN_TOLERANCE = 3.0  # photo-like images, ordinary sizes
 ODD_MEAN_TOLERANCE = 6.0  # sizes whose centre crop starts half a pixel in (e.g. 257x256)

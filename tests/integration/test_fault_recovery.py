@@ -411,7 +411,7 @@ def test_disk_full_while_writing_a_model_version_keeps_the_old_model_active(
     from db.models import ModelStatus, ModelVersion, RunStatus
     from db.versions import active_model
     from tests.helpers.faults import enospc, small_filesystem
-    from tests.test_training import COLOURS, make_labeled, training_settings, write_class
+    from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
     from worker.model_holder import ModelHolder
     from worker.training.run import run_training
 
@@ -462,7 +462,7 @@ def test_retrain_killed_mid_run_leaves_no_half_written_model_and_next_run_is_cle
     """kill -9 `inbox-classifier retrain --here` during an epoch, or while it writes the model
     files (the moment models/.tmp-* exists)."""
     from db.models import RunStatus, TrainingRun
-    from tests.test_training import make_labeled, training_settings
+    from tests.helpers.training import make_labeled, training_settings
     from worker.training.lock import LOCK_NAME
     from worker.training.run import run_training
 

@@ -60,7 +60,7 @@ def arenas_used(limit: str) -> int:
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[3],
     )
     return int(done.stdout.strip())
 
