@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.settings import Settings
-from web import api, pages
+from web import api, api_models, pages
 from web.limits import MAX_BODY_BYTES, BodyLimit
 from web.metrics import make_registry, render
 from web.security import Guard, is_loopback
@@ -53,6 +53,7 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     token = settings.web_token.get_secret_value() if settings.web_token else None
     app.middleware("http")(Guard(token, loopback_only=is_loopback(host or settings.web_host)))
     app.include_router(api.router)
+    app.include_router(api_models.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -20,7 +20,7 @@ from db import browse, runs
 from db.browse import MAX_ID, Sort
 from db.engine import transaction
 from db.models import ImageStatus, ModelStatus
-from web import api, schemas
+from web import api, api_edge, api_models, schemas
 from web.security import COOKIE, token_matches, wants_html
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -55,7 +55,7 @@ def submit(request: Request, action: Callable[[], object], default: str) -> Resp
 
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request) -> HTMLResponse:
-    web = api.state(request)
+    web = api_edge.state(request)
     status = api.status(request)
     with transaction(web.sessions) as session:
         per_minute = browse.classified_per_minute(session, 60)
@@ -75,7 +75,7 @@ def browse_page(
     request: Request,
     filters: Annotated[ResultFilters, Query()],
     sort: Sort = Sort.NEWEST,
-    cursor: api.Cursor = None,
+    cursor: api_edge.Cursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> HTMLResponse:
     page = api.results(request, filters, sort=sort, cursor=cursor, limit=limit)
@@ -105,7 +105,7 @@ def browse_page(
 
 
 @router.get("/images/{sha256}", response_class=HTMLResponse)
-def image_page(request: Request, sha256: api.Sha256) -> HTMLResponse:
+def image_page(request: Request, sha256: api_edge.Sha256) -> HTMLResponse:
     detail = api.image(request, sha256)
     return render(
         request,
@@ -118,7 +118,7 @@ def image_page(request: Request, sha256: api.Sha256) -> HTMLResponse:
 
 @router.post("/images/{sha256}/label")
 def label_form(
-    request: Request, sha256: api.Sha256, label: Annotated[str, Form(max_length=1000)]
+    request: Request, sha256: api_edge.Sha256, label: Annotated[str, Form(max_length=1000)]
 ) -> Response:
     return submit(
         request,
@@ -128,7 +128,7 @@ def label_form(
 
 
 @router.post("/images/{sha256}/unlabel")
-def unlabel_form(request: Request, sha256: api.Sha256) -> Response:
+def unlabel_form(request: Request, sha256: api_edge.Sha256) -> Response:
     return submit(request, lambda: api.undo_label(request, sha256), f"/images/{sha256}")
 
 
@@ -148,7 +148,7 @@ def review_page(request: Request) -> HTMLResponse:
 
 @router.get("/failed", response_class=HTMLResponse)
 def failed_page(
-    request: Request, kind: FailureKind | None = None, cursor: api.Cursor = None
+    request: Request, kind: FailureKind | None = None, cursor: api_edge.Cursor = None
 ) -> HTMLResponse:
     page = api.failed(request, kind=kind, cursor=cursor, limit=100)
     query = {"kind": kind.value} if kind else {}
@@ -177,14 +177,14 @@ def retry_form(request: Request, kind: Annotated[FailureKind, Form()]) -> Respon
 def models_page(
     request: Request, version: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
 ) -> HTMLResponse:
-    versions_list = api.models(request)
+    versions_list = api_models.models(request)
     chosen = (
         version
         if version is not None
         else next((v.id for v in versions_list if v.status == ModelStatus.ACTIVE), None)
     )
-    detail = api.model(request, chosen) if chosen is not None else None
-    quality = api.model_quality(request, chosen) if chosen is not None else None
+    detail = api_models.model(request, chosen) if chosen is not None else None
+    quality = api_models.model_quality(request, chosen) if chosen is not None else None
     return render(
         request,
         "models.html",
@@ -192,32 +192,32 @@ def models_page(
         versions=versions_list,
         detail=detail,
         quality=quality,
-        runs=api.recent_runs(request, limit=10),
+        runs=api_models.recent_runs(request, limit=10),
     )
 
 
 @router.post("/models/{version_id:int}/promote")
-def promote_form(request: Request, version_id: api.RowId) -> Response:
-    return submit(request, lambda: api.promote(request, version_id), "/models")
+def promote_form(request: Request, version_id: api_edge.RowId) -> Response:
+    return submit(request, lambda: api_models.promote(request, version_id), "/models")
 
 
 @router.post("/models/rollback")
 def rollback_form(request: Request) -> Response:
-    return submit(request, lambda: api.rollback(request), "/models")
+    return submit(request, lambda: api_models.rollback(request), "/models")
 
 
 @router.post("/retrain")
 def retrain_form(request: Request) -> Response:
     return submit(
         request,
-        lambda: api.retrain(request, Response(), schemas.RetrainRequestIn()),
+        lambda: api_models.retrain(request, Response(), schemas.RetrainRequestIn()),
         "/models",
     )
 
 
 @router.post("/runs/{run_id:int}/cancel")
-def cancel_run_form(request: Request, run_id: api.RowId) -> Response:
-    return submit(request, lambda: api.cancel_run(request, run_id), "/models")
+def cancel_run_form(request: Request, run_id: api_edge.RowId) -> Response:
+    return submit(request, lambda: api_models.cancel_run(request, run_id), "/models")
 
 
 @router.get("/docs", response_class=HTMLResponse)
@@ -236,7 +236,7 @@ def login_page(request: Request, next: str = "/") -> HTMLResponse:
 def login(
     request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
 ) -> Response:
-    expected = api.state(request).settings.web_token
+    expected = api_edge.state(request).settings.web_token
     if expected is None or not token_matches(token, expected.get_secret_value()):
         response = render(request, "login.html", None, next=next, failed=True)
         response.status_code = 401

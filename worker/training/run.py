@@ -18,26 +18,19 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 
-import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract import events
 from contract.messages import Trigger
 from contract.reports import CalibrationReport, EpochRecord, TrainingReport
-from contract.serving import ServingRecord
 from contract.settings import Settings
 from db import runs, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
-from worker import model_store, onnx_backend
-from worker.layout import usable_cores
-from worker.modelzoo import LoadedModel
 from worker.precision import pick_autocast, pick_device
-from worker.serving import torch_reason
 from worker.training.backfill import backfill
 from worker.training.batches import DecodedCache, EvalSet, ImageSource
 from worker.training.calibration import calibrate
@@ -57,7 +50,7 @@ from worker.training.loop import TrainConfig
 from worker.training.plan import plan
 from worker.training.progress import Progress, RunCancelled, RunOutcome, RunRecorder
 from worker.training.report import GRID_MAX, build_report
-from worker.training.save import ValGrid, save_and_settle
+from worker.training.save import ValGrid, save_and_settle, serving_builder
 from worker.training.skip import has_class_dirs, unchanged_reason
 from worker.training.start import ActiveInfo, start_model
 
@@ -326,7 +319,7 @@ class _Run:
             grid,
             run_id=rec.run_id,
             check=self._check_lock,
-            build_serving=self._serving_builder(ctx.loaded, ctx.eval_set, fitted.final.targets),
+            build_serving=serving_builder(ctx, self.sessions, fitted.final.targets),
         )
         accuracy = f"val accuracy {report['accuracy']:.3f}"
         if saved.failed:
@@ -362,41 +355,6 @@ class _Run:
         return [ctx.classes[p] for p in fitted.final.preds]
 
     # --- helpers --------------------------------------------------------------------------------
-
-    def _serving_builder(
-        self, loaded: LoadedModel, eval_set: EvalSet, targets: Sequence[int]
-    ) -> Callable[[int, Path], None] | None:
-        """Builds the version's ONNX artifacts, int8 calibrated and checked on the validation
-        split, where CPU workers will serve with ONNX Runtime. A failure is logged and the
-        workers serve the version with torch."""
-        s = self.s
-        if (why := torch_reason(s, "cpu")) is not None:
-            log.info("no ONNX artifacts built: %s", why)
-            return None
-
-        def build(version_id: int, folder: Path) -> None:
-            self.rec.phase("serving")
-            count = min(len(targets), onnx_backend.SAMPLE_IMAGES)
-            try:
-                manifest = onnx_backend.build(
-                    loaded,
-                    folder,
-                    np.stack(eval_set.images(list(range(count)))),
-                    list(targets[:count]),
-                    weights_sha256=onnx_backend.sha256_file(folder / model_store.MODEL_FILE),
-                    built_from=f"{count} validation images",
-                    min_agreement=s.int8_min_agreement,
-                    margin=s.gate_margin,
-                    threads=s.torch_threads or usable_cores(),
-                )
-                with transaction(self.sessions) as session:
-                    versions.set_serving(
-                        session, version_id, ServingRecord.of(manifest, s.inference_backend)
-                    )
-            except Exception:
-                log.exception("version %d: could not build its ONNX artifacts", version_id)
-
-        return build
 
     def _check_lock(self) -> None:
         if self.lock.lost:

@@ -5,7 +5,8 @@ or rejected (kept for a manual promote)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +14,17 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract.reports import TrainingReport, VersionRef
+from contract.serving import ServingRecord
 from db import versions
 from db.engine import transaction
-from worker import model_store, modelzoo
+from worker import model_store, modelzoo, onnx_backend
+from worker.layout import usable_cores
+from worker.serving import torch_reason
+from worker.training.context import RunContext
 from worker.training.gate import GateVerdict
 from worker.training.report import curves_png, reliability_png, report_json, val_grid_png
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,3 +118,39 @@ def save_and_settle(
             compared_with=verdict.active_version_id,
         )
     return Saved(vid, name, promoted, reason)
+
+
+def serving_builder(
+    ctx: RunContext, sessions: sessionmaker[Session], targets: Sequence[int]
+) -> Callable[[int, Path], None] | None:
+    """What builds the version's ONNX artifacts, int8 calibrated and checked on the validation
+    split, where CPU workers will serve with ONNX Runtime (None where they will not). A failed
+    build is logged and the workers serve the version with torch."""
+    s = ctx.settings
+    if (why := torch_reason(s, "cpu")) is not None:
+        log.info("no ONNX artifacts built: %s", why)
+        return None
+
+    def build(version_id: int, folder: Path) -> None:
+        ctx.on_phase("serving")
+        count = min(len(targets), onnx_backend.SAMPLE_IMAGES)
+        try:
+            manifest = onnx_backend.build(
+                ctx.loaded,
+                folder,
+                np.stack(ctx.eval_set.images(list(range(count)))),
+                list(targets[:count]),
+                weights_sha256=onnx_backend.sha256_file(folder / model_store.MODEL_FILE),
+                built_from=f"{count} validation images",
+                min_agreement=s.int8_min_agreement,
+                margin=s.gate_margin,
+                threads=s.torch_threads or usable_cores(),
+            )
+            with transaction(sessions) as session:
+                versions.set_serving(
+                    session, version_id, ServingRecord.of(manifest, s.inference_backend)
+                )
+        except Exception:
+            log.exception("version %d: could not build its ONNX artifacts", version_id)
+
+    return build
