@@ -257,3 +257,72 @@ def tail(path: Path, lines: int = 40) -> str:
 
 def rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class GpuSampler:
+    """GPU utilisation and memory, sampled by ``nvidia-smi`` every ``interval_s`` while the
+    block runs (no GPU, no nvidia-smi: an empty result)."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_ms = int(interval_s * 1000)
+        self.process: subprocess.Popen[str] | None = None
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> GpuSampler:
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            self.process = subprocess.Popen(
+                [
+                    smi,
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    f"-lms={self.interval_ms}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=10)
+        util, memory = [], []
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                util.append(int(parts[0]))
+                memory.append(int(parts[1]))
+        if util:
+            self.result = {
+                "samples": len(util),
+                "utilisation_mean_pct": round(sum(util) / len(util), 1),
+                "utilisation_max_pct": max(util),
+                "memory_max_mib": max(memory),
+            }
+
+
+def gpu_memory_mib(pids: dict[str, int]) -> dict[str, int]:
+    """GPU memory each named process holds (``nvidia-smi --query-compute-apps``); empty
+    without a GPU."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return {}
+    try:
+        out = subprocess.run(
+            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    by_pid = {}
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            by_pid[int(parts[0])] = int(parts[1])
+    return {name: by_pid[pid] for name, pid in pids.items() if pid in by_pid}

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +122,17 @@ def plan(count: int) -> list[tuple[str, tuple[int, int], str]]:
     return kinds
 
 
-def generate(count: int, cache: Path = DEFAULT_CACHE, seed: int = 1234) -> ImageSet:
-    """``count`` distinct images (distinct content, so distinct sha256), cached on disk."""
+def generate(
+    count: int, cache: Path = DEFAULT_CACHE, seed: int = 1234, bases: int | None = None
+) -> ImageSet:
+    """``count`` distinct images (distinct content, so distinct sha256), cached on disk.
+
+    ``bases``: make only that many photo-like images (on every core), and each file from one of
+    them with a comment of its own (a JPEG COM segment, a PNG tEXt chunk): distinct bytes and
+    hash, the same pixels and decode cost as its base, in a fraction of the time. For a short
+    GPU session (``bench/gpu_check.sh``); without it every image is drawn afresh, on one core."""
+    if bases is not None and bases < count:
+        return _from_bases(count, cache, seed, bases)
     folder = cache / f"v{GENERATOR_VERSION}-s{seed}-n{count}"
     manifest = folder / "manifest.json"
     if manifest.is_file():
@@ -143,6 +155,71 @@ def generate(count: int, cache: Path = DEFAULT_CACHE, seed: int = 1234) -> Image
     return ImageSet(folder, files)
 
 
+def _from_bases(count: int, cache: Path, seed: int, bases: int) -> ImageSet:
+    folder = cache / f"v{GENERATOR_VERSION}b-s{seed}-n{count}-b{bases}"
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        files = [folder / n for n in json.loads(manifest.read_text())]
+        if all(p.is_file() for p in files):
+            return ImageSet(folder, files)
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = plan(count)
+    # One base per (kind, slot): base j of a kind serves every file of that kind with j = i % n.
+    per_kind = max(1, bases // len(MIX))
+    jobs = sorted({(name, i % per_kind) for i, (name, _, _) in enumerate(kinds)})
+    sizes = {name: (size, fmt) for name, size, fmt in kinds}
+    with ProcessPoolExecutor() as pool:
+        made = pool.map(_base, [(seed, name, slot, *sizes[name]) for name, slot in jobs])
+        encoded = dict(zip(jobs, made, strict=True))
+    files = []
+    for i, (name, _, fmt) in enumerate(kinds):
+        data = encoded[(name, i % per_kind)]
+        path = folder / f"{name}_{i:06d}{'.jpg' if fmt == 'JPEG' else '.png'}"
+        path.write_bytes(_with_comment(data, fmt, f"inbox-classifier bench {seed} {i}".encode()))
+        files.append(path)
+    manifest.write_text(json.dumps([p.name for p in files]))
+    return ImageSet(folder, files)
+
+
+def _base(job: tuple[int, str, int, tuple[int, int], str]) -> bytes:
+    seed, name, slot, size, fmt = job
+    kind = [m[0] for m in MIX].index(name)
+    image = photo_like(seed * 1_000_003 + kind * 100_000 + slot, size)
+    return encode(image, fmt, 6 if name == "phone" else None)
+
+
+def _with_comment(data: bytes, fmt: str, text: bytes) -> bytes:
+    """``data`` with ``text`` added where a decoder skips it: a COM segment right after a
+    JPEG's SOI, a tEXt chunk right after a PNG's IHDR."""
+    if fmt == "JPEG":
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
+    body = b"Comment\x00" + text
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
+    return data[:ihdr_end] + chunk + data[ihdr_end:]
+
+
 def extra(count: int, offset: int, cache: Path = DEFAULT_CACHE) -> ImageSet:
     """Another set with different content (for runs that must not hit the dedup cache)."""
     return generate(count, cache, seed=1234 + offset)
+
+
+def main() -> None:
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m bench.images")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--bases", type=int, default=None, help="photo-like bases (faster)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    made = generate(args.count, bases=args.bases)
+    print(
+        f"{len(made.files)} images in {made.folder} ({made.total_bytes / 2**20:.0f} MiB) in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    main()

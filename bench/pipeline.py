@@ -27,6 +27,7 @@ from bench.harness import (
     stop_tree,
     tail,
 )
+from contract import events
 from db.models import Image, ImagePath, ImageStatus
 
 POLL_S = 0.1
@@ -53,6 +54,9 @@ class BurstResult:
     started_at: float  # wall time of the first rename
     latencies_s: list[float] = field(repr=False)
     cpu: dict[str, Any] = field(default_factory=dict)
+    # Milliseconds per image in each stage of the workers (their busy-period events), summed
+    # over the threads that ran it: where the time goes.
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -69,6 +73,7 @@ class BurstResult:
             "images_per_s": round(self.images_per_s, 2),
             "latency": percentiles(self.latencies_s),
             "cpu": self.cpu,
+            "stages_ms_per_image": self.stages_ms,
         }
 
 
@@ -218,6 +223,16 @@ class Pipeline:
                 named[f"{role}{i if len(procs) > 1 else ''}"] = proc.pid
         return named
 
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory of every process of the pipeline, by name (``up`` included)."""
+        out = {}
+        for name, pid in self.named_pids().items():
+            try:
+                out[name] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+            except psutil.Error:
+                continue
+        return out
+
     def worker_rss_mib(self) -> list[float]:
         out = []
         for proc in self.roles()["worker"]:
@@ -266,10 +281,41 @@ class Pipeline:
         until every one has a committed row."""
         staged = stage(sources, self.staging, self.next_tag())
         before = self._count_settled()
+        marks = self._log_marks()
         with CpuMeter(self.named_pids()) as meter:
             dropped = burst(staged, self.inbox)
             self._wait_count(before + len(staged), timeout)
-        return self._result(dropped, meter.result)
+        result = self._result(dropped, meter.result)
+        result.stages_ms = self._stages(marks, len(staged))
+        return result
+
+    def _log_marks(self) -> dict[Path, int]:
+        logs = sorted((self.data_dir / "logs").glob("worker-*.log"))
+        return {path: path.stat().st_size for path in logs}
+
+    def _stages(self, marks: dict[Path, int], images: int, wait_s: float = 5.0) -> dict[str, float]:
+        """Per image, each stage's milliseconds, from the busy-period events the workers logged
+        since ``marks`` (they come once a worker goes idle, a moment after the last row)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            periods = []
+            for path in sorted((self.data_dir / "logs").glob("worker-*.log")):
+                with open(path, "rb") as handle:
+                    handle.seek(marks.get(path, 0))
+                    text = handle.read().decode("utf-8", "replace")
+                for line in text.splitlines():
+                    _, found, message = line.partition(f"{events.EVENT_LOGGER}: ")
+                    if found and isinstance(event := events.decode(message), events.BusyPeriod):
+                        periods.append(event)
+            settled = sum(p.classified + p.rescored + p.failed for p in periods)
+            if settled >= images or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        totals: dict[str, float] = {}
+        for period in periods:
+            for name, seconds in period.stages_s.items():
+                totals[name] = totals.get(name, 0.0) + seconds
+        return {name: round(seconds * 1000 / max(1, images), 3) for name, seconds in totals.items()}
 
     def _wait_count(self, target: int, timeout: float) -> None:
         last, last_change = -1, time.monotonic()

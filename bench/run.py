@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import ceiling as ceil
-from bench.harness import CpuMeter, machine_info, median, rmtree
+from bench.harness import CpuMeter, GpuSampler, gpu_memory_mib, machine_info, median, rmtree
 from bench.images import generate
 from bench.naive import NaiveBaseline
 from bench.pipeline import Pipeline
 from worker import onnx_backend
-from worker.batching import COMPILE_AFTER_IMAGES
 from worker.classifier import compile_blocker
 from worker.layout import inference_layout, usable_cores
+from worker.model_lease import COMPILE_AFTER_IMAGES
 from worker.precision import pick_autocast, pick_device
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="pipeline setting, e.g. BATCH_WAIT_MS=10 (as INBOX_CLASSIFIER_<NAME>)",
+    )
+    parser.add_argument(
+        "--image-bases",
+        type=int,
+        default=None,
+        help="make the images from this many photo-like bases (fast; bench.images)",
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, DBs)")
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     say(f"work dir {work}; {out['machine']['cpu_model']}, {out['machine']['cores']} cores")
 
-    images = generate(args.images)
+    images = generate(args.images, bases=args.image_bases)
     # Warm-up: enough files for a worker to compile its model (variants: distinct content).
     env = settings_env(args.set)
     onnx = worker_serves_onnx(device, env)
@@ -208,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if classifier.runner is not None:
         state = classifier.backend
     out["ceiling"] = {"compile_state": state}
+    summary_extra: dict[str, Any] = {}
     say(f"  model: {state}")
     configs = ceiling_configs(device, usable_cores())
     if args.no_sweep:  # the worker's own default layout only
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu = run_gpu_decode_ceiling(classifier, images.files, best_cfg[0])
         out["ceiling"]["gpu_decode"] = gpu.to_dict()
         say(f"  ceiling with nvjpeg GPU decode: {gpu.images_per_s:.1f} img/s")
+        summary_extra["gpu_decode_ceiling_img_s"] = round(gpu.images_per_s, 1)
 
     # --- 2./3./5. pipeline and scale-out, alternating with the ceiling --------------------------
     pipe = Pipeline(work / "pipeline", args.model, device, settings_env=env)
@@ -256,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         warmup = pipe.start(warm, rounds=warm_rounds)
         rss_start = pipe.worker_rss_mib()
+        rss_all_start = pipe.rss_mib()
         say(
             f"  up and warm in {time.time() - t0:.1f}s (model {pipe.compile_outcome}, "
             f"worker RSS {rss_start} MiB)"
@@ -271,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             with CpuMeter({}) as meter:
                 c = ceil.run_ceiling(classifier, images.files, *best_cfg)
             c_entry = {**c.to_dict(), "cpu": meter.result}
-            p = pipe.run_burst(images.files)
-            p_entry = p.to_dict()
+            with GpuSampler() as sampler:
+                p = pipe.run_burst(images.files)
+            p_entry = {**p.to_dict(), "gpu": sampler.result}
             pairs.append({"ceiling": c_entry, "pipeline": p_entry})
             line = (
                 f"  run {i + 1}: ceiling {c.images_per_s:.1f} img/s, pipeline "
@@ -284,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"on the machine {meter.result['other_processes_share']:.0%}/"
                 f"{p.cpu['other_processes_share']:.0%}"
             )
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in p.stages_ms.items())
+            line += f"; ms/image by stage: {stages or 'no events'}"
+            if sampler.result:
+                line += f"; GPU busy {sampler.result['utilisation_mean_pct']:.0f}% (mean)"
             if two is not None:
                 b2 = two.run_burst(images.files)
                 pairs[-1]["two_workers"] = b2.to_dict()
@@ -299,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             f" ms, p95 {idle.to_dict()['latency']['p95_ms']} ms"
         )
         out["pipeline_rss_mib"] = {"after_warmup": rss_start, "end": pipe.worker_rss_mib()}
+        out["process_rss_mib"] = {"after_warmup": rss_all_start, "end": pipe.rss_mib()}
+        out["gpu_memory_mib"] = gpu_memory_mib(pipe.named_pids())
     finally:
         pipe.stop()
         if two is not None:
@@ -337,7 +353,20 @@ def main(argv: list[str] | None = None) -> int:
         },
         "burst_latency_ms": lat,
         "idle_latency_ms": out["idle"]["latency"],
+        # Where a pipeline image's time goes (summed over threads), from the workers' events.
+        "stages_ms_per_image": {
+            k: median([x["pipeline"]["stages_ms_per_image"].get(k, 0.0) for x in pairs])
+            for k in pairs[0]["pipeline"]["stages_ms_per_image"]
+        },
     }
+    summary.update(summary_extra)
+    summary["process_rss_mib"] = out["process_rss_mib"]
+    if out["gpu_memory_mib"]:
+        summary["gpu_memory_mib"] = out["gpu_memory_mib"]
+    if pairs[0]["pipeline"]["gpu"]:
+        summary["gpu_utilisation_mean_pct"] = median(
+            [x["pipeline"]["gpu"]["utilisation_mean_pct"] for x in pairs]
+        )
     if two is not None:
         t_med = median([x["two_workers"]["images_per_s"] for x in pairs])
         out["scale_out"] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 EVENT_LOGGER = "inbox_classifier.events"
@@ -23,6 +23,9 @@ class BusyPeriod:
     failed: int
     seconds: float
     rate: float  # images settled per second
+    # Seconds per stage, summed over the threads that ran it (worker.batch_stats): where the
+    # time went, for the benchmark's per-stage breakdown.
+    stages_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

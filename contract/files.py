@@ -41,11 +41,11 @@ def open_regular(path: str) -> int:
     return fd
 
 
-def read_verified(path: str, sha256: str, max_bytes: int) -> bytes:
+def read_bounded(path: str, max_bytes: int) -> bytes:
     """The bytes of the regular file at ``path`` (a file-system path), if it is at most
-    ``max_bytes`` long and still has content ``sha256``. The size is checked before anything
-    is read, so a huge (or sparse) file never lands in memory. Raises :class:`Unusable`: a
-    path failure (vanished, unreadable, not regular, changed) or ``too_large``."""
+    ``max_bytes`` long. The size is checked before anything is read, so a huge (or sparse)
+    file never lands in memory. Raises :class:`Unusable`: a path failure (vanished,
+    unreadable, not regular, grew meanwhile) or ``too_large``."""
     fd = open_regular(path)
     try:
         size = os.fstat(fd).st_size
@@ -67,10 +67,22 @@ def read_verified(path: str, sha256: str, max_bytes: int) -> bytes:
         ) from None
     finally:
         os.close(fd)
+    return data
+
+
+def verify(data: bytes, sha256: str) -> None:
+    """Raises :class:`Unusable` (``changed``) unless ``data`` has content hash ``sha256``."""
     if hashlib.sha256(data).hexdigest() != sha256:
         raise Unusable(
             FailureKind.CHANGED, "file changed after it was queued (content hash differs)"
         )
+
+
+def read_verified(path: str, sha256: str, max_bytes: int) -> bytes:
+    """:func:`read_bounded`, then :func:`verify`: the bytes only if they still have the
+    content hash they were queued with."""
+    data = read_bounded(path, max_bytes)
+    verify(data, sha256)
     return data
 
 

@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         "(nvjpeg); other files take the Pillow path. auto: on CUDA only; on: also on a CPU "
         "(torchvision's decoder, slower there than Pillow's scaled decode).",
     )
+    workers_per_gpu: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Classify worker processes `up` starts per GPU, each with its own CUDA "
+        "context; default: one per 4 CPU cores per GPU, 1 to 4 (one process's per-file Python "
+        "work caps what it can feed a GPU).",
+    )
     worker_concurrency: int | None = Field(
         None,
         ge=1,
@@ -134,6 +142,14 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Threads the watcher hashes files on (sha256 and reads release the GIL).",
+    )
+    hash_processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes the watcher inspects and hashes files on; 0: its own threads "
+        "(HASH_THREADS). On many cores, processes lift the cap the watcher's per-file Python "
+        "work puts on threads.",
     )
     polling: bool = Field(False, description="Use a polling observer (network mounts).")
     poll_interval_s: float = Field(1.0, gt=0, description="Polling observer period.")

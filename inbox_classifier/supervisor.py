@@ -34,7 +34,7 @@ from contract import running
 from contract.backoff import backoff_delay
 from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
 from contract.settings import ENV_PREFIX, Settings
-from contract.sizing import sized_for_machine, visible_gpus
+from contract.sizing import sized_for_machine, visible_gpus, workers_per_gpu
 from db import migrate
 from inbox_classifier.console import Console, Tally, follow_output, route_supervisor_logging
 from inbox_classifier.lifeline import (
@@ -212,15 +212,20 @@ def plan_children(
     env[METRICS_PORT_ENV] = "null"  # only classify workers serve metrics, each on its own port
     host = url_host(settings.web_host)
     children = [Child("watcher", ["watch"], env)]
-    gpus = visible_gpus()
-    count = workers or max(1, len(gpus))
+    gpus = visible_gpus() if settings.device != "cpu" else []
+    per_gpu = workers_per_gpu(settings, len(gpus), os.cpu_count() or 1) if gpus else 1
+    count = workers or max(1, len(gpus) * per_gpu)
     ports = metrics_ports(settings, count, avoid={settings.web_port} if web else set())
     for i, port in enumerate(ports):
         child_env = dict(env)
         child_env[METRICS_PORT_ENV] = str(port)
+        device = f"cpu{i}"
         if gpus:
-            child_env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-        device = f"gpu{gpus[i % len(gpus)]}" if gpus else f"cpu{i}"
+            gpu = gpus[i % len(gpus)]
+            child_env["CUDA_VISIBLE_DEVICES"] = gpu
+            # worker-gpu0, or worker-gpu0-1, worker-gpu0-2, ... with several per GPU
+            nth = i // len(gpus)
+            device = f"gpu{gpu}" if count <= len(gpus) else f"gpu{gpu}-{nth + 1}"
         children.append(
             Child(
                 f"worker-{device}",

@@ -6,7 +6,8 @@
 - ``fresh_postgres_url``: a new, empty database for one test, dropped after it.
 
 The tests are skipped only where PostgreSQL is not installed at all, and never under CI
-(``CI`` set), where a missing server is an error.
+(``CI`` set), where a missing server is an error. psycopg is imported only when a test asks for
+PostgreSQL, so the rest run where it is not installed (a GPU machine's bare image).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers.postgres import PostgresServer, find_bindir
+if TYPE_CHECKING:  # imported where a test asks for PostgreSQL: psycopg is not needed otherwise
+    from tests.helpers.postgres import PostgresServer
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; install them "
@@ -27,6 +30,8 @@ INSTALL_HINT = (
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
+    from tests.helpers.postgres import PostgresServer, find_bindir
+
     bindir = find_bindir()
     if bindir is None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):

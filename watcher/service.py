@@ -5,8 +5,8 @@
   watcher was down, events lost to an inotify overflow); files the ledger already has with the
   same size and mtime are skipped without hashing;
 - the processor: feeds the stability tracker, hashes complete files (on ``HASH_THREADS``
-  threads: hashlib and file reads release the GIL), records each burst of them in one
-  transaction;
+  threads, or ``HASH_PROCESSES`` processes: :mod:`watcher.hashers`), records each burst of
+  them in one transaction;
 - the publisher: sends recorded items to Redis, several per message, then marks them enqueued.
 
 The caller's thread starts them, restarts the observer should it die, and stops them all.
@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
 from watchdog.observers.api import BaseObserver
@@ -41,7 +41,8 @@ from db.errors import is_transient
 from db.ledger import known_paths, record_files
 from watcher.events import HANDLED_EVENTS, EventQueue, InboxHandler, Kind, make_observer
 from watcher.filters import Signature, Skip, inspect, walk
-from watcher.hashing import ChangedWhileReading, NotHashable, hash_file
+from watcher.hashers import Hashers
+from watcher.hashing import ChangedWhileReading, NotHashable
 from watcher.publisher import Publisher
 from watcher.stability import StabilityTracker
 
@@ -76,7 +77,7 @@ class Watcher:
         self._unrecorded: list[SeenFile] = []  # hashed, but the ledger was unavailable
         self._refused: set[tuple[str, str]] = set()  # (path, sha256) the ledger would not take
         self._db_backoff = Backoff()
-        self._hashers = ThreadPoolExecutor(settings.hash_threads, thread_name_prefix="hash")
+        self._hashers = Hashers(settings)
         self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
         self._rescan_now = threading.Event()
         self._observer: BaseObserver | None = None
@@ -134,7 +135,7 @@ class Watcher:
             thread.join(JOIN_TIMEOUT_S)
             if thread.is_alive():
                 log.error("%s did not stop within %.0fs", thread.name, JOIN_TIMEOUT_S)
-        self._hashers.shutdown(wait=True)
+        self._hashers.shutdown()
         self._app.close()
         self._engine.dispose()
         log.info(
@@ -230,11 +231,7 @@ class Watcher:
         for part in chunked(paths, KNOWN_CHUNK):
             if self._stopping.is_set():
                 break
-            found: dict[str, Signature] = {}
-            for path in part:
-                signature = inspect(path, self.inbox, self.inbox_real)
-                if isinstance(signature, Signature):
-                    found[path] = signature
+            found = self._hashers.inspect(list(part), self.inbox, self.inbox_real)
             known = self._known(list(found))
             now_ns = time.time_ns()
             for path, signature in found.items():
@@ -334,21 +331,25 @@ class Watcher:
     def _hash(self, paths: list[str]) -> list[SeenFile]:
         """Hash the complete files among ``paths``, skipping those the ledger already has with
         this size and mtime (a rescan's or a late event's duplicate)."""
-        signatures = {p: s for p in paths if (s := self._signature(p)) is not None}
+        hashed = self._hashers.hash(paths, self.inbox, self.inbox_real, self._known_or_none)
+        return self._settle(hashed)
+
+    def _known_or_none(self, paths: list[str]) -> dict[str, Signature]:
         try:
-            known = self._known(list(signatures))
+            return self._known(paths)
         except Exception as exc:  # only an optimisation: recording will retry the DB
             log.warning("ledger lookup failed (%s: %s); hashing all", type(exc).__name__, exc)
-            known = {}
-        todo = [path for path, signature in signatures.items() if known.get(path) != signature]
+            return {}
+
+    def _settle(self, hashed: Iterable[tuple[str, SeenFile | NotHashable]]) -> list[SeenFile]:
         seen: list[SeenFile] = []
-        for path, hashed in zip(todo, self._hashers.map(_try_hash, todo), strict=True):
-            if isinstance(hashed, SeenFile):
-                seen.append(hashed)
-            elif isinstance(hashed, ChangedWhileReading):
+        for path, found in hashed:
+            if isinstance(found, SeenFile):
+                seen.append(found)
+            elif isinstance(found, ChangedWhileReading):
                 self.tracker.written(path)  # still being written: track it again
             else:
-                log.info("skipping %s: %s", shown(path), hashed)
+                log.info("skipping %s: %s", shown(path), found)
         return seen
 
     def _known(self, paths: list[str]) -> dict[str, Signature]:
@@ -421,13 +422,6 @@ class Watcher:
             self._unrecorded = []
         if items:
             self.publisher.submit(items, read_at)
-
-
-def _try_hash(path: str) -> SeenFile | NotHashable:
-    try:
-        return hash_file(path)
-    except NotHashable as exc:
-        return exc
 
 
 def run_watcher(

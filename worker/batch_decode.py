@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,7 +130,16 @@ def decode_files(datas: list[bytes], device: torch.device) -> list[torch.Tensor 
     """One batched decode; where the batch call fails, each file alone (None: it failed)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    # The bytes are only read: no copy into a writable buffer (torch warns once otherwise).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = [torch.frombuffer(d, dtype=torch.uint8) for d in datas]
+    if device.type == "cuda":
+        # torchvision's CUDA decode writes on a stream of its own, not ordered after this
+        # thread's: memory this stream freed but still reads (the last batch's activations)
+        # can be handed to the decoder and overwritten; seen on Hopper (pytorch/vision#9606).
+        # Waiting for this stream's queued work first closes that window.
+        torch.cuda.current_stream(device).synchronize()
     try:
         return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
@@ -151,15 +161,16 @@ def decode_batch(
     out: list[torch.Tensor | None] = [None] * len(encoded)
     for run in _chunks(encoded):
         decoded = decode_files([encoded[i].data for i in run], device)
-        # Images of one shape and orientation (a camera's burst) are resized in one call.
+        # Images of one shape and orientation (a camera's burst, a scanner's pages) are
+        # oriented, resized and cropped together: a few kernels per group, not per image.
         groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         for i, chw in zip(run, decoded, strict=True):
-            if chw is None:
-                continue
-            shown = orient(chw, encoded[i].orientation)
-            groups.setdefault(tuple(shown.shape), []).append((i, shown))
-        for members in groups.values():
-            batch = resize_crop(torch.stack([t for _, t in members]), prep)
+            if chw is not None:
+                key = (*chw.shape, encoded[i].orientation)
+                groups.setdefault(key, []).append((i, chw))
+        for key, members in groups.items():
+            stacked = torch.stack([t for _, t in members])
+            batch = resize_crop(orient(stacked, key[-1]), prep)
             for (i, _), hwc in zip(members, batch, strict=True):
                 out[i] = hwc
         del decoded, groups  # the full-size pixels of this run, before the next is decoded
@@ -180,16 +191,20 @@ def assemble(
     max_pixels: int,
     *,
     on_device: bool = True,
+    pool: Executor | None = None,
 ) -> list[torch.Tensor | np.ndarray | Exception]:
     """Each of ``items`` as a model-sized row: arrays as they are, the JPEGs decoded on
     ``device`` in one call (unless ``on_device`` is False), and those the device refused by
-    Pillow; where Pillow cannot either, its exception, so that the file fails alone. An error
-    of the device decoder itself (not of one file) is raised."""
+    Pillow, on ``pool``'s threads in parallel (the caller's thread without one); where Pillow
+    cannot either, its exception, so that the file fails alone. An error of the device decoder
+    itself (not of one file) is raised."""
     jpegs = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
     decoded: list[torch.Tensor | None] = [None] * len(jpegs)
     if on_device and jpegs:
         decoded = decode_batch([items[i] for i in jpegs], prep, device)  # type: ignore[misc]
     from_device = dict(zip(jpegs, decoded, strict=True))
+    refused = [i for i in jpegs if from_device[i] is None]
+    fallback = dict(zip(refused, _pillow(items, refused, prep, max_pixels, pool), strict=True))
     rows: list[torch.Tensor | np.ndarray | Exception] = []
     for i, item in enumerate(items):
         if not isinstance(item, Encoded):
@@ -197,11 +212,28 @@ def assemble(
         elif (row := from_device[i]) is not None:
             rows.append(row)
         else:
-            try:
-                rows.append(load_for_model(item.data, prep, max_pixels))
-            except Exception as exc:
-                rows.append(exc)
+            rows.append(fallback[i])
     return rows
+
+
+def _pillow(
+    items: Sequence[np.ndarray | Encoded],
+    indices: Sequence[int],
+    prep: Preprocessing,
+    max_pixels: int,
+    pool: Executor | None,
+) -> list[np.ndarray | Exception]:
+    def decode(i: int) -> np.ndarray | Exception:
+        item = items[i]
+        assert isinstance(item, Encoded)
+        try:
+            return load_for_model(item.data, prep, max_pixels)
+        except Exception as exc:
+            return exc
+
+    if pool is None or len(indices) < 2:
+        return [decode(i) for i in indices]
+    return list(pool.map(decode, indices))
 
 
 def stack_on(device: torch.device, rows: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:

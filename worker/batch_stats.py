@@ -26,8 +26,10 @@ class BatchStats:
     write_s: float = 0.0  # on the writer thread
     # CPU seconds (thread CPU clocks): where the process's CPU went besides the model.
     process_cpu0: float = 0.0
-    read_cpu_s: float = 0.0  # reading and re-hashing files
-    decode_cpu_s: float = 0.0
+    read_cpu_s: float = 0.0  # reading files
+    hash_cpu_s: float = 0.0  # checking their content hash
+    decode_cpu_s: float = 0.0  # on the decode threads: Pillow, or the header probe
+    transfer_s: float = 0.0  # assembling a batch on the device (host arrays copied over)
     write_cpu_s: float = 0.0
     infer_cpu_s: float = 0.0  # the inference threads themselves (torch's helpers not included)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -38,10 +40,16 @@ class BatchStats:
         self.process_cpu0 = time.process_time()
 
     def add_cpu(
-        self, read: float = 0.0, decode: float = 0.0, write: float = 0.0, infer: float = 0.0
+        self,
+        read: float = 0.0,
+        decode: float = 0.0,
+        write: float = 0.0,
+        infer: float = 0.0,
+        hash: float = 0.0,
     ) -> None:
         with self.lock:
             self.read_cpu_s += read
+            self.hash_cpu_s += hash
             self.decode_cpu_s += decode
             self.write_cpu_s += write
             self.infer_cpu_s += infer
@@ -64,12 +72,38 @@ class BatchStats:
             failed=self.failed,
             seconds=round(wall, 3),
             rate=round(self.images / wall, 2) if wall > 0 else 0.0,
+            stages_s=self.stages(),
         )
+
+    def stages(self) -> dict[str, float]:
+        """Seconds per stage, summed over the threads that ran it: read, hash and decode on
+        the decode threads (CPU time), device decode and transfer, model and write (wall time
+        of the inference streams and the writer)."""
+        return {
+            name: round(value, 4)
+            for name, value in (
+                ("read", self.read_cpu_s),
+                ("hash", self.hash_cpu_s),
+                ("decode", self.decode_cpu_s),
+                ("device_decode", self.device_decode_s - self.transfer_s),
+                ("transfer", self.transfer_s),
+                ("model", self.infer_s),
+                ("write", self.write_s),
+                ("waiting_for_decode", self.decode_wait_s),
+            )
+        }
 
     def line(self) -> str:
         wall = self.wall_s
         cpu = time.process_time() - self.process_cpu0
-        rest = cpu - self.read_cpu_s - self.decode_cpu_s - self.write_cpu_s - self.infer_cpu_s
+        rest = (
+            cpu
+            - self.read_cpu_s
+            - self.hash_cpu_s
+            - self.decode_cpu_s
+            - self.write_cpu_s
+            - self.infer_cpu_s
+        )
         return (
             f"settled {self.images} image(s) ({self.failed} failed) in {self.batches} "
             f"batch(es) in {wall:.2f}s from "
@@ -78,8 +112,9 @@ class BatchStats:
             f"({self.images / wall if wall > 0 else 0:.1f} img/s): inference {self.infer_s:.2f}s, "
             f"device decode {self.device_decode_s:.2f}s, "
             f"waiting for decode {self.decode_wait_s:.2f}s, for the writer "
-            f"{self.write_wait_s:.2f}s; writing {self.write_s:.2f}s. CPU {cpu:.2f}s: read+verify "
-            f"{self.read_cpu_s:.2f}, decode {self.decode_cpu_s:.2f}, inference threads "
+            f"{self.write_wait_s:.2f}s; writing {self.write_s:.2f}s. CPU {cpu:.2f}s: read "
+            f"{self.read_cpu_s:.2f}, hash {self.hash_cpu_s:.2f}, decode "
+            f"{self.decode_cpu_s:.2f}, inference threads "
             f"{self.infer_cpu_s:.2f}, write {self.write_cpu_s:.2f}, the rest (Celery, torch's "
             f"helper threads) {rest:.2f}"
         )

@@ -30,7 +30,7 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract import events
-from contract.files import read_verified as read_file
+from contract.files import read_bounded, verify
 from contract.messages import WorkItem
 from contract.paths import from_ledger
 from contract.records import Classified, Failed
@@ -38,36 +38,22 @@ from contract.settings import Settings
 from worker import jobs
 from worker.batch_decode import Encoded, assemble, device_decode_wanted, prepare, stack_on
 from worker.batch_stats import BatchStats
-from worker.batch_writer import BatchWriteError, BatchWriter, Write
+from worker.batch_writer import BatchWriter, Write
 from worker.classifier import Classifier
 from worker.jobs import Held, Job, Pending
 from worker.layout import inference_layout
 from worker.memory import release_free_memory
 from worker.metrics import WorkerMetrics
 from worker.model_holder import ModelHolder
-from worker.model_lease import COMPILE_AFTER_IMAGES, ModelLease
+from worker.model_lease import ModelLease
 from worker.pending import Empty, PendingQueue
 from worker.precision import pick_device
 from worker.preprocess import Preprocessing, load_for_model
-
-__all__ = [
-    "COMPILE_AFTER_IMAGES",
-    "BatchEngine",
-    "BatchWriteError",
-    "device_decode_wanted",
-    "read_verified",
-]
 
 log = logging.getLogger(__name__)
 
 #: How often an idle inference thread wakes to check for a stop request.
 IDLE_POLL_S = 0.2
-
-
-def read_verified(item: WorkItem, max_bytes: int) -> bytes:
-    """The file's bytes, if it is still a regular file of at most ``max_bytes`` with the
-    content that was queued. Raises :class:`~contract.failures.Unusable` otherwise."""
-    return read_file(from_ledger(item.path), item.sha256, max_bytes)
 
 
 class BatchEngine:
@@ -128,16 +114,18 @@ class BatchEngine:
     def _decode(self, item: WorkItem, prep: Preprocessing) -> np.ndarray | Encoded:
         stats = self._stats
         started, t0 = time.monotonic(), time.thread_time()
-        t1: float | None = None
+        t1 = t2 = None
         try:
-            data = read_verified(item, self._settings.file_byte_limit)
+            data = read_bounded(from_ledger(item.path), self._settings.file_byte_limit)
             t1 = time.thread_time()
+            verify(data, item.sha256)
+            t2 = time.thread_time()
             if self.device_decode:
                 return prepare(data, prep, self._settings.max_image_pixels)
             return load_for_model(data, prep, self._settings.max_image_pixels)
         finally:
-            if t1 is not None:
-                stats.add_cpu(read=t1 - t0, decode=time.thread_time() - t1)
+            if t1 is not None and t2 is not None:
+                stats.add_cpu(read=t1 - t0, hash=t2 - t1, decode=time.thread_time() - t2)
             self.metrics.decode_seconds.observe(time.monotonic() - started)
 
     # --- the inference threads -------------------------------------------------------------------
@@ -267,11 +255,13 @@ class BatchEngine:
         limit = self._settings.max_image_pixels
         try:
             # After the device decoder broke on an earlier batch: Pillow for the rest.
-            results = assemble(decoded, prep, device, limit, on_device=self.device_decode)
+            results = assemble(
+                decoded, prep, device, limit, on_device=self.device_decode, pool=self._decoder
+            )
         except Exception:  # the device decoder itself is broken: Pillow from now on
             log.exception("batched decode on %s failed; decoding with Pillow from now on", device)
             self.device_decode = False
-            results = assemble(decoded, prep, device, limit, on_device=False)
+            results = assemble(decoded, prep, device, limit, on_device=False, pool=self._decoder)
         rows: list[torch.Tensor | np.ndarray] = []
         kept: list[Pending] = []
         failed: list[Failed] = []
@@ -281,7 +271,11 @@ class BatchEngine:
             else:
                 rows.append(row)
                 kept.append(pending)
-        return (stack_on(device, rows) if rows else None), kept, failed
+        moved = time.monotonic()
+        batch = stack_on(device, rows) if rows else None
+        with self._lock:
+            self._stats.transfer_s += time.monotonic() - moved
+        return batch, kept, failed
 
     # --- the rest ------------------------------------------------------------------------------
 

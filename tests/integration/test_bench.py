@@ -5,6 +5,7 @@ that every phase ran on real parts and reported what it measured."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,39 @@ def test_the_soak_reports_worker_rss_per_wave(tmp_path: Path) -> None:
     assert all(w["rss_mib"][0] > 100 for w in waves), "a worker with a resnet18 loaded"
     assert all(w["busy_rss_mib"][0] > 100 for w in waves[1:])
     assert isinstance(result["summary"]["soak_rss_growth_pct"], float)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_gpu_script_dry_run_writes_every_figure_as_it_goes(tmp_path: Path) -> None:
+    """`bash bench/gpu_check.sh N --cpu`: the GPU session's steps on the CPU (one run here, to
+    keep the suite short), each figure in $OUT/results.json as soon as it is measured."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "GPU_CHECK_RUNS": "resnet18"}
+    done = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "40", "--cpu"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} <= {
+        "machine.txt",
+        "progress.log",
+        "results.json",
+        "gpu-util.csv",
+        "cuda-tests.txt",
+    }  # at most the 8 files a GPU session returns
+    results = json.loads((out / "results.json").read_text())
+    stages = results["stages_resnet18"]
+    for stage in ("decode_alone", "pillow_alone", "model_alone"):
+        assert stages[stage]["images_per_s"] > 0, stage
+    bench = results["bench_resnet18"]
+    assert bench["pipeline_img_s"] > 0 and bench["idle_latency_ms"]["p50_ms"] > 0
+    by_stage = bench["stages_ms_per_image"]
+    assert {"read", "hash", "decode", "model", "write"} <= set(by_stage), by_stage
+    assert by_stage["model"] > 0 and by_stage["decode"] > 0
+    assert set(bench["process_rss_mib"]["end"]) >= {"watcher", "worker", "redis"}
+    assert "passed" in (out / "cuda-tests.txt").read_text()

@@ -133,6 +133,37 @@ def test_worker_killed_mid_batch_every_image_done_exactly_once_within_bound(
     assert max_attempts_seen(session_factory) <= s.max_attempts
 
 
+@pytest.mark.slow
+def test_two_workers_on_one_device_one_killed_mid_batch_every_image_done_exactly_once(
+    settings: Settings, session_factory, tmp_path: Path
+) -> None:
+    """Several worker processes per device (WORKERS_PER_GPU on a GPU; here two on the CPU)
+    share one queue with prefetch 1 and acks_late: killing one mid-batch loses and doubles
+    nothing, and the other goes on serving meanwhile."""
+    s = fast_recovery(settings.model_copy(update={"inference_streams": 1, "decode_threads": 1}))
+    total = 240
+    paths = write_images(tmp_path / "inbox-files", total)
+    logs = tmp_path / "logs"
+    with roles() as started:
+        started.append(first := start_worker(s, logs, "worker-a"))
+        started.append(second := start_worker(s, logs, "worker-b"))
+        started.append(start_beat(s, logs))
+        enqueue(s, session_factory, paths)
+        wait_for(lambda: status_counts(session_factory)["done"] >= 40, 120,
+                 lambda: "40 done\n" + first.tail() + second.tail())
+        first.kill9()
+        held = unacked_hashes(s.redis_url or "")
+        done_at_kill = status_counts(session_factory)["done"]
+        wait_for(lambda: status_counts(session_factory)["queued"] == 0, 240,
+                 lambda: f"all done\n{status_counts(session_factory)}\n{second.tail()}")
+        time.sleep(RECONCILE_INTERVAL_S + 1)  # a late duplicate delivery would land now
+        assert second.alive(), second.tail()
+    assert_exactly_once(session_factory, total)
+    assert held, "the kill did not land while the killed worker held messages"
+    report("two workers, one kill -9", images=total, done_at_kill=done_at_kill,
+           held_by_the_killed=len(held))
+
+
 # --- the reconciler under a backlog ------------------------------------------------------------
 
 

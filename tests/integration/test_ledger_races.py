@@ -11,9 +11,11 @@ import redis
 from sqlalchemy import select, update
 
 from broker.app import make_celery
+from contract import files as contract_files
 from contract.clock import utcnow
 from contract.failures import FailureKind, Unusable
 from contract.messages import WorkItem
+from contract.paths import from_ledger
 from contract.records import Classified, Failed, SeenFile
 from contract.settings import Settings
 from db.engine import transaction
@@ -22,10 +24,14 @@ from db.models import Image, ImageStatus
 from db.versions import ensure_base_model
 from imaging.decode import BadImage, decode
 from tests.helpers.faults import _message_items
-from worker.batching import read_verified
 from worker.reconcile import reconcile
 
 A, B = "a" * 64, "b" * 64
+
+
+def read_verified(item: WorkItem, max_bytes: int) -> bytes:
+    """What a worker's decode thread does with an item's file before decoding it."""
+    return contract_files.read_verified(from_ledger(item.path), item.sha256, max_bytes)
 TOP = [{"label": "x", "confidence": 0.9}]
 
 

@@ -257,6 +257,27 @@ def test_without_metrics_port_up_picks_free_distinct_ports_and_moves_a_taken_web
     assert web.note == f" (port {taken} is in use)"
 
 
+def test_several_workers_per_gpu_each_pinned_to_its_gpu(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    settings = settings.model_copy(update={"workers_per_gpu": 2, "device": "auto"})
+    workers = [c for c in plan_children(settings, None, False, False) if c.name != "watcher"]
+    assert [(w.name, w.env["CUDA_VISIBLE_DEVICES"]) for w in workers] == [
+        ("worker-gpu0-1", "0"),
+        ("worker-gpu1-1", "1"),
+        ("worker-gpu0-2", "0"),
+        ("worker-gpu1-2", "1"),
+    ]
+    assert len({w.env[METRICS_PORT_ENV] for w in workers}) == 4  # each its own metrics port
+    one = settings.model_copy(update={"workers_per_gpu": 1})
+    names = [c.name for c in plan_children(one, None, False, False) if c.name != "watcher"]
+    assert names == ["worker-gpu0", "worker-gpu1"]
+    cpu = settings.model_copy(update={"device": "cpu"})
+    names = [c.name for c in plan_children(cpu, None, False, False) if c.name != "watcher"]
+    assert names == ["worker-cpu0"]  # DEVICE=cpu: the GPUs are not used
+
+
 def test_metrics_ports_past_65535_are_refused(settings: Settings, no_gpus: None) -> None:
     settings = settings.model_copy(update={"metrics_port": 65535})
     with pytest.raises(PortError, match="past 65535"):

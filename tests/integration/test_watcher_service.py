@@ -203,6 +203,27 @@ def test_hidden_temporary_special_and_outside_files_are_ignored_folders_are_foun
     assert count(session_factory) == len(expected) - 1  # link-in.jpg shares made[0]'s content
 
 
+def test_hash_processes_find_record_and_skip_as_the_threads_do(
+    settings: Settings, session_factory
+) -> None:
+    """HASH_PROCESSES: inspect and hash in worker processes; the same files recorded, the same
+    ones skipped, the start-up rescan's and the events' alike."""
+    s = settings.model_copy(update={"hash_processes": 2})
+    write_images(s.inbox / "before", 5)  # found by the start-up rescan
+    write_image(s.inbox / BAD_NAME, 9)
+    write_image(s.inbox / ".hidden.jpg", 10)
+    os.mkfifo(s.inbox / "fifo.jpg")
+    with watching(s) as watcher:
+        write_images(s.inbox / "after", 4, start_seed=40)  # found by events
+        wait_until(lambda: count(session_factory) == 10, 30, "10 rows")
+        wait_until(lambda: len(queued_items(s.redis_url)) == 10, 30, "10 items")
+        assert watcher.recorded == 10
+    assert not any(".hidden" in p or "fifo" in p for p in recorded_paths(session_factory))
+    with watching(s) as again:  # nothing new: nothing hashed, recorded or sent
+        wait_until(lambda: again.scans >= 1, 15, "the start-up rescan")
+    assert again.recorded == 0 and again.sent == 0
+
+
 def test_polling_observer_for_network_mounts(settings: Settings, session_factory) -> None:
     polling = settings.model_copy(update={"polling": True, "poll_interval_s": 0.1})
     with watching(polling):

@@ -84,3 +84,24 @@ def test_gpu_sizes_apply_only_where_the_user_set_nothing(monkeypatch: pytest.Mon
     assert flag.files_per_message == 8
     # A GPU worker holds enough messages for its larger batches.
     assert worker_concurrency(plain) * plain.files_per_message >= 2 * plain.batch_size
+
+
+def test_workers_per_gpu_follow_the_cores_unless_set_and_share_the_decode_threads() -> None:
+    from contract.sizing import sized_for_cuda, sized_for_machine, workers_per_gpu
+
+    plain = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert workers_per_gpu(plain, gpus=1, cores=16) == 4
+    assert workers_per_gpu(plain, gpus=2, cores=16) == 2
+    assert workers_per_gpu(plain, gpus=1, cores=2) == 1  # never none
+    assert workers_per_gpu(plain, gpus=1, cores=64) == 4  # capped
+    pinned = Settings(_env_file=None, workers_per_gpu=3)  # type: ignore[call-arg]
+    assert workers_per_gpu(pinned, gpus=1, cores=64) == 3
+    # 16 cores, one GPU, 4 workers: 4 decode threads each; a value the user set stays.
+    assert sized_for_cuda(plain, gpus=1, cores=16).decode_threads == 4
+    assert sized_for_cuda(plain, gpus=2, cores=16).decode_threads == 4
+    assert sized_for_cuda(plain.model_copy(update={"decode_threads": 7}), 1, 16).decode_threads == 7
+    # The CPU keeps the CPU's sizes whatever GPUs there are; no GPU: no change either.
+    cpu = Settings(_env_file=None, device="cpu")  # type: ignore[call-arg]
+    assert sized_for_machine(cpu, ["0"]).batch_size == 16
+    assert sized_for_machine(plain, []).batch_size == 16
+    assert sized_for_machine(plain, ["0"]).batch_size == 256

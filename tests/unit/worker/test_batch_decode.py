@@ -25,8 +25,16 @@ from db.models import ImagePath
 from imaging.decode import BadImage
 from tests.helpers.corpus import CONTENT_CASES, DONE, LIMIT
 from tests.helpers.pipeline import record
-from worker.batch_decode import assemble, decode_batch, decode_files, orient, prepare, probe
-from worker.batching import BatchEngine, device_decode_wanted
+from worker.batch_decode import (
+    assemble,
+    decode_batch,
+    decode_files,
+    device_decode_wanted,
+    orient,
+    prepare,
+    probe,
+)
+from worker.batching import BatchEngine
 from worker.model_holder import ModelHolder
 from worker.preprocess import Preprocessing, load_for_model
 

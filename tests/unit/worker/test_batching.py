@@ -16,7 +16,7 @@ from db.engine import transaction
 from db.models import Image, ImageStatus
 from tests.helpers.images import write_images
 from tests.helpers.pipeline import record, wait_until
-from worker import batching
+from worker import model_lease
 from worker.batching import BatchEngine
 from worker.layout import InferenceLayout, inference_layout
 from worker.model_holder import ModelHolder
@@ -197,12 +197,12 @@ def test_with_compile_off_a_worker_says_so_at_its_first_batch_and_stays_eager(
     engine = engine_for(
         settings.model_copy(update={"torch_compile": "off", "inference_backend": "torch"})
     )
-    first, *rest = write_images(settings.inbox, 1 + batching.COMPILE_AFTER_IMAGES // 16)
+    first, *rest = write_images(settings.inbox, 1 + model_lease.COMPILE_AFTER_IMAGES // 16)
     with caplog.at_level("INFO", logger="worker.classifier"):
         engine.submit(record(session_factory, [first])).result(timeout=120)
     classifier = engine._holder.current()
     assert classifier.compile_state == "off"
     assert caplog.text.count("classifying eagerly: TORCH_COMPILE is off") == 1
-    classifier.served = batching.COMPILE_AFTER_IMAGES  # busy enough to compile, were it on
+    classifier.served = model_lease.COMPILE_AFTER_IMAGES  # busy enough to compile, were it on
     engine.submit(record(session_factory, rest)).result(timeout=120)
     assert classifier.compile_state == "off" and classifier._compiled is None

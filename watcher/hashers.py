@@ -1,0 +1,91 @@
+"""Where the watcher inspects and hashes files: on its own threads (``HASH_THREADS``; sha256 and
+reads release the GIL), or in ``HASH_PROCESSES`` worker processes, which also take the
+``lstat``/``realpath`` of every file off the watcher's process: its per-file Python work caps
+threads at a few thousand files a second, whatever the cores (docs/performance.md)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+from contract.chunks import chunked
+from contract.records import SeenFile
+from contract.settings import Settings
+from watcher.filters import Signature, Skip, inspect
+from watcher.hashing import NotHashable, hash_file, hash_many, inspect_many
+
+#: Paths per task of a hash process: the pickling is paid per chunk.
+PROCESS_CHUNK = 128
+
+Known = Callable[[list[str]], Mapping[str, Signature]]
+
+
+class Hashers:
+    def __init__(self, settings: Settings) -> None:
+        self._threads = ThreadPoolExecutor(settings.hash_threads, thread_name_prefix="hash")
+        # Processes started afresh, never forked from the watcher, whose threads may hold
+        # locks at the moment of a fork.
+        self._processes: Executor | None = (
+            ProcessPoolExecutor(
+                settings.hash_processes, mp_context=multiprocessing.get_context("forkserver")
+            )
+            if settings.hash_processes
+            else None
+        )
+
+    def inspect(self, paths: list[str], inbox: str, inbox_real: str) -> dict[str, Signature]:
+        """Size and mtime of each of ``paths`` worth hashing (a rescan)."""
+        if self._processes is None:
+            found = [(p, inspect(p, inbox, inbox_real)) for p in paths]
+        else:
+            chunks = _chunks(paths)
+            results = self._processes.map(
+                inspect_many, chunks, [inbox] * len(chunks), [inbox_real] * len(chunks)
+            )
+            found = [entry for chunk in results for entry in chunk]
+        return {path: s for path, s in found if isinstance(s, Signature)}
+
+    def hash(
+        self, paths: list[str], inbox: str, inbox_real: str, known: Known
+    ) -> Iterable[tuple[str, SeenFile | NotHashable]]:
+        """Each of ``paths`` hashed, unless it is no file to hash (skipped) or the ledger
+        (``known``) has it with this size and mtime already."""
+        if self._processes is None:
+            signatures = {
+                p: s for p in paths if isinstance(s := inspect(p, inbox, inbox_real), Signature)
+            }
+            have = known(list(signatures))
+            todo = [p for p, signature in signatures.items() if have.get(p) != signature]
+            return zip(todo, self._threads.map(_try_hash, todo), strict=True)
+        have = known(paths)
+        chunks = _chunks(paths)
+        results = self._processes.map(
+            hash_many,
+            chunks,
+            [inbox] * len(chunks),
+            [inbox_real] * len(chunks),
+            [{p: tuple(have[p]) for p in chunk if p in have} for chunk in chunks],
+        )
+        return (
+            (path, found)
+            for chunk in results
+            for path, found in chunk
+            if not isinstance(found, (Skip, str))
+        )
+
+    def shutdown(self) -> None:
+        self._threads.shutdown(wait=True)
+        if self._processes is not None:
+            self._processes.shutdown(wait=True)
+
+
+def _chunks(paths: list[str]) -> list[list[str]]:
+    return [list(part) for part in chunked(paths, PROCESS_CHUNK)]
+
+
+def _try_hash(path: str) -> SeenFile | NotHashable:
+    try:
+        return hash_file(path)
+    except NotHashable as exc:
+        return exc
