@@ -66,6 +66,17 @@ class GateReport(TypedDict):
     images: int
     candidate_accuracy: float | None
     active_accuracy: float | None
+    scored_on: NotRequired[str]  # "held-out" (or "validation" while there are no held-out images)
+
+
+class HoldoutReport(TypedDict):
+    """The candidate on the held-out images (never trained on, never used to pick an epoch)."""
+
+    images: int
+    correct: int
+    accuracy: float | None
+    per_class_accuracy: dict[str, float | None]
+    scored_on: str  # "held-out", or "validation" while there are no held-out images
 
 
 class ReliabilityBin(TypedDict):
@@ -93,6 +104,12 @@ class CalibrationReport(TypedDict):
     target_precision: float
     val_confidence_histogram: list[float]  # calibrated top-1 confidence, 10 bins (drift)
     note: str
+    temperature_fitted: NotRequired[float]  # on the validation images
+    temperature_kept: NotRequired[bool]  # it lowered the check set's NLL without raising its ECE
+    temperature_check: NotRequired[str]  # in words: on what, and what it did
+    pooled_classes: NotRequired[list[str]]  # classes "sure" uses the pooled threshold for
+    coverage_note: NotRequired[str]  # whether the 95 % promise holds here, and why (not)
+    sure_note: NotRequired[str]
 
 
 class VersionRef(TypedDict):
@@ -135,6 +152,7 @@ class TrainingReport(TypedDict):
     duration_s: dict[str, float]
     manifest_sha256: str
     gate: GateReport
+    holdout: NotRequired[HoldoutReport]
     calibration: NotRequired[CalibrationReport]
     created_at: str
     version: NotRequired[VersionRef]

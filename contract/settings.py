@@ -186,7 +186,21 @@ class Settings(BaseSettings):
     train_epochs: int = Field(10, ge=1, description="Most epochs per run.")
     train_batch_size: int = Field(32, ge=1, description="Training batch size.")
     train_patience: int = Field(3, ge=1, description="Early stop after this many flat epochs.")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Hash-based validation split.")
+    holdout_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=0.5,
+        description="Labeled images held out for good (by content hash): never trained on, "
+        "never used to pick an epoch; every version is scored on them, and the gate compares "
+        "candidate and active there.",
+    )
+    val_fraction: float = Field(
+        0.15,
+        gt=0,
+        lt=0.5,
+        description="Labeled images, by content hash, that pick the best epoch and calibrate "
+        "the confidences.",
+    )
     min_images_per_class: int = Field(
         5, ge=1, description="Fewer labeled images in a class: training is refused."
     )
@@ -245,6 +259,12 @@ class Settings(BaseSettings):
         # Shorter, and rows still being classified would be re-sent on every reconcile tick.
         if self.requeue_after_s < self.reconcile_interval_s:
             raise ValueError("requeue_after_s must be at least reconcile_interval_s")
+        return self
+
+    @model_validator(mode="after")
+    def _a_split_that_leaves_training_images(self) -> Settings:
+        if self.holdout_fraction + self.val_fraction >= 0.8:
+            raise ValueError("holdout_fraction + val_fraction must leave a fifth to train on")
         return self
 
     @field_validator("retrain_cron")

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select, text, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, case, cast, func, select, text, tuple_
+from sqlalchemy.orm import Session, aliased
 
 from contract.clock import iso, utcnow
 from contract.filters import ResultFilters
@@ -49,6 +49,7 @@ class BadCursor(ValueError):
 class Page:
     items: list[ResultRow]
     next_cursor: str | None
+    prev_cursor: str | None = None
 
 
 def encode_cursor(kind: str, key: list[Any]) -> str:
@@ -95,7 +96,8 @@ def result_page(
     cursor: str | None = None,
     limit: int = 100,
 ) -> Page:
-    """One row per (image, path), like ``results``, a page at a time."""
+    """One row per (image, path), like ``results``, a page at a time. ``cursor`` is a page's
+    ``next_cursor`` (the rows after it) or its ``prev_cursor`` (the rows before it)."""
     limit = max(1, min(limit, MAX_PAGE))
     by_confidence = sort in (Sort.LEAST_CONFIDENT, Sort.MOST_CONFIDENT)
     query = apply_filters(
@@ -112,21 +114,57 @@ def result_page(
         keys.insert(0, Image.confidence)
         types = (float | int, int, int)  # type: ignore[assignment]
     descending = sort in (Sort.NEWEST, Sort.MOST_CONFIDENT)
+    forward, backward = f"results:{sort.value}", f"results:{sort.value}:before"
+    going_back = False
     if cursor:  # an empty one (a form's empty field) is the first page
-        after = decode_cursor(cursor, f"results:{sort.value}", types)
+        going_back = _cursor_kind(cursor) == backward
+        bound = decode_cursor(cursor, backward if going_back else forward, types)
         key = tuple_(*keys)
-        query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
-    query = query.order_by(*(k.desc() if descending else k.asc() for k in keys))
+        # Going back walks the same order the other way, then turns the rows round.
+        query = query.where(
+            key < tuple_(*bound) if descending != going_back else key > tuple_(*bound)
+        )
+    walk_descending = descending != going_back
+    query = query.order_by(*(k.desc() if walk_descending else k.asc() for k in keys))
     rows = session.execute(query.limit(limit + 1)).all()
-    items = [ResultRow.of(r, r.path) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        key_values = [last.id, last.path_id]
-        if by_confidence:
-            key_values.insert(0, last.confidence)
-        next_cursor = encode_cursor(f"results:{sort.value}", key_values)
-    return Page(items, next_cursor)
+    more = len(rows) > limit
+    rows = list(rows[:limit])
+    if going_back:
+        rows.reverse()
+    items = [ResultRow.of(r, r.path) for r in rows]
+
+    def key_of(row: Any) -> list[Any]:
+        return [row.confidence, row.id, row.path_id] if by_confidence else [row.id, row.path_id]
+
+    has_next = more if not going_back else True
+    has_prev = bool(cursor) if not going_back else more
+    return Page(
+        items,
+        encode_cursor(forward, key_of(rows[-1])) if rows and has_next else None,
+        encode_cursor(backward, key_of(rows[0])) if rows and has_prev else None,
+    )
+
+
+def _cursor_kind(cursor: str) -> str | None:
+    """The listing a cursor names (checked in full by :func:`decode_cursor`)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor[:MAX_CURSOR] + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data[0] if isinstance(data, list) and data and isinstance(data[0], str) else None
+
+
+COUNT_CAP = 10_000
+
+
+def count_results(session: Session, f: ResultFilters, cap: int = COUNT_CAP) -> int:
+    """How many (image, path) rows match, counted up to ``cap`` (a page that says "10,000+"
+    should not pay for counting a million)."""
+    matching = apply_filters(
+        select(Image.id).join(ImagePath, ImagePath.image_id == Image.id), f
+    ).limit(cap)
+    return int(session.execute(select(func.count()).select_from(matching.subquery())).scalar_one())
 
 
 def _latest_path() -> Any:
@@ -290,21 +328,50 @@ def failed_page(
     return Page(items, next_cursor)
 
 
-def classified_per_minute(session: Session, minutes: int = 60) -> list[int]:
-    """Images classified in each of the last ``minutes`` minutes, oldest first."""
+@dataclass(frozen=True, slots=True)
+class WorkPerMinute:
+    """The model's work in each of the last minutes, oldest first: images classified for the
+    first time, and images rescored by a newer version (each a prediction row)."""
+
+    classified: list[int]
+    rescored: list[int]
+
+    @property
+    def peak(self) -> int:
+        return max([c + r for c, r in zip(self.classified, self.rescored, strict=True)] or [0])
+
+
+def work_per_minute(session: Session, minutes: int = 60) -> WorkPerMinute:
+    """Predictions made in each of the last ``minutes`` minutes, split into first results and
+    rescorings (a prediction with an earlier one for the same image). Counting images by their
+    latest result would lose the first result of every image rescored since."""
     start = utcnow().replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
-    bucket = _minutes_since(session, start)
-    counts: dict[int, int] = dict(
-        session.execute(
-            select(bucket, func.count()).where(Image.classified_at >= start).group_by(bucket)
-        ).all()
+    bucket = _minutes_since(session, start, Prediction.created_at)
+    earlier = aliased(Prediction)
+    rescoring = (
+        select(earlier.id)
+        .where(earlier.image_id == Prediction.image_id, earlier.id < Prediction.id)
+        .exists()
     )
-    return [int(counts.get(i, 0)) for i in range(minutes)]
+    kind = case((rescoring, 1), else_=0)
+    counts = {
+        (int(minute), int(again)): int(n)
+        for minute, again, n in session.execute(
+            select(bucket, kind, func.count())
+            .where(Prediction.created_at >= start)
+            .group_by(bucket, kind)
+        )
+        if minute is not None
+    }
+    return WorkPerMinute(
+        [counts.get((i, 0), 0) for i in range(minutes)],
+        [counts.get((i, 1), 0) for i in range(minutes)],
+    )
 
 
-def _minutes_since(session: Session, start: datetime) -> Any:
+def _minutes_since(session: Session, start: datetime, column: Any) -> Any:
     if session.get_bind().dialect.name == "sqlite":
         # Stored as ISO text; julianday() parses it (days, fractional).
         since = start.strftime("%Y-%m-%d %H:%M:%S")
-        return cast((func.julianday(Image.classified_at) - func.julianday(since)) * 1440, Integer)
-    return func.floor(func.extract("epoch", Image.classified_at - start) / 60)
+        return cast((func.julianday(column) - func.julianday(since)) * 1440, Integer)
+    return func.floor(func.extract("epoch", column - start) / 60)

@@ -151,7 +151,10 @@ class Prediction(Base):
     label: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float] = mapped_column(Float)
     topk: Mapped[list[Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Indexed for the Overview's work per minute (the last hour of predictions).
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
 
 
 class Label(Base):
@@ -188,3 +191,20 @@ class TrainingRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Asked to stop (retrain --cancel); the run's worker ends it as cancelled.
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VersionScore(Base):
+    """A version's accuracy on the held-out images of labeled/ as one training run scored it
+    (the candidate and the active model, side by side): what the Models page charts."""
+
+    __tablename__ = "version_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
+    images: Mapped[int] = mapped_column(Integer)
+    correct: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

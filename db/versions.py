@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from contract.clock import iso, utcnow
 from contract.serving import ServingRecord
-from db.models import ModelStatus, ModelVersion, TrainingRun
+from db.models import ModelStatus, ModelVersion, TrainingRun, VersionScore
 
 
 def base_model_name(arch: str, weights: str) -> str:
@@ -268,3 +268,64 @@ def set_serving(session: Session, version_id: int, serving: ServingRecord) -> No
     if row is not None:
         known = ServingRecord.from_dict(row.serving) or ServingRecord()
         row.serving = known.merged(serving).to_dict()
+
+
+def record_score(
+    session: Session, version_id: int, run_id: int | None, images: int, correct: int
+) -> None:
+    """Keep a version's score on a run's held-out images (nothing for an empty set)."""
+    if images <= 0:
+        return
+    session.add(
+        VersionScore(
+            model_version_id=version_id,
+            run_id=run_id,
+            images=images,
+            correct=correct,
+            accuracy=correct / images,
+        )
+    )
+    session.flush()
+
+
+@dataclass(frozen=True)
+class ScoreView:
+    """One held-out score: version ``version`` got ``correct`` of ``images`` in run ``run_id``."""
+
+    version_id: int
+    version: str
+    run_id: int | None
+    images: int
+    correct: int
+    accuracy: float
+    created_at: str | None
+
+
+def score_history(session: Session, limit: int = 500) -> list[ScoreView]:
+    """Held-out scores, oldest first (the newest ``limit``)."""
+    rows = session.execute(
+        select(VersionScore, ModelVersion.name)
+        .join(ModelVersion, ModelVersion.id == VersionScore.model_version_id)
+        .order_by(VersionScore.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        ScoreView(
+            score.model_version_id,
+            name,
+            score.run_id,
+            score.images,
+            score.correct,
+            score.accuracy,
+            iso(score.created_at),
+        )
+        for score, name in reversed(rows)
+    ]
+
+
+def latest_scores(history: list[ScoreView]) -> list[ScoreView]:
+    """Each version's most recent held-out score, in version order: the Models page's chart."""
+    latest: dict[int, ScoreView] = {}
+    for point in history:
+        latest[point.version_id] = point
+    return [latest[v] for v in sorted(latest)]

@@ -117,6 +117,9 @@ def _quality_lines(version: ModelVersion, found: quality.Quality | None, bound: 
 def _list_versions(settings: Settings, long: bool) -> None:
     with ledger(settings) as sessions, transaction(sessions) as session:
         rows = versions.all_versions(session)
+        held_out = {
+            p.version_id: p for p in versions.latest_scores(versions.score_history(session))
+        }
         details = {
             v.id: _quality_lines(v, quality.version_quality(session, v.id), settings.drift_warn)
             for v in rows
@@ -128,6 +131,7 @@ def _list_versions(settings: Settings, long: bool) -> None:
                 v.name,
                 _classes_text(v.classes),
                 "-" if v.val_accuracy is None else f"{v.val_accuracy:.3f}",
+                _held_out_text(held_out.get(v.id)),
                 _per_class_text(v.per_class_accuracy),
                 v.status,
                 _created_text(v.created_at),
@@ -138,16 +142,32 @@ def _list_versions(settings: Settings, long: bool) -> None:
     if not table:
         click.echo(f"model versions: {NO_MODEL_YET}")
         return
-    header = ("ID", "NAME", "CLASSES", "VAL ACC", "PER-CLASS ACC", "STATUS", "CREATED (UTC)")
+    header = (
+        "ID",
+        "NAME",
+        "CLASSES",
+        "VAL ACC",
+        "HELD-OUT ACC",
+        "PER-CLASS ACC",
+        "STATUS",
+        "CREATED (UTC)",
+    )
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     for row in table:
-        line = "  ".join(c.ljust(w) for c, w in zip(row[:7], widths, strict=True)).rstrip()
-        click.secho(line, bold=row[5] == ModelStatus.ACTIVE)
-        if long and row[7]:
-            click.echo(f"    {row[7]}")
+        line = "  ".join(c.ljust(w) for c, w in zip(row[:8], widths, strict=True)).rstrip()
+        click.secho(line, bold=row[6] == ModelStatus.ACTIVE)
+        if long and row[8]:
+            click.echo(f"    {row[8]}")
         for detail in details.get(int(row[0]), []):
             click.echo(f"    {detail}")
+
+
+def _held_out_text(score: versions.ScoreView | None) -> str:
+    """A version's latest score on the held-out images: accuracy (right/images)."""
+    if score is None:
+        return "-"
+    return f"{score.accuracy:.3f} ({score.correct}/{score.images})"
 
 
 long_option = click.option(
@@ -316,6 +336,7 @@ def reclassify(
     epilog="""\b
 Examples:
   inbox-classifier label inbox/2026/img_0042.jpg tabby
+  inbox-classifier label inbox/2026/img_0043.jpg lynx --new-class
   inbox-classifier label inbox/2026/img_0042.jpg --undo
 """,
 )
@@ -323,9 +344,20 @@ Examples:
 @click.argument("class_name", metavar="CLASS", required=False)
 @click.option("--undo", is_flag=True, help="Remove IMAGE's human label instead.")
 @click.option("--reviewer", default=None, help="Who labeled it (kept in the label history).")
+@click.option(
+    "--new-class",
+    is_flag=True,
+    help="CLASS is meant to start a new class (a label that is no known class is refused "
+    "without it: a typo would otherwise become a class).",
+)
 @settings_options(only=(*WHERE, *BROKER, *LABELED))
 def label(
-    settings: Settings, image: str, class_name: str | None, undo: bool, reviewer: str | None
+    settings: Settings,
+    image: str,
+    class_name: str | None,
+    undo: bool,
+    reviewer: str | None,
+    new_class: bool,
 ) -> None:
     """Give IMAGE (a path in the inbox, or a sha256) the label CLASS, as the web app does: the
     label wins over the model's, the image becomes a training example in labeled/CLASS/, and
@@ -353,9 +385,11 @@ def label(
                     class_name,
                     reviewer,
                     broker=lambda: make_celery(with_broker(settings)),
+                    new_class=new_class,
                 )
         except LabelError as exc:
-            raise click.ClickException(str(exc)) from exc
+            hint = "; add --new-class to start it" if exc.new_class else ""
+            raise click.ClickException(f"{exc}{hint}") from exc
     if undo:
         click.echo(f"{sha[:12]}: label removed")
         return

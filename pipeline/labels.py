@@ -35,6 +35,7 @@ from db.engine import transaction
 from db.models import ImageStatus
 from imaging.formats import sniff
 from pipeline import retrain
+from pipeline.classes import known_class_names, new_class_problem
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ class Problem(IntEnum):
 
 
 class LabelError(Exception):
-    def __init__(self, problem: Problem, message: str) -> None:
+    def __init__(self, problem: Problem, message: str, *, new_class: bool = False) -> None:
         super().__init__(message)
         self.problem = problem
+        self.new_class = new_class  # confirming the label as a new class would take it
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +70,14 @@ def apply_label(
     label: str,
     reviewer: str | None = None,
     broker: Callable[[], Celery] | None = None,
+    *,
+    new_class: bool = False,
 ) -> Labeled:
-    """Give image ``sha256`` the human label ``label`` (NFC-normalised). With ``broker``, the
-    label that completes ``RETRAIN_AFTER_LABELS`` sends a retrain (without one, or when it is
-    unreachable, the label still counts and the run row says why it was not sent). Raises
-    :class:`LabelError`."""
+    """Give image ``sha256`` the human label ``label`` (NFC-normalised). A label that is no
+    known class is refused unless ``new_class`` says it is meant to start one. With
+    ``broker``, the label that completes ``RETRAIN_AFTER_LABELS`` sends a retrain (without one,
+    or when it is unreachable, the label still counts and the run row says why it was not
+    sent). Raises :class:`LabelError`."""
     label = normalized_label(label)
     problem = label_problem(label)
     if problem is not None:
@@ -80,17 +85,20 @@ def apply_label(
     with transaction(sessions) as session:
         image = labels.target(session, sha256)
         old_file = labels.current_file(session, image.image_id) if image else None
+        unknown = (
+            None if new_class else new_class_problem(label, known_class_names(settings, session))
+        )
     if image is None:
         raise LabelError(Problem.NOT_FOUND, f"no image with content hash {sha256}")
+    if unknown is not None:
+        raise LabelError(Problem.INVALID, unknown, new_class=True)
     if image.status == ImageStatus.FAILED:
         raise LabelError(
             Problem.INVALID,
             "this image failed (it could not be decoded), so it cannot be a training example",
         )
     try:
-        found = read_from_inbox(
-            str(settings.inbox), image.paths, sha256, settings.file_byte_limit
-        )
+        found = read_from_inbox(str(settings.inbox), image.paths, sha256, settings.file_byte_limit)
     except (FileGone, FileRefused) as exc:
         raise LabelError(Problem.CONFLICT, f"cannot be used for training: {exc}") from None
     kind = sniff(found.data)

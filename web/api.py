@@ -22,7 +22,6 @@ from db.queries import ledger_status
 from imaging.decode import BadImage
 from imaging.formats import sniff
 from pipeline.enqueue import PartlySent, enqueue
-from pipeline.labels import LabelError, apply_label, remove_label
 from web import schemas
 from web.api_edge import (
     ERRORS,
@@ -64,91 +63,44 @@ def status(
     )
 
 
-@router.get("/results", response_model=schemas.ResultPage, summary="Results, a page at a time")
+@router.get("/results", response_model=schemas.ResultsPage, summary="Results, a page at a time")
 def results(
     request: Request,
     filters: Annotated[ResultFilters, Query()],
     sort: Sort = Sort.NEWEST,
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
-) -> schemas.ResultPage:
+) -> schemas.ResultsPage:
+    """One row per (image, path). ``cursor`` is a page's ``next_cursor`` or ``prev_cursor``;
+    ``total`` counts the matching rows up to 10,000."""
     try:
         with transaction(state(request).sessions) as session:
             page = browse.result_page(session, filters, sort, cursor, limit)
+            total = browse.count_results(session, filters)
     except BadCursor as exc:
         raise HTTPException(400, str(exc)) from None
-    return schemas.ResultPage(items=[item(r) for r in page.items], next_cursor=page.next_cursor)
-
-
-@router.get("/labels", response_model=list[schemas.LabelCount], summary="Images per label")
-def label_counts(request: Request) -> list[schemas.LabelCount]:
-    web = state(request)
-    return [schemas.LabelCount(label=n, images=c) for n, c in web.label_counts.get()]
-
-
-# --- review and labels ------------------------------------------------------------------------
-
-
-@router.get("/review", response_model=schemas.ReviewPage, summary="The next images to review")
-def review(
-    request: Request,
-    limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 20,
-    cursor: Cursor = None,
-) -> schemas.ReviewPage:
-    """Least certain first: the smallest margin between the model's two best classes."""
-    web = state(request)
-    try:
-        with transaction(web.sessions) as session:
-            page = browse.review_page(session, cursor, limit)
-    except BadCursor as exc:
-        raise HTTPException(400, str(exc)) from None
-    remaining = web.review_backlog.get()
-    return schemas.ReviewPage(
+    return schemas.ResultsPage(
         items=[item(r) for r in page.items],
         next_cursor=page.next_cursor,
-        remaining=remaining,
-        remaining_is_lower_bound=remaining >= REVIEW_COUNT_CAP,
+        prev_cursor=page.prev_cursor,
+        total=total,
+        total_is_lower_bound=total >= browse.COUNT_CAP,
     )
 
 
-@router.get("/classes", summary="Classes people have labeled with, first used first")
-def classes(request: Request) -> list[str]:
-    with transaction(state(request).sessions) as session:
-        return labels.human_classes(session)
-
-
-@router.post("/labels", status_code=201, response_model=schemas.ImageOut, summary="Label an image")
-def add_label(request: Request, body: schemas.LabelRequest) -> schemas.ImageOut:
-    """The label becomes the image's truth and a training example in labeled/<label>/."""
+@router.get("/labels", response_model=schemas.LabelCountsOut, summary="Images per label")
+def label_counts(request: Request) -> schemas.LabelCountsOut:
+    """The label shown (a person's, else the model's) and how many images have it."""
     web = state(request)
-    try:
-        apply_label(
-            web.settings, web.sessions, body.sha256, body.label, body.reviewer, web.celery
-        )
-    except LabelError as exc:
-        raise HTTPException(int(exc.problem), str(exc)) from None
-    web.label_counts.clear()
-    web.review_backlog.clear()
-    return _image(web, body.sha256)
-
-
-@router.delete("/labels/{sha256}", response_model=schemas.ImageOut, summary="Undo an image's label")
-def undo_label(request: Request, sha256: Sha256) -> schemas.ImageOut:
-    _check_sha(sha256)
-    web = state(request)
-    try:
-        remove_label(web.settings, web.sessions, sha256)
-    except LabelError as exc:
-        raise HTTPException(int(exc.problem), str(exc)) from None
-    web.label_counts.clear()
-    web.review_backlog.clear()
-    return _image(web, sha256)
+    return schemas.LabelCountsOut(
+        items=[schemas.LabelCount(label=n, images=c) for n, c in web.label_counts.get()]
+    )
 
 
 # --- images -----------------------------------------------------------------------------------
 
 
-def _image(web: WebState, sha256: str) -> schemas.ImageOut:
+def image_out(web: WebState, sha256: str) -> schemas.ImageOut:
     with transaction(web.sessions) as session:
         detail = browse.image_detail(session, sha256)
     if detail is None:
@@ -172,7 +124,7 @@ def _image(web: WebState, sha256: str) -> schemas.ImageOut:
 @router.get("/images/{sha256}", response_model=schemas.ImageOut, summary="One image")
 def image(request: Request, sha256: Sha256) -> schemas.ImageOut:
     _check_sha(sha256)
-    return _image(state(request), sha256)
+    return image_out(state(request), sha256)
 
 
 def _check_sha(sha256: str) -> None:
@@ -245,11 +197,13 @@ def original(request: Request, sha256: Sha256) -> Response:
 # --- failures ---------------------------------------------------------------------------------
 
 
-@router.get("/failed/kinds", response_model=list[schemas.FailureGroup], summary="By kind")
-def failure_kinds(request: Request) -> list[schemas.FailureGroup]:
+@router.get("/failed/kinds", response_model=schemas.FailureGroupsOut, summary="By kind")
+def failure_kinds(request: Request) -> schemas.FailureGroupsOut:
     with transaction(state(request).sessions) as session:
         groups = browse.failure_counts(session)
-    return [schemas.FailureGroup(kind=k, images=n) for k, n in groups]
+    return schemas.FailureGroupsOut(
+        items=[schemas.FailureGroup(kind=k, images=n) for k, n in groups]
+    )
 
 
 @router.get("/failed", response_model=schemas.ResultPage, summary="Failed images")

@@ -56,5 +56,3 @@ def state(request: Request) -> WebState:
 
 def item(row: ResultRow) -> schemas.ResultItem:
     return schemas.ResultItem.model_validate(row.to_dict())
-
-

@@ -33,12 +33,20 @@ def _model(view: versions.VersionView, models_dir: FilePath) -> dict[str, Any]:
     }
 
 
-@router.get("/models", response_model=list[schemas.ModelOut], summary="Model versions")
-def models(request: Request) -> list[schemas.ModelOut]:
+@router.get("/models", response_model=schemas.ModelsOut, summary="Model versions")
+def models(request: Request) -> schemas.ModelsOut:
+    """Every version, and their scores on the held-out images versions are compared on."""
     web = state(request)
     with transaction(web.sessions) as session:
         views = versions.views(session)
-    return [schemas.ModelOut.model_validate(_model(v, web.settings.models_path)) for v in views]
+        history = versions.score_history(session)
+    return schemas.ModelsOut(
+        items=[schemas.ModelOut.model_validate(_model(v, web.settings.models_path)) for v in views],
+        held_out=[
+            schemas.ScoreOut.model_validate(asdict(p)) for p in versions.latest_scores(history)
+        ],
+        held_out_history=[schemas.ScoreOut.model_validate(asdict(p)) for p in history],
+    )
 
 
 @router.get(
@@ -154,13 +162,13 @@ def _run(web: WebState, run_id: int) -> schemas.RunOut:
     return run
 
 
-@router.get("/runs", response_model=list[schemas.RunOut], summary="Recent training runs")
+@router.get("/runs", response_model=schemas.RunsOut, summary="Recent training runs")
 def recent_runs(
     request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 20
-) -> list[schemas.RunOut]:
+) -> schemas.RunsOut:
     with transaction(state(request).sessions) as session:
         views = runs.recent(session, limit)
-    return views
+    return schemas.RunsOut(items=views)
 
 
 @router.get("/runs/{run_id:int}", response_model=schemas.RunOut, summary="One training run")

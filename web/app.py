@@ -11,15 +11,16 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.settings import Settings
-from web import api, api_models, pages
+from web import api, api_labels, api_models, pages, pages_models
 from web.limits import MAX_BODY_BYTES, BodyLimit
 from web.metrics import make_registry, render
-from web.security import Guard, is_loopback
+from web.rendering import error_page
+from web.security import Guard, is_loopback, wants_html
 from web.state import WebState
 
 STATIC = Path(__file__).with_name("static")
@@ -53,8 +54,10 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     token = settings.web_token.get_secret_value() if settings.web_token else None
     app.middleware("http")(Guard(token, loopback_only=is_loopback(host or settings.web_host)))
     app.include_router(api.router)
+    app.include_router(api_labels.router)
     app.include_router(api_models.router)
     app.include_router(pages.router)
+    app.include_router(pages_models.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     registry = make_registry(web)
@@ -62,6 +65,15 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return render(registry)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        # Browsers ask for it whatever the page links; the pages link the same icon.
+        return FileResponse(
+            STATIC / "favicon.svg",
+            media_type="image/svg+xml",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
@@ -71,8 +83,8 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
             f"{e['msg']}"
             for e in exc.errors()
         ]
-        if pages.wants_page(request):
-            return pages.error_page(request, HTTPException(422, "; ".join(problems)))
+        if wants_html(request):
+            return error_page(request, HTTPException(422, "; ".join(problems)))
         return JSONResponse({"detail": "; ".join(problems), "errors": problems}, 422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -84,8 +96,8 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
             documented = allowed_methods(app, request.url.path)
             if documented:
                 headers["Allow"] = ", ".join(documented)
-        if pages.wants_page(request):
-            return pages.error_page(request, HTTPException(exc.status_code, exc.detail, headers))
+        if wants_html(request):
+            return error_page(request, HTTPException(exc.status_code, exc.detail, headers))
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # outermost: before anything reads
@@ -95,8 +107,11 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
     """Every method the API documents at ``path`` (its OpenAPI paths, which is what a client
     reads); empty for a path it does not document."""
+    paths = app.openapi()["paths"]
+    if path in paths:  # a literal path wins over a template that also matches it
+        paths = {path: paths[path]}
     methods: set[str] = set()
-    for template, operations in app.openapi()["paths"].items():
+    for template, operations in paths.items():
         integers = frozenset(
             parameter["name"]
             for operation in operations.values()

@@ -52,6 +52,8 @@ class BodyLimit:
             await send(message)
 
         await self.app(scope, counted, guarded)
+
+
 async def _refuse(send: Send, limit: int) -> None:
     body = json.dumps({"detail": f"request body over {limit} bytes"}).encode()
     await send(

@@ -1,56 +1,33 @@
-"""The HTML pages. Each renders what its JSON twin under /api returns (the same functions
-build both), so every page has a machine-readable form; actions are plain HTML forms that
-work without JavaScript, and the review page adds a little of our own for the keyboard."""
+"""The HTML pages of results, review and failures. Each renders what its JSON twin under /api
+returns (the same functions build both), so every page has a machine-readable form; actions
+are plain HTML forms that work without JavaScript, and the review page adds a little of our
+own for the keyboard. Models and runs are in :mod:`web.pages_models`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from pydantic import ValidationError
 
 from contract.failures import FailureKind
 from contract.filters import ResultFilters
 from db import browse, runs
-from db.browse import MAX_ID, Sort
+from db.browse import Sort
 from db.engine import transaction
-from db.models import ImageStatus, ModelStatus
-from web import api, api_edge, api_models, schemas
-from web.security import COOKIE, token_matches, wants_html
+from db.models import ImageStatus
+from web import api, api_edge, api_labels, schemas
+from web.rendering import Done, error_page, render, submit
+from web.security import COOKIE, token_matches
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 router = APIRouter(include_in_schema=False)
-
-
-def render(request: Request, name: str, twin: str | None, **context: Any) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(
-        request, name, {"twin": twin, "nav": name.removesuffix(".html"), **context}
-    )
-
-
-def back(request: Request, default: str) -> RedirectResponse:
-    """After a form's action: where the form said (a path on this site only), or ``default``."""
-    target = request.query_params.get("next") or default
-    if not target.startswith("/") or target.startswith("//"):
-        target = default
-    return RedirectResponse(target, status_code=303)
-
-
-def submit(request: Request, action: Callable[[], object], default: str) -> Response:
-    """A form's POST: the API call ``action``, then :func:`back`; its error as a page."""
-    try:
-        action()
-    except HTTPException as exc:
-        return error_page(request, exc)
-    except ValidationError as exc:  # a form field the API's request model refuses
-        problems = "; ".join(str(e["msg"]) for e in exc.errors())
-        return error_page(request, HTTPException(422, problems))
-    return back(request, default)
+SORT_NAMES = {
+    "newest": "newest first",
+    "oldest": "oldest first",
+    "confidence": "least confident first",
+    "-confidence": "most confident first",
+}
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -58,16 +35,9 @@ def overview(request: Request) -> HTMLResponse:
     web = api_edge.state(request)
     status = api.status(request)
     with transaction(web.sessions) as session:
-        per_minute = browse.classified_per_minute(session, 60)
+        work = browse.work_per_minute(session, 60)
         recent = runs.recent(session, 5)
-    return render(
-        request,
-        "overview.html",
-        "/api/status",
-        status=status,
-        per_minute=per_minute,
-        runs=recent,
-    )
+    return render(request, "overview.html", "/api/status", status=status, work=work, runs=recent)
 
 
 @router.get("/browse", response_class=HTMLResponse)
@@ -87,21 +57,73 @@ def browse_page(
         else:
             tiles.append({"item": row, "paths": [row.path]})
     query = {**filters.active(), "sort": sort.value, "limit": limit}
-    next_url = None
-    if page.next_cursor:
-        next_url = "/browse?" + urlencode({**query, "cursor": page.next_cursor})
+
+    def at(page_cursor: str | None) -> str | None:
+        return "/browse?" + urlencode({**query, "cursor": page_cursor}) if page_cursor else None
+
+    here = "/browse?" + urlencode({**query, **({"cursor": cursor} if cursor else {})})
     return render(
         request,
         "browse.html",
         "/api/results?" + urlencode({**query, **({"cursor": cursor} if cursor else {})}),
         tiles=tiles,
         filters=query,
-        labels=api.label_counts(request),
+        labels=api.label_counts(request).items,
         statuses=[s.value for s in ImageStatus],
-        sorts=[s.value for s in Sort],
-        next_url=next_url,
-        first_page=not cursor,
+        sorts=SORT_NAMES,
+        next_url=at(page.next_cursor),
+        prev_url=at(page.prev_cursor),
+        first_url="/browse?" + urlencode(query) if cursor else None,
+        total=page.total,
+        total_is_lower_bound=page.total_is_lower_bound,
+        here=here,
+        classes=api_labels.classes(request).items,
+        filtered=bool(filters.active()),
     )
+
+
+BulkAction = Literal["confirm", "relabel", "retry"]
+
+
+@router.post("/browse/bulk")
+def bulk_form(
+    request: Request,
+    action: Annotated[BulkAction, Form()],
+    sha256: Annotated[list[str] | None, Form()] = None,
+    label: Annotated[str, Form(max_length=1000)] = "",
+    new_class: Annotated[bool, Form()] = False,
+) -> Response:
+    """The Browse page's bulk actions on the ticked images: confirm the model's labels, label
+    them all as one class, or classify failed ones again."""
+    chosen = sha256 or []
+
+    def act() -> Done:
+        if not chosen:
+            return "Nothing ticked: tick the images first, then choose what to do", True
+        if action == "retry":
+            body = schemas.RetryRequest(sha256s=chosen)
+            sent = api.retry_failed(request, body)
+            skipped = len(set(chosen)) - sent.queued
+            note = f" ({skipped} were not failed)" if skipped else ""
+            return f"{sent.queued} image(s) sent to be classified again{note}", bool(skipped)
+        if action == "relabel" and not label.strip():
+            raise HTTPException(422, "say which class to label them with")
+        request_body = schemas.BulkLabelRequest(
+            sha256s=chosen,
+            label=label.strip() if action == "relabel" else None,
+            new_class=new_class,
+        )
+        done = api_labels.add_labels(request, request_body)
+        what = f"as “{label.strip()}”" if action == "relabel" else "(the model's label confirmed)"
+        text = f"Labeled {done.labeled} image(s) {what}"
+        if done.refused:
+            reasons = sorted({r.detail for r in done.refused})
+            text += f"; {len(done.refused)} not: " + "; ".join(reasons[:3])
+        if done.retrain_run is not None:
+            text += f"; that queued training run {done.retrain_run}"
+        return text, bool(done.refused)
+
+    return submit(request, act, "/browse")
 
 
 @router.get("/images/{sha256}", response_class=HTMLResponse)
@@ -112,29 +134,37 @@ def image_page(request: Request, sha256: api_edge.Sha256) -> HTMLResponse:
         "image.html",
         f"/api/images/{sha256}",
         image=detail,
-        classes=api.classes(request),
+        classes=api_labels.classes(request).items,
     )
 
 
 @router.post("/images/{sha256}/label")
 def label_form(
-    request: Request, sha256: api_edge.Sha256, label: Annotated[str, Form(max_length=1000)]
+    request: Request,
+    sha256: api_edge.Sha256,
+    label: Annotated[str, Form(max_length=1000)],
+    new_class: Annotated[bool, Form()] = False,
 ) -> Response:
-    return submit(
-        request,
-        lambda: api.add_label(request, schemas.LabelRequest(sha256=sha256, label=label.strip())),
-        f"/images/{sha256}",
-    )
+    def act() -> Done:
+        body = schemas.LabelRequest(sha256=sha256, label=label.strip(), new_class=new_class)
+        done = api_labels.add_label(request, body)
+        return f"Labeled “{done.label}”: a training example in labeled/{done.label}/"
+
+    return submit(request, act, f"/images/{sha256}")
 
 
 @router.post("/images/{sha256}/unlabel")
 def unlabel_form(request: Request, sha256: api_edge.Sha256) -> Response:
-    return submit(request, lambda: api.undo_label(request, sha256), f"/images/{sha256}")
+    def act() -> Done:
+        api_labels.undo_label(request, sha256)
+        return "Label removed: the image is back in the review queue"
+
+    return submit(request, act, f"/images/{sha256}")
 
 
 @router.get("/review", response_class=HTMLResponse)
 def review_page(request: Request) -> HTMLResponse:
-    first = api.review(request, limit=1)
+    first = api_labels.review(request, limit=1)
     return render(
         request,
         "review.html",
@@ -142,7 +172,7 @@ def review_page(request: Request) -> HTMLResponse:
         first=first.items[0] if first.items else None,
         remaining=first.remaining,
         more=first.remaining_is_lower_bound,
-        classes=api.classes(request),
+        classes=[c.model_dump() for c in api_labels.classes(request).items],
     )
 
 
@@ -159,7 +189,7 @@ def failed_page(
         request,
         "failed.html",
         "/api/failed" + (f"?kind={kind.value}" if kind else ""),
-        groups=api.failure_kinds(request),
+        groups=api.failure_kinds(request).items,
         kind=kind.value if kind else None,
         items=page.items,
         next_url=next_url,
@@ -168,63 +198,13 @@ def failed_page(
 
 @router.post("/failed/retry")
 def retry_form(request: Request, kind: Annotated[FailureKind, Form()]) -> Response:
-    return submit(
-        request, lambda: api.retry_failed(request, schemas.RetryRequest(kind=kind)), "/failed"
-    )
+    def act() -> Done:
+        sent = api.retry_failed(request, schemas.RetryRequest(kind=kind))
+        if not sent.queued:
+            return f"No “{kind.value}” image to retry", True
+        return f"{sent.queued} “{kind.value}” image(s) sent to be classified again"
 
-
-@router.get("/models", response_class=HTMLResponse)
-def models_page(
-    request: Request, version: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
-) -> HTMLResponse:
-    versions_list = api_models.models(request)
-    chosen = (
-        version
-        if version is not None
-        else next((v.id for v in versions_list if v.status == ModelStatus.ACTIVE), None)
-    )
-    detail = api_models.model(request, chosen) if chosen is not None else None
-    quality = api_models.model_quality(request, chosen) if chosen is not None else None
-    return render(
-        request,
-        "models.html",
-        "/api/models",
-        versions=versions_list,
-        detail=detail,
-        quality=quality,
-        runs=api_models.recent_runs(request, limit=10),
-    )
-
-
-@router.post("/models/{version_id:int}/promote")
-def promote_form(request: Request, version_id: api_edge.RowId) -> Response:
-    return submit(request, lambda: api_models.promote(request, version_id), "/models")
-
-
-@router.post("/models/rollback")
-def rollback_form(request: Request) -> Response:
-    return submit(request, lambda: api_models.rollback(request), "/models")
-
-
-@router.post("/retrain")
-def retrain_form(request: Request) -> Response:
-    return submit(
-        request,
-        lambda: api_models.retrain(request, Response(), schemas.RetrainRequestIn()),
-        "/models",
-    )
-
-
-@router.post("/runs/{run_id:int}/cancel")
-def cancel_run_form(request: Request, run_id: api_edge.RowId) -> Response:
-    return submit(request, lambda: api_models.cancel_run(request, run_id), "/models")
-
-
-@router.get("/docs", response_class=HTMLResponse)
-def docs(request: Request) -> HTMLResponse:
-    """The API reference, from the OpenAPI schema (Swagger UI would need a CDN)."""
-    schema = request.app.openapi()
-    return render(request, "docs.html", "/openapi.json", schema=schema)
+    return submit(request, act, "/failed")
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -254,11 +234,4 @@ def login(
     return redirect
 
 
-def wants_page(request: Request) -> bool:
-    return wants_html(request)
-
-
-def error_page(request: Request, exc: HTTPException) -> HTMLResponse:
-    response = render(request, "error.html", None, status=exc.status_code, detail=exc.detail)
-    response.status_code = exc.status_code
-    return response
+__all__ = ["error_page", "router"]

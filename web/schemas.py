@@ -18,9 +18,7 @@ class ErrorOut(BaseModel):
     """Every error the API answers: the reason in words; for a 422, one line per bad field."""
 
     detail: str
-    errors: list[str] | None = Field(
-        default=None, description="422 only: one entry per bad field"
-    )
+    errors: list[str] | None = Field(default=None, description="422 only: one entry per bad field")
 
 
 class ActiveModelOut(BaseModel):
@@ -83,6 +81,14 @@ class ResultPage(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null: done")
 
 
+class ResultsPage(ResultPage):
+    prev_cursor: str | None = Field(
+        default=None, description="pass as ?cursor= for the page before; null: the first page"
+    )
+    total: int = Field(description="rows matching the filters (counted up to 10,000)")
+    total_is_lower_bound: bool = Field(description="true when there are at least `total`")
+
+
 class ReviewPage(ResultPage):
     remaining: int = Field(description="images waiting for a person, this page included")
     remaining_is_lower_bound: bool = Field(
@@ -96,10 +102,67 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Sha256Field = Annotated[str, Field(pattern=SHA256_PATTERN, description="an image's sha256")]
+EXAMPLE_SHA = "9f2c" * 16
+
+
 class LabelRequest(Request):
-    sha256: str = Field(pattern=SHA256_PATTERN)
-    label: str = Field(min_length=1, max_length=MAX_CLASS_NAME)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"sha256": EXAMPLE_SHA, "label": "cat"}]},
+    )
+
+    sha256: Sha256Field
+    label: str = Field(
+        min_length=1, max_length=MAX_CLASS_NAME, description="the class: a folder of labeled/"
+    )
+    reviewer: str | None = Field(
+        default=None, max_length=255, description="who labeled it (kept in its history)"
+    )
+    new_class: StrictBool = Field(
+        default=False,
+        description="the label is meant to start a new class; without it a label that is no "
+        "known class (GET /api/classes) is refused with the close matches",
+    )
+
+
+class BulkLabelRequest(Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"sha256s": [EXAMPLE_SHA], "label": None}]},
+    )
+
+    sha256s: list[Sha256Field] = Field(min_length=1, max_length=500)
+    label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_CLASS_NAME,
+        description="the class for all of them; null: confirm each image's model label",
+    )
     reviewer: str | None = Field(default=None, max_length=255)
+    new_class: StrictBool = False
+
+
+class Refused(BaseModel):
+    sha256: str
+    detail: str = Field(description="why this one was not labeled")
+
+
+class BulkLabelOut(BaseModel):
+    labeled: int
+    refused: list[Refused]
+    retrain_run: int | None = Field(description="the run these labels queued, if any")
+
+
+class ClassOut(BaseModel):
+    name: str
+    labeled_images: int = Field(description="image files in labeled/<name>/")
+    in_model: bool = Field(description="the active model's head has this class")
+    key: int | None = Field(description="its key (1-9) on the review page")
+
+
+class ClassesOut(BaseModel):
+    items: list[ClassOut]
 
 
 class SeenAtOut(BaseModel):
@@ -139,15 +202,25 @@ class LabelCount(BaseModel):
     images: int
 
 
+class LabelCountsOut(BaseModel):
+    items: list[LabelCount] = Field(description="the most common first (at most 100)")
+
+
 class FailureGroup(BaseModel):
     kind: str
     images: int
 
 
+class FailureGroupsOut(BaseModel):
+    items: list[FailureGroup] = Field(description="the most common kind first")
+
+
 class RetryRequest(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "corrupt"}]})
+
     kind: FailureKind | None = Field(default=None, description="every failed image of this kind")
-    sha256s: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] = Field(
-        default_factory=list, max_length=10_000
+    sha256s: list[Sha256Field] = Field(
+        default_factory=list, max_length=10_000, description="these failed images"
     )
 
 
@@ -157,12 +230,22 @@ class RetryOut(BaseModel):
 
 
 class RetrainRequestIn(Request):
-    force: StrictBool = False  # true or false, not 0 or "yes"
-    fresh: StrictBool = False
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"force": False}]})
+
+    force: StrictBool = Field(
+        default=False, description="train even when labeled/ is unchanged since the last run"
+    )
+    fresh: StrictBool = Field(
+        default=False, description="start from the base model, not the active version"
+    )
 
 
 #: A training run as the API shows it: the ledger's own view of it (db.runs), not a copy.
 RunOut = RunView
+
+
+class RunsOut(BaseModel):
+    items: list[RunOut] = Field(description="the newest first")
 
 
 class ModelOut(BaseModel):
@@ -181,6 +264,30 @@ class ModelOut(BaseModel):
     created_at: str | None
     activated_at: str | None
     has_curves: bool
+
+
+class ScoreOut(BaseModel):
+    """A version's accuracy on the held-out images of labeled/, as one training run scored it."""
+
+    version_id: int
+    version: str
+    run_id: int | None
+    images: int
+    correct: int
+    accuracy: float
+    created_at: str | None
+
+
+class ModelsOut(BaseModel):
+    items: list[ModelOut] = Field(description="every version, the newest first")
+    held_out: list[ScoreOut] = Field(
+        description="each version's latest score on the held-out images (never trained on), "
+        "in version order: what the Models page charts"
+    )
+    held_out_history: list[ScoreOut] = Field(
+        description="every score, oldest first: each run scores its candidate and the active "
+        "model on the same images"
+    )
 
 
 class ModelDetailOut(ModelOut):

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 COOKIE = "inbox_classifier_token"
-OPEN_PREFIXES = ("/login", "/static/")
+OPEN_PREFIXES = ("/login", "/static/", "/favicon.ico")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 

@@ -23,6 +23,7 @@ from contract.labeled import class_name_problem
 from contract.messages import RetrainRequest
 from contract.queues import TASK_RETRAIN
 from contract.settings import Settings
+from db import versions
 from db.engine import transaction
 from db.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
 from db.versions import active_model
@@ -163,7 +164,9 @@ def test_gate_rejects_a_worse_candidate_and_promotes_a_good_one(
     gate = bad.report["gate"]
     assert not gate["promote"] and gate["active_version_id"] == good.version_id
     assert gate["candidate_accuracy"] < gate["active_accuracy"]
-    assert gate["images"] == bad.report["val_images"]
+    held_out = bad.report["holdout"]
+    assert gate["scored_on"] == held_out["scored_on"] == "held-out"
+    assert gate["images"] == held_out["images"] > 0
     with transaction(session_factory) as s:
         assert active_model(s).id == good.version_id  # type: ignore[union-attr]
         rejected = s.get(ModelVersion, bad.version_id)
@@ -188,6 +191,22 @@ def test_gate_rejects_a_worse_candidate_and_promotes_a_good_one(
         assert active_model(s).id == better.version_id  # type: ignore[union-attr]
         previous = s.get(ModelVersion, good.version_id)
         assert previous is not None and previous.status == ModelStatus.RETIRED
+        history = versions.score_history(s)
+
+    # Three versions, each scored on the same held-out images in the runs that compared them:
+    # the active model is re-scored beside each candidate, by the same code.
+    assert better.report["holdout"]["images"] == held_out["images"]
+    by_run: dict[int | None, dict[int, float]] = {}
+    for point in history:
+        assert point.images == held_out["images"]
+        by_run.setdefault(point.run_id, {})[point.version_id] = point.accuracy
+    assert by_run[bad.run_id] == {
+        bad.version_id: gate["candidate_accuracy"],
+        good.version_id: gate["active_accuracy"],
+    }
+    assert set(by_run[better.run_id]) == {better.version_id, good.version_id}
+    chart = versions.latest_scores(history)
+    assert [p.version_id for p in chart] == [good.version_id, bad.version_id, better.version_id]
 
 
 def test_full_mode_trains_the_whole_network(settings: Settings, session_factory) -> None:

@@ -83,7 +83,7 @@ def test_review_from_the_keyboard_then_retrain_from_the_browser(
         SHOTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{base}/")
             expect(page.locator(".card.done .figure")).to_have_text("30")
             page.screenshot(path=SHOTS / "overview.png", full_page=True)
@@ -108,6 +108,8 @@ def test_review_from_the_keyboard_then_retrain_from_the_browser(
                     page.keyboard.press("/")
                     page.keyboard.type(colour)
                     page.keyboard.press("Enter")
+                    # No known class is called that: the page asks before starting one.
+                    page.click("#confirm-create")
                     classes.append(colour)
                 wanted[colour] -= 1
                 labeled[sha] = colour

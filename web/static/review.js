@@ -11,8 +11,21 @@
     queue: [], at: 0, cursor: null, exhausted: false, fetching: null,
     history: [], reviewed: 0, remaining: Number($("remaining").textContent.replace(/[,+]/g, "")),
     lowerBound: $("remaining").textContent.endsWith("+"),
-    classes: JSON.parse(root.dataset.classes || "[]"),
+    // Every known class, the most labeled first: [{name, labeled_images, in_model, key}].
+    classes: JSON.parse(root.dataset.classes || "[]").map((c) => c.name),
   };
+  state.known = new Set(state.classes);
+  // The keys stay where they were when the page loaded (fingers learn them); a class that gets
+  // its first label here joins the labeled ones, after them, so a new class gets a key too.
+  const counts = new Map(JSON.parse(root.dataset.classes || "[]").map((c) => [c.name, c.labeled_images]));
+  function used(name) {
+    if ((counts.get(name) || 0) > 0) return;
+    const at = state.classes.filter((c) => (counts.get(c) || 0) > 0).length;
+    const index = state.classes.indexOf(name);
+    if (index >= 0) state.classes.splice(index, 1);
+    state.classes.splice(at, 0, name);
+    counts.set(name, 1);
+  }
   const preview = (item) => `/api/images/${item.sha256}/thumbnail?size=large`;
 
   async function fetchMore() {
@@ -68,6 +81,7 @@
     $("classes").replaceChildren(...state.classes.slice(0, 9).map((c, i) => {
       const li = row(`⇧${i + 1}`, c); li.dataset.label = c; return li;
     }));
+    $("class-count").textContent = `${state.classes.length} known`;
     if (!item) {
       $("review-image").hidden = true; $("review-empty").hidden = false;
       $("topk").replaceChildren(); $("review-meta").textContent = "";
@@ -107,15 +121,64 @@
     return response.json();
   }
 
-  function label(name) {
+  // Known classes a typed name may be a slip for: the same but for case, a prefix, or one or
+  // two letters off.
+  function closeMatches(name) {
+    const folded = name.toLowerCase();
+    const distance = (a, b) => {
+      if (Math.abs(a.length - b.length) > 2) return 3;
+      let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
+      for (let i = 1; i <= a.length; i++) {
+        const row = [i];
+        for (let j = 1; j <= b.length; j++) {
+          row[j] = Math.min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+        }
+        previous = row;
+      }
+      return previous[b.length];
+    };
+    return state.classes.filter((c) => {
+      const other = c.toLowerCase();
+      return other === folded || (folded.length >= 3 && other.startsWith(folded)) || distance(folded, other) <= 2;
+    }).slice(0, 3);
+  }
+
+  // A name that is no known class starts a new one only once the person says so.
+  function askNewClass(name) {
+    const box = $("confirm-new");
+    const matches = closeMatches(name);
+    $("confirm-text").textContent = `“${name}” is not one of the ${state.classes.length} known classes.` +
+      (matches.length ? " Did you mean:" : "");
+    $("confirm-matches").replaceChildren(...matches.map((m) => {
+      const button = document.createElement("button");
+      button.type = "button"; button.textContent = m;
+      button.addEventListener("click", () => { box.hidden = true; label(m); });
+      return button;
+    }));
+    $("confirm-create").textContent = `Start the new class “${name}”`;
+    $("confirm-create").onclick = () => { box.hidden = true; label(name, true); };
+    box.hidden = false;
+    (matches.length ? $("confirm-matches").firstChild : $("confirm-create")).focus();
+  }
+
+  function label(name, newClass = false) {
     const item = current();
-    name = (name || "").trim();
+    name = (name || "").trim().normalize("NFC");
     if (!item || !name) return;
+    if (!newClass && state.known.size && !state.known.has(name)) { askNewClass(name); return; }
+    $("confirm-new").hidden = true;
     const entry = { kind: "label", item, at: state.at, label: name, sent: false };
     state.history.push(entry);
     state.reviewed += 1; state.remaining -= 1;
-    if (!state.classes.includes(name)) state.classes.push(name);
-    entry.request = send("POST", "/api/labels", { sha256: item.sha256, label: name })
+    if (!state.known.has(name)) {
+      state.known.add(name);
+      const option = document.createElement("option"); option.value = name;
+      $("all-classes").append(option);
+    }
+    used(name);
+    const body = { sha256: item.sha256, label: name };
+    if (newClass) body.new_class = true;
+    entry.request = send("POST", "/api/labels", body)
       .then(() => { entry.sent = true; })
       .catch((error) => {
         // Put it back where it was: nothing is lost, the person sees why.
@@ -158,12 +221,22 @@
     render();
   }
 
+  function toggleKeys(show) {
+    $("keys-help").hidden = !(show ?? $("keys-help").hidden);
+  }
+
   document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      $("keys-help").hidden = true;
+      $("confirm-new").hidden = true;
+    }
     const typing = event.target instanceof HTMLInputElement;
     if (typing) {
       if (event.key === "Escape") event.target.blur();
       return;
     }
+    if (!$("confirm-new").hidden) return; // the confirm's own buttons take the keys
+    if (event.key === "?") { toggleKeys(); event.preventDefault(); return; }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const digit = /^Digit([1-9])$/.exec(event.code);
     let handled = true;
@@ -196,6 +269,9 @@
     input.value = "";
     input.blur();
   });
+  $("confirm-cancel").addEventListener("click", () => { $("confirm-new").hidden = true; });
+  $("show-keys").addEventListener("click", () => toggleKeys(true));
+  $("keys-help").addEventListener("click", () => toggleKeys(false));
   $("skip").addEventListener("click", skip);
   $("undo").addEventListener("click", undo);
   for (const list of [$("topk"), $("classes")]) {

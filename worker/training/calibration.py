@@ -14,7 +14,14 @@
   answer; more than one, or none, is an image a person should check.
 - **Per-class precision thresholds**: the lowest confidence above which the images predicted
   as a class were that class with at least the target precision on validation, for classes
-  with enough such images.
+  with enough such images; the classes with too few share one threshold fitted on all the
+  validation predictions together (pooled), where there are enough of those.
+
+The temperature is kept only where it helps images it was not fitted on: it must lower the
+negative log-likelihood of the held-out images without raising their calibration error (with
+fewer than :data:`MIN_CHECK_IMAGES` held-out images, by cross-fitting on the validation
+images: fitted on one half, checked on the other, both ways); otherwise T = 1, and the report
+says why.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from contract.reports import CalibrationReport, ReliabilityBin
 
 ECE_BINS = 15
 MIN_CLASS_IMAGES = 20  # validation images predicted as a class before it gets a threshold
+MIN_CHECK_IMAGES = 10  # held-out images to check a temperature on; fewer: cross-fitting
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -113,23 +121,89 @@ def prediction_sets(probs: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def class_thresholds(
     probs: torch.Tensor, labels: torch.Tensor, classes: list[str], target: float
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[str]]:
     """Per class: the lowest confidence at which the validation images predicted as that
-    class, from there up, were right at least ``target`` of the time."""
+    class, from there up, were right at least ``target`` of the time. Classes with fewer than
+    :data:`MIN_CLASS_IMAGES` such images get the threshold fitted on every prediction together
+    (pooled), where that reaches ``target``; returns the thresholds and the pooled classes."""
     confidence, predicted = probs.max(dim=1)
     out: dict[str, float] = {}
+    few: list[str] = []
     for index, name in enumerate(classes):
         mine = predicted == index
         if int(mine.sum()) < MIN_CLASS_IMAGES:
+            few.append(name)
             continue
-        conf, order = confidence[mine].sort(descending=True)
-        right = (labels[mine][order] == index).double()
-        precision = right.cumsum(0) / torch.arange(1, len(right) + 1, dtype=torch.double)
-        ok = (precision >= target).nonzero()
-        if len(ok):
-            # The largest prefix (the lowest threshold) whose precision still meets the target.
-            out[name] = round(float(conf[int(ok[-1])]), 6)
-    return out
+        found = _precision_threshold(confidence[mine], labels[mine] == index, target)
+        if found is not None:
+            out[name] = found
+    pooled: list[str] = []
+    if few and len(labels) >= MIN_CLASS_IMAGES:
+        shared = _precision_threshold(confidence, predicted == labels, target)
+        if shared is not None:
+            for name in few:
+                out[name] = shared
+                pooled.append(name)
+    return out, pooled
+
+
+def _precision_threshold(
+    confidence: torch.Tensor, right: torch.Tensor, target: float
+) -> float | None:
+    conf, order = confidence.sort(descending=True)
+    hits = right[order].double()
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.double)
+    ok = (precision >= target).nonzero()
+    if not len(ok):
+        return None
+    # The largest prefix (the lowest threshold) whose precision still meets the target.
+    return round(float(conf[int(ok[-1])]), 6)
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    return float(torch.nn.functional.cross_entropy(logits.double() / temperature, labels.long()))
+
+
+def check_temperature(
+    temperature: float,
+    val_logits: torch.Tensor,
+    val_labels: torch.Tensor,
+    check_logits: torch.Tensor | None,
+    check_labels: torch.Tensor | None,
+) -> tuple[bool, str]:
+    """Whether ``temperature`` (fitted on the validation images) helps images it was not
+    fitted on, and what was measured, in words."""
+    if (
+        check_logits is not None
+        and check_labels is not None
+        and len(check_labels) >= MIN_CHECK_IMAGES
+    ):
+        before, after = (
+            nll(check_logits, check_labels),
+            nll(check_logits, check_labels, temperature),
+        )
+        ece_1 = expected_calibration_error(check_logits.softmax(1), check_labels)
+        ece_t = expected_calibration_error((check_logits / temperature).softmax(1), check_labels)
+        kept = after < before and ece_t <= ece_1 + 1e-9
+        measured = (
+            f"on {len(check_labels)} held-out images: NLL {before:.4f} -> {after:.4f}, "
+            f"ECE {ece_1:.4f} -> {ece_t:.4f}"
+        )
+        return kept, measured
+    n = len(val_labels)
+    if n < 2 * MIN_CHECK_IMAGES:
+        return True, f"not checked: {n} validation images, too few to cross-fit"
+    halves = [torch.arange(0, n, 2), torch.arange(1, n, 2)]
+    before = after = 0.0
+    for fit_on, check_on in (halves, halves[::-1]):
+        fold_t = fit_temperature(val_logits[fit_on], val_labels[fit_on])
+        before += nll(val_logits[check_on], val_labels[check_on])
+        after += nll(val_logits[check_on], val_labels[check_on], fold_t)
+    kept = after < before
+    return kept, (
+        f"cross-fitted on the {n} validation images (fewer than {MIN_CHECK_IMAGES} held-out): "
+        f"mean NLL {before / 2:.4f} -> {after / 2:.4f}"
+    )
 
 
 def confidence_histogram(confidence: torch.Tensor, bins: int = 10) -> list[float]:
@@ -147,8 +221,11 @@ def calibrate(
     classes: list[str],
     coverage: float,
     target_precision: float,
+    check_logits: torch.Tensor | None = None,
+    check_labels: torch.Tensor | None = None,
 ) -> tuple[Calibration, CalibrationReport]:
-    """Fit the calibration of a trained model on its validation logits, and say how it did."""
+    """Fit the calibration of a trained model on its validation logits, check its temperature
+    on the held-out ones (``check_*``), and say how it did."""
     if logits is None or len(labels) == 0:
         note = "no validation images: uncalibrated (T = 1, no prediction sets)"
         return Calibration(note=note), CalibrationReport(
@@ -169,15 +246,41 @@ def calibrate(
         )
     labels = labels.long()
     raw = logits.softmax(dim=1)
-    temperature = fit_temperature(logits, labels)
+    fitted = fit_temperature(logits, labels)
+    kept, measured = check_temperature(fitted, logits, labels, check_logits, check_labels)
+    temperature = fitted if kept else 1.0
+    temperature_check = (
+        f"T {fitted:g} kept: {measured}" if kept else f"T {fitted:g} not kept (T = 1): {measured}"
+    )
     probs = (logits / temperature).softmax(dim=1)
     threshold = conformal_threshold(probs, labels, coverage)
     sets = prediction_sets(probs, threshold) if threshold is not None else None
     sizes = sets.sum(dim=1) if sets is not None else None
-    thresholds = class_thresholds(probs, labels, classes, target_precision)
-    notes = [f"temperature {temperature:g} fitted on {len(labels)} validation images"]
+    thresholds, pooled = class_thresholds(probs, labels, classes, target_precision)
+    needed = math.ceil(coverage / (1 - coverage))
     if threshold is None:
-        notes.append(f"too few validation images for {coverage:.0%} prediction sets")
+        coverage_note = (
+            f"coverage not guaranteed: {len(labels)} validation images, {needed} needed for "
+            f"{coverage:.0%} prediction sets (no image is flagged needs review)"
+        )
+    else:
+        coverage_note = (
+            f"{coverage:.0%} prediction sets from {len(labels)} validation images "
+            f"({needed} needed); per class it is a promise on average, not for each class "
+            f"({len(labels) / max(1, len(classes)):.0f} validation images per class)"
+        )
+    own = len(thresholds) - len(pooled)
+    sure_note = (
+        f"{own} class(es) with their own {target_precision:.0%}-precision threshold"
+        + (f", {len(pooled)} with the pooled one" if pooled else "")
+        + (
+            f"; {len(classes) - len(thresholds)} without (fewer than {MIN_CLASS_IMAGES} "
+            "validation images predicted as them, and too few to pool)"
+            if len(thresholds) < len(classes)
+            else ""
+        )
+    )
+    notes = [temperature_check, coverage_note]
     calibration = Calibration(
         temperature=temperature,
         coverage=coverage if threshold is not None else None,
@@ -207,5 +310,11 @@ def calibrate(
         target_precision=target_precision,
         val_confidence_histogram=confidence_histogram(probs.max(dim=1).values),
         note=calibration.note,
+        temperature_fitted=fitted,
+        temperature_kept=kept,
+        temperature_check=temperature_check,
+        pooled_classes=pooled,
+        coverage_note=coverage_note,
+        sure_note=sure_note,
     )
     return calibration, report

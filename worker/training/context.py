@@ -37,6 +37,7 @@ class RunContext:
     config: TrainConfig
     source: ImageSource  # decodes labeled images as this model's preprocessing does
     eval_set: EvalSet  # the validation images, decoded once
+    holdout_set: EvalSet  # the held-out images, decoded once
     on_phase: Callable[..., None]  # (phase, **values): progress
     on_epoch: Callable[[EpochRecord], None]
     check: Callable[[], None]  # raises to stop the run (lock lost, cancel asked)

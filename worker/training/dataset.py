@@ -121,7 +121,8 @@ class LabeledSet:
     root: Path
     classes: list[str]
     train: list[Sample]
-    val: list[Sample]
+    val: list[Sample]  # picks the best epoch, calibrates
+    holdout: list[Sample]  # never trained on nor used to pick: versions are compared on it
     manifest_sha256: str
     explicit_val: bool
     corrupt: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
@@ -131,7 +132,11 @@ class LabeledSet:
     def images_per_class(self) -> dict[str, dict[str, int]]:
         train = Counter(s.label for s in self.train)
         val = Counter(s.label for s in self.val)
-        return {c: {"train": train[i], "val": val[i]} for i, c in enumerate(self.classes)}
+        held = Counter(s.label for s in self.holdout)
+        return {
+            c: {"train": train[i], "val": val[i], "holdout": held[i]}
+            for i, c in enumerate(self.classes)
+        }
 
 
 def split_score(sha256: str) -> float:
@@ -160,6 +165,7 @@ def scan_labeled(
     *,
     val_fraction: float,
     min_images_per_class: int,
+    holdout_fraction: float = 0.0,
     max_pixels: int,
     min_side: int = 256,
     threads: int = 2,
@@ -250,6 +256,15 @@ def scan_labeled(
 
     train: list[Sample] = []
     val: list[Sample] = []
+    # The held-out set: by content hash alone, so an image stays in it (or out of it) however
+    # the labeled folders grow, and it grows as labels arrive.
+    holdout = [
+        Sample(f.path, f.rel, index[c], sha)
+        for c in classes
+        for sha, f in usable[(c, False)].items()
+        if split_score(sha) < holdout_fraction
+    ]
+    held = {s.sha256 for s in holdout}
     if listing.has_val_dir:
         val_shas = {sha for c in classes for sha in usable[(c, True)]}
         for c in classes:
@@ -257,15 +272,18 @@ def scan_labeled(
             train += [
                 Sample(f.path, f.rel, index[c], sha)
                 for sha, f in usable[(c, False)].items()
-                if sha not in val_shas
+                if sha not in val_shas and sha not in held
             ]
     else:
+        upper = holdout_fraction + val_fraction
         for c in classes:
             samples = [
-                Sample(f.path, f.rel, index[c], sha) for sha, f in usable[(c, False)].items()
+                Sample(f.path, f.rel, index[c], sha)
+                for sha, f in usable[(c, False)].items()
+                if sha not in held
             ]
-            cls_val = [s for s in samples if split_score(s.sha256) < val_fraction]
-            cls_train = [s for s in samples if split_score(s.sha256) >= val_fraction]
+            cls_val = [s for s in samples if split_score(s.sha256) < upper]
+            cls_train = [s for s in samples if split_score(s.sha256) >= upper]
             if not cls_val and len(cls_train) >= 2:  # every class gets a validation image
                 pick = min(cls_train, key=lambda s: (split_score(s.sha256), s.sha256))
                 cls_train.remove(pick)
@@ -279,11 +297,13 @@ def scan_labeled(
 
     train.sort(key=lambda s: s.rel)
     val.sort(key=lambda s: s.rel)
+    holdout.sort(key=lambda s: s.rel)
     labeled = LabeledSet(
         root=root,
         classes=classes,
         train=train,
         val=val,
+        holdout=holdout,
         manifest_sha256=manifest_sha256(listing),
         explicit_val=listing.has_val_dir,
         corrupt=corrupt,
@@ -292,9 +312,7 @@ def scan_labeled(
     )
     counts = labeled.images_per_class()
     short = {
-        c: n["train"] + n["val"]
-        for c, n in counts.items()
-        if n["train"] + n["val"] < min_images_per_class
+        c: sum(n.values()) for c, n in counts.items() if sum(n.values()) < min_images_per_class
     }
     if short:
         listed = ", ".join(f"{c!r}: {n}" for c, n in sorted(short.items()))

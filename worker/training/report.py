@@ -16,7 +16,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from contract.clock import iso, utcnow
-from contract.reports import CalibrationReport, ConfusionMatrix, EpochRecord, TrainingReport
+from contract.reports import (
+    CalibrationReport,
+    ConfusionMatrix,
+    EpochRecord,
+    HoldoutReport,
+    TrainingReport,
+)
 from worker.training.context import RunContext
 from worker.training.fit import Fitted
 from worker.training.gate import GateVerdict
@@ -55,9 +61,12 @@ def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> Train
         images_per_class=labeled.images_per_class(),
         train_images=len(labeled.train),
         val_images=len(final.targets),
-        val_split="labeled/_val folder"
-        if labeled.explicit_val
-        else f"content hash (val_fraction {settings.val_fraction:g})",
+        val_split=(
+            "labeled/_val folder"
+            if labeled.explicit_val
+            else f"content hash (val_fraction {settings.val_fraction:g})"
+        )
+        + f"; {len(labeled.holdout)} held out (holdout_fraction {settings.holdout_fraction:g})",
         skipped_corrupt=len(labeled.corrupt) + len(source.failed),
         corrupt_files=corrupt,
         warnings=labeled.warnings,
@@ -74,7 +83,25 @@ def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> Train
         duration_s={k: round(v, 3) for k, v in ctx.durations.items()},
         manifest_sha256=ctx.manifest_sha256,
         gate=verdict.to_dict(),
+        holdout=holdout_report(verdict, classes),
         created_at=iso(utcnow()) or "",
+    )
+
+
+def holdout_report(verdict: GateVerdict, classes: Sequence[str]) -> HoldoutReport:
+    """The candidate on the images versions are compared on, per class."""
+    scored = verdict.candidate
+    if scored is None:
+        return HoldoutReport(
+            images=0, correct=0, accuracy=None, per_class_accuracy={}, scored_on=verdict.on
+        )
+    accuracy, correct, images = scored.accuracy_on(set(classes))
+    return HoldoutReport(
+        images=images,
+        correct=correct,
+        accuracy=accuracy,
+        per_class_accuracy={c: scored.accuracy_on({c})[0] for c in classes},
+        scored_on=verdict.on,
     )
 
 

@@ -180,8 +180,8 @@ class _Run:
             return listing
         ctx = self._prepare(listing)
         fitted = self._fit(ctx)
-        calibration_report = self._calibrate(ctx, fitted)
-        verdict = self._gate(ctx, fitted)
+        verdict = self._gate(ctx)
+        calibration_report = self._calibrate(ctx, fitted, verdict)
         report = build_report(ctx, fitted, verdict)
         report["calibration"] = calibration_report
         return self._save(ctx, fitted, verdict, report)
@@ -210,6 +210,7 @@ class _Run:
         labeled = scan_labeled(
             s.labeled_path,
             val_fraction=s.val_fraction,
+            holdout_fraction=s.holdout_fraction,
             min_images_per_class=s.min_images_per_class,
             max_pixels=s.max_image_pixels,
             threads=s.decode_threads,
@@ -234,11 +235,13 @@ class _Run:
             classes=labeled.classes,
             train_images=len(labeled.train),
             val_images=len(labeled.val),
+            holdout_images=len(labeled.holdout),
             mode=how.mode,
         )
         source = ImageSource(how.preprocessing, s.max_image_pixels, s.decode_threads)
         t0 = time.perf_counter()
         eval_set = EvalSet(source, labeled.val, self.cfg.batch_size)
+        holdout_set = EvalSet(source, labeled.holdout, self.cfg.batch_size)
         return RunContext(
             settings=s,
             run_id=rec.run_id,
@@ -254,6 +257,7 @@ class _Run:
             config=self.cfg,
             source=source,
             eval_set=eval_set,
+            holdout_set=holdout_set,
             on_phase=rec.phase,
             on_epoch=self._on_epoch,
             check=self._check_running,
@@ -279,23 +283,34 @@ class _Run:
         ctx.start.loaded.model = ctx.model.cpu().eval()
         return fitted
 
-    def _calibrate(self, ctx: RunContext, fitted: Fitted) -> CalibrationReport:
-        """What its confidences mean, from the same validation images."""
+    def _calibrate(
+        self, ctx: RunContext, fitted: Fitted, verdict: GateVerdict
+    ) -> CalibrationReport:
+        """What its confidences mean, fitted on the validation images; the temperature kept
+        only if it helps the held-out ones."""
+        check_logits = check_labels = None
+        scored = verdict.candidate
+        if verdict.on == "held-out" and scored is not None and scored.logits is not None:
+            index = {c: i for i, c in enumerate(ctx.classes)}
+            check_logits = scored.logits
+            check_labels = torch.tensor([index[t] for t in scored.truth], dtype=torch.int64)
         calibration, report = calibrate(
             fitted.final.logits,
             torch.tensor(fitted.final.targets, dtype=torch.int64),
             ctx.classes,
             self.s.coverage,
             self.s.target_precision,
+            check_logits,
+            check_labels,
         )
         ctx.start.loaded.calibration = calibration
         return report
 
-    def _gate(self, ctx: RunContext, fitted: Fitted) -> GateVerdict:
-        """The candidate against the active model, on the same validation images."""
-        if ctx.active is not None and ctx.active.trained:
-            self.rec.phase("gate", compared_with=ctx.active.name)
-        verdict = judge(ctx, self._truth(ctx, fitted), self._predicted(ctx, fitted))
+    def _gate(self, ctx: RunContext) -> GateVerdict:
+        """The candidate against the active model, on the same held-out images."""
+        compared = ctx.active.name if ctx.active is not None and ctx.active.trained else None
+        self.rec.phase("gate", compared_with=compared)
+        verdict = judge(ctx)
         ctx.durations["total"] = time.perf_counter() - self.started
         return verdict
 
@@ -321,7 +336,7 @@ class _Run:
             check=self._check_lock,
             build_serving=serving_builder(ctx, self.sessions, fitted.final.targets),
         )
-        accuracy = f"val accuracy {report['accuracy']:.3f}"
+        accuracy = _accuracy_phrase(verdict, report["accuracy"])
         if saved.failed:
             status, message = RunStatus.FAILED, f"{saved.reason}; the active model is unchanged"
         elif saved.promoted:
@@ -330,6 +345,7 @@ class _Run:
             status, message = RunStatus.REJECTED, f"{saved.name} rejected ({accuracy}): "
         if not saved.failed:
             message += saved.reason
+        self._record_scores(ctx, verdict, saved.version_id)
         outcome = rec.finish(status, message, saved.version_id, saved.name, report)
         if saved.promoted:
             events.emit(
@@ -338,13 +354,31 @@ class _Run:
                     accuracy=verdict.candidate_accuracy,
                     previous=verdict.active_name,
                     previous_accuracy=verdict.active_accuracy,
-                    images=verdict.images or len(truth),
+                    images=verdict.images,
                 )
             )
             rescored = backfill(self.s, self.sessions, saved.version_id)
             if rescored:
                 events.emit(events.Rescoring(version=saved.name, images=rescored))
+        elif not saved.failed:
+            events.emit(events.RunEnded(rec.run_id or 0, status.value, message))
         return outcome
+
+    def _record_scores(self, ctx: RunContext, verdict: GateVerdict, version_id: int | None) -> None:
+        """Keep both models' scores on the held-out images: the Models page charts them."""
+        if verdict.on != "held-out" or version_id is None or verdict.candidate is None:
+            return
+        _, correct, images = verdict.candidate.accuracy_on(set(ctx.classes))
+        with transaction(self.sessions) as session:
+            versions.record_score(session, version_id, self.rec.run_id, images, correct)
+            if verdict.active_version_id is not None and verdict.active_accuracy is not None:
+                versions.record_score(
+                    session,
+                    verdict.active_version_id,
+                    self.rec.run_id,
+                    verdict.images,
+                    verdict.active_correct,
+                )
 
     @staticmethod
     def _truth(ctx: RunContext, fitted: Fitted) -> list[str]:
@@ -391,3 +425,14 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _accuracy_phrase(verdict: GateVerdict, val_accuracy: float) -> str:
+    """How the run's message states the candidate's accuracy: on the held-out images, beside
+    the active model's on the same ones, when there are any."""
+    if verdict.on != "held-out" or verdict.candidate_accuracy is None:
+        return f"val accuracy {val_accuracy:.3f}"
+    phrase = f"held-out accuracy {verdict.candidate_accuracy:.3f}"
+    if verdict.active_accuracy is not None:
+        phrase += f" vs {verdict.active_accuracy:.3f} for {verdict.active_name}"
+    return f"{phrase} on {verdict.images} images"

@@ -314,9 +314,14 @@ def test_label_from_the_terminal_counts_towards_the_retrain_threshold(
     seeded = seed_images(s, session_factory, [("cat", 0.6)] * 4)
     args = ["--data-dir", str(s.data_dir), "--redis-url", s.redis_url or ""]
     env = {"INBOX_CLASSIFIER_RETRAIN_AFTER_LABELS": "3", "INBOX_CLASSIFIER_INBOX": str(s.inbox)}
+    typo = CliRunner().invoke(label, [seeded[0].sha256, "Cat", *args], env=env)
+    assert typo.exit_code == 1
+    assert "'Cat' is not a known class" in typo.output and "did you mean 'cat'" in typo.output
+    assert "add --new-class to start it" in typo.output
     outputs = []
     for image, name in zip(seeded, ["a", "b", "a", "b"], strict=True):
-        result = CliRunner().invoke(label, [image.sha256, name, *args], env=env)
+        new = ["--new-class"] if image in seeded[:2] else []  # "a" and "b" are new at first
+        result = CliRunner().invoke(label, [image.sha256, name, *new, *args], env=env)
         assert result.exit_code == 0, result.output
         outputs.append(result.output)
     assert "training run" not in outputs[0] + outputs[1]

@@ -84,13 +84,16 @@ def test_results_filters_and_item_shape(settings: Settings, session_factory, api
 
     # A person's label wins: it is what `label` shows and filters on; the model's stays.
     assert (
-        api.post("/api/labels", json={"sha256": by["bird0.3"], "label": "owl"}).status_code == 201
+        api.post(
+            "/api/labels", json={"sha256": by["bird0.3"], "label": "owl", "new_class": True}
+        ).status_code
+        == 201
     )
     (owl,) = api.get("/api/results", params={"label": "owl"}).json()["items"]
     assert owl["label_source"] == "human" and owl["model_label"] == "bird"
     assert shas(reviewed="true") == {by["bird0.3"]}
     assert shas(reviewed="false") == set(by.values()) - {by["bird0.3"]}
-    counts = {c["label"]: c["images"] for c in api.get("/api/labels").json()}
+    counts = {c["label"]: c["images"] for c in api.get("/api/labels").json()["items"]}
     assert counts == {"cat": 2, "dog": 1, "owl": 1}
 
 
@@ -165,7 +168,8 @@ def test_labels_write_training_copies_and_undo_removes_them(
 ) -> None:
     (first, second) = seed_images(settings, session_factory, [("cat", 0.6), ("dog", 0.7)])
     made = api.post(
-        "/api/labels", json={"sha256": first.sha256, "label": "tabby", "reviewer": "ana"}
+        "/api/labels",
+        json={"sha256": first.sha256, "label": "tabby", "reviewer": "ana", "new_class": True},
     )
     assert made.status_code == 201, made.text
     body = made.json()
@@ -176,13 +180,18 @@ def test_labels_write_training_copies_and_undo_removes_them(
     assert os.stat(copy).st_ino == os.stat(first.path).st_ino  # a hard link, not a second copy
 
     # Correcting it moves the training copy; the history keeps both.
-    moved = api.post("/api/labels", json={"sha256": first.sha256, "label": "lion"}).json()
+    moved = api.post(
+        "/api/labels", json={"sha256": first.sha256, "label": "lion", "new_class": True}
+    ).json()
     assert not copy.exists() and (settings.labeled_path / "lion" / f"{first.sha256}.png").exists()
     assert [a["label"] for a in moved["labels"]] == ["tabby", "lion"]
     assert moved["labels"][0]["undone_at"] is not None and moved["labels"][1]["undone_at"] is None
 
-    api.post("/api/labels", json={"sha256": second.sha256, "label": "lion"})
-    assert api.get("/api/classes").json() == ["lion"]
+    api.post("/api/labels", json={"sha256": second.sha256, "label": "lion"})  # known now
+    classes = api.get("/api/classes").json()["items"]
+    assert classes[0] == {"name": "lion", "labeled_images": 2, "in_model": False, "key": 1}
+    assert {c["name"] for c in classes} == {"lion", *CLASSES}  # the model's head counts too
+    assert not (settings.labeled_path / "tabby").exists()  # the corrected class's empty folder
     undone = api.delete(f"/api/labels/{first.sha256}")
     assert undone.status_code == 200 and undone.json()["label_source"] == "model"
     assert sorted(p.name for p in (settings.labeled_path / "lion").iterdir()) == [
@@ -317,7 +326,7 @@ def test_nothing_outside_the_inbox_can_be_served_whatever_the_path_or_the_hash(
         )
     for suffix in ("original", "thumbnail"):
         assert api.get(f"/api/images/{secret_sha}/{suffix}").status_code == 410
-    assert api.post("/api/labels", json={"sha256": secret_sha, "label": "x"}).status_code == 409
+    assert api.post("/api/labels", json={"sha256": secret_sha, "label": "cat"}).status_code == 409
     for attempt in (
         "/api/images/..%2F..%2Fetc%2Fpasswd/original",
         "/api/images/../../etc/passwd",
@@ -407,12 +416,11 @@ def test_retrain_and_enough_labels_queue_a_run_on_the_train_queue(
     queue = redis.Redis.from_url(s.redis_url or "")
     with client(s) as api:
         for image in seeded[:2]:
-            assert (
-                api.post("/api/labels", json={"sha256": image.sha256, "label": "a"}).status_code
-                == 201
-            )
+            body = {"sha256": image.sha256, "label": "a", "new_class": True}
+            assert api.post("/api/labels", json=body).status_code == 201
         assert queue.llen("train") == 0
-        api.post("/api/labels", json={"sha256": seeded[2].sha256, "label": "b"})
+        body = {"sha256": seeded[2].sha256, "label": "b", "new_class": True}
+        assert api.post("/api/labels", json=body).status_code == 201
         assert queue.llen("train") == 1  # the third label asked for a run
         api.post("/api/labels", json={"sha256": seeded[3].sha256, "label": "b"})
         assert queue.llen("train") == 1  # one is queued already: no second
@@ -422,7 +430,7 @@ def test_retrain_and_enough_labels_queue_a_run_on_the_train_queue(
         manual = api.post("/api/retrain", json={"force": True})
         assert manual.status_code == 202 and manual.json()["trigger"] == "manual"
         assert queue.llen("train") == 2
-        runs = api.get("/api/runs").json()
+        runs = api.get("/api/runs").json()["items"]
         assert [r["trigger"] for r in runs] == ["manual", "labels"]
         assert api.get(f"/api/runs/{manual.json()['id']}").json()["progress"] == {"phase": "queued"}
         # Cancelled before a worker took it: at once (the worker then finds it finished).
@@ -454,7 +462,7 @@ def test_failed_images_grouped_by_kind_and_retried(
                 Failed(seeded[2].sha256, "empty file (0 bytes)", FailureKind.EMPTY),
             ],
         )
-    assert api.get("/api/failed/kinds").json() == [
+    assert api.get("/api/failed/kinds").json()["items"] == [
         {"kind": "corrupt", "images": 2},
         {"kind": "empty", "images": 1},
     ]
@@ -466,7 +474,7 @@ def test_failed_images_grouped_by_kind_and_retried(
     classify = redis.Redis.from_url(settings.redis_url or "")
     assert classify.llen("classify") == retried.json()["messages"] >= 1
     classify.close()
-    assert api.get("/api/failed/kinds").json() == [{"kind": "empty", "images": 1}]
+    assert api.get("/api/failed/kinds").json()["items"] == [{"kind": "empty", "images": 1}]
     assert api.post("/api/failed/retry", json={}).status_code == 422
 
 
@@ -475,7 +483,9 @@ def test_models_promote_rollback_and_metrics(settings: Settings, session_factory
     with transaction(session_factory) as session:
         other = ensure_base_model(session, "resnet50", "none", CLASSES)  # now active
         other_id = other.id
-    models = api.get("/api/models").json()
+    listing = api.get("/api/models").json()
+    assert listing["held_out"] == [] and listing["held_out_history"] == []
+    models = listing["items"]
     assert [m["status"] for m in models] == ["active", "retired"]
     first = models[1]["id"]
     assert api.post(f"/api/models/{first}/promote").json() == {
@@ -493,3 +503,102 @@ def test_models_promote_rollback_and_metrics(settings: Settings, session_factory
     status = api.get("/api/status").json()
     assert status["images"]["done"] == 2 and status["review_backlog"] == 2
     assert status["queue_depth"] == {"classify": 0, "train": 0}
+
+
+def test_a_label_that_is_no_known_class_needs_a_confirm_and_names_close_matches(
+    settings: Settings, session_factory, api
+) -> None:
+    first, second = seed_images(settings, session_factory, [("cat", 0.6), ("dog", 0.7)])
+    typo = api.post("/api/labels", json={"sha256": first.sha256, "label": "Cats"})
+    assert typo.status_code == 422
+    detail = typo.json()["detail"]
+    assert "'Cats' is not a known class" in detail and "'cat'" in detail and "new_class" in detail
+    assert not (settings.labeled_path / "Cats").exists()
+    made = api.post(
+        "/api/labels", json={"sha256": first.sha256, "label": "lynx", "new_class": True}
+    )
+    assert made.status_code == 201 and (settings.labeled_path / "lynx").is_dir()
+    # Undo removes the training copy and the class folder it leaves empty.
+    assert api.delete(f"/api/labels/{first.sha256}").status_code == 200
+    assert not (settings.labeled_path / "lynx").exists()
+    # A class folder a person made in labeled/ is known without a confirm.
+    (settings.labeled_path / "ferret").mkdir(parents=True)
+    assert (
+        api.post("/api/labels", json={"sha256": second.sha256, "label": "ferret"}).status_code
+        == 201
+    )
+
+
+def test_failed_images_cannot_be_labeled_and_their_page_has_no_label_form(
+    settings: Settings, session_factory, api
+) -> None:
+    from contract.failures import FailureKind
+    from contract.records import Failed
+    from tests.helpers.images import write_image
+    from tests.helpers.pipeline import record
+
+    seed_images(settings, session_factory, [("cat", 0.6)])  # "cat" is a known class
+    (image,) = record(session_factory, [write_image(settings.inbox / "broken.png", 77)])
+    with transaction(session_factory) as session:
+        base = ensure_base_model(session, "resnet18", "none", CLASSES)
+        reason = "corrupt or truncated image: broken data stream"
+        save_results(session, base.id, [], [Failed(image.sha256, reason, FailureKind.CORRUPT)])
+    refused = api.post("/api/labels", json={"sha256": image.sha256, "label": "cat"})
+    assert refused.status_code == 422 and "could not be decoded" in refused.json()["detail"]
+    bulk = api.post("/api/bulk/labels", json={"sha256s": [image.sha256], "label": "cat"})
+    assert (
+        bulk.json()["labeled"] == 0
+        and "could not be decoded" in bulk.json()["refused"][0]["detail"]
+    )
+    assert not settings.labeled_path.exists() or not any(settings.labeled_path.rglob("*.png"))
+    page = api.get(f"/images/{image.sha256}", headers={"Accept": "text/html"}).text
+    assert 'id="label-form"' not in page and "cannot be labeled" in page
+
+
+def test_bulk_labels_confirm_or_relabel_each_image_on_its_own(
+    settings: Settings, session_factory, api
+) -> None:
+    seeded = seed_images(settings, session_factory, [("cat", 0.6), ("dog", 0.7), ("bird", 0.8)])
+    confirmed = api.post("/api/bulk/labels", json={"sha256s": [s.sha256 for s in seeded[:2]]})
+    assert confirmed.status_code == 200 and confirmed.json()["labeled"] == 2
+    assert {p.parent.name for p in settings.labeled_path.rglob("*.png")} == {"cat", "dog"}
+    unknown = "e" * 64
+    moved = api.post(
+        "/api/bulk/labels", json={"sha256s": [seeded[2].sha256, unknown], "label": "fish"}
+    ).json()
+    assert moved["labeled"] == 1 and moved["refused"][0]["sha256"] == unknown
+    assert (settings.labeled_path / "fish" / f"{seeded[2].sha256}.png").exists()
+    assert api.post("/api/bulk/labels", json={"sha256s": []}).status_code == 422
+
+
+def test_results_pages_go_back_and_forth_with_a_total(
+    settings: Settings, session_factory, api
+) -> None:
+    seed_images(settings, session_factory, [("cat", 0.5 + i / 100) for i in range(7)])
+    for sort in ("newest", "oldest", "confidence", "-confidence"):
+        everything = api.get("/api/results", params={"sort": sort, "limit": 50}).json()
+        order = [i["sha256"] for i in everything["items"]]
+        assert everything["total"] == 7 and not everything["total_is_lower_bound"]
+        assert everything["prev_cursor"] is None and everything["next_cursor"] is None
+        pages, cursor = [], None
+        while True:
+            page = api.get(
+                "/api/results",
+                params={"sort": sort, "limit": 3, **({"cursor": cursor} if cursor else {})},
+            ).json()
+            pages.append(page)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert [i["sha256"] for p in pages for i in p["items"]] == order, sort
+        assert pages[0]["prev_cursor"] is None and pages[1]["prev_cursor"]
+        # Back from the last page gives the middle one, then the first.
+        back = api.get(
+            "/api/results", params={"sort": sort, "limit": 3, "cursor": pages[2]["prev_cursor"]}
+        ).json()
+        assert back["items"] == pages[1]["items"] and back["next_cursor"]
+        first = api.get(
+            "/api/results", params={"sort": sort, "limit": 3, "cursor": back["prev_cursor"]}
+        ).json()
+        assert first["items"] == pages[0]["items"] and first["prev_cursor"] is None
+    assert api.get("/api/results", params={"min_confidence": 0.54}).json()["total"] == 3

@@ -97,7 +97,10 @@ def test_look_alike_labels_are_one_class_or_refused(
     composed, decomposed = "café", unicodedata.normalize("NFD", "café")
     assert composed != decomposed
     assert (
-        api.post("/api/labels", json={"sha256": first.sha256, "label": composed}).status_code == 201
+        api.post(
+            "/api/labels", json={"sha256": first.sha256, "label": composed, "new_class": True}
+        ).status_code
+        == 201
     )
     assert (
         api.post("/api/labels", json={"sha256": second.sha256, "label": decomposed}).status_code

@@ -36,7 +36,9 @@ def test_every_page_renders_with_its_json_twin(settings: Settings, session_facto
         assert text in response.text, path
         assert "cdn" not in response.text.lower() and "https://" not in response.text, path
     browse = pages.get("/browse?limit=2").text
-    assert browse.count('class="tile') == 2 and "Next page" in browse
+    assert browse.count('class="tile') == 2
+    assert 'rel="next"' in browse and 'rel="prev"' not in browse
+    assert "3 rows" in browse
     # The review page shows the least certain image first, even before its script runs.
     assert f"/api/images/{seeded[1].sha256}/thumbnail?size=large" in pages.get("/review").text
 
@@ -47,10 +49,14 @@ def test_forms_label_undo_and_retrain_without_javascript(
     (image,) = seed_images(settings, session_factory, [("cat", 0.6)])
     done = pages.post(
         f"/images/{image.sha256}/label?next=/review",
-        data={"label": "tabby"},
+        data={"label": "tabby", "new_class": "true"},
         follow_redirects=False,
     )
     assert done.status_code == 303 and done.headers["location"] == "/review"
+    # What it did is said once, on the page it leads to.
+    review = pages.get("/review").text
+    assert "Labeled “tabby”: a training example in labeled/tabby/" in review
+    assert "Labeled “tabby”" not in pages.get("/review").text
     assert (settings.labeled_path / "tabby" / f"{image.sha256}.png").exists()
     assert "✓ tabby" in pages.get(f"/images/{image.sha256}").text
     # A redirect target off this site is ignored.
@@ -64,6 +70,9 @@ def test_forms_label_undo_and_retrain_without_javascript(
     retrain = pages.post("/retrain?next=/models", follow_redirects=False)
     assert retrain.status_code == 303
     models_page = pages.get("/models").text
+    assert re.search(r'class="flash ok"[^>]*>Training run \d+ queued', models_page)
+    again = pages.post("/retrain?next=/models")
+    assert "is already running: nothing more queued" in again.text
     assert "waiting for a training worker" in models_page and "Cancel run" in models_page
     run_id = int(re.search(r'action="/runs/(\d+)/cancel', models_page)[1])  # type: ignore[index]
     cancel = pages.post(f"/runs/{run_id}/cancel?next=/models", follow_redirects=False)

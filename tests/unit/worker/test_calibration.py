@@ -30,6 +30,7 @@ from worker.model_holder import ModelHolder
 from worker.preprocess import Preprocessing
 from worker.tasks import create_worker_app
 from worker.training.calibration import (
+    calibrate,
     class_thresholds,
     conformal_threshold,
     expected_calibration_error,
@@ -46,6 +47,42 @@ def synthetic(n: int, classes: int, seed: int, sharpen: float = 1.0):  # type: i
     logits = torch.randn(n, classes, generator=g) * 2.0
     labels = torch.multinomial(logits.softmax(dim=1), 1, generator=g).squeeze(1)
     return logits * sharpen, labels
+
+
+def test_the_temperature_is_kept_only_where_it_helps_held_out_images() -> None:
+    classes = [f"c{i}" for i in range(5)]
+    # Overconfident validation and held-out images alike: the fitted T helps, and is kept.
+    val, val_labels = synthetic(2000, 5, seed=3, sharpen=3.0)
+    held, held_labels = synthetic(500, 5, seed=4, sharpen=3.0)
+    kept, report = calibrate(val, val_labels, classes, 0.95, 0.95, held, held_labels)
+    assert report["temperature_kept"] and kept.temperature == pytest.approx(3.0, rel=0.15)
+    assert "kept: on 500 held-out images" in report["temperature_check"]
+    # Held-out images that are already calibrated (the validation split was not like them):
+    # dividing by T = 3 would make them underconfident, so T stays 1 and the report says why.
+    fair, fair_labels = synthetic(500, 5, seed=5)
+    refused, report = calibrate(val, val_labels, classes, 0.95, 0.95, fair, fair_labels)
+    assert refused.temperature == 1.0 and report["temperature"] == 1.0
+    assert not report["temperature_kept"] and report["temperature_fitted"] > 2
+    check = report["temperature_check"]
+    assert "not kept (T = 1)" in check and "NLL" in check
+    # Without held-out images it is cross-fitted on the two halves of the validation images.
+    _, report = calibrate(val, val_labels, classes, 0.95, 0.95)
+    assert report["temperature_kept"] and "cross-fitted on the 2000" in report["temperature_check"]
+
+
+def test_small_validation_sets_say_why_nothing_is_guaranteed() -> None:
+    classes = [f"c{i}" for i in range(10)]
+    logits, labels = synthetic(12, 10, seed=6, sharpen=2.0)
+    calibration, report = calibrate(logits, labels, classes, 0.95, 0.95)
+    assert calibration.set_threshold is None
+    assert report["coverage_note"].startswith("coverage not guaranteed: 12 validation images")
+    assert "19 needed" in report["coverage_note"]
+    # With enough images overall but few per class, the classes share one pooled threshold.
+    logits, labels = synthetic(150, 10, seed=7, sharpen=0.5)
+    logits = logits + torch.nn.functional.one_hot(labels, 10) * 6  # mostly right and sure
+    _, report = calibrate(logits, labels, classes, 0.95, 0.95)
+    assert report["pooled_classes"], report["sure_note"]
+    assert "with the pooled one" in report["sure_note"]
 
 
 def test_temperature_scaling_undoes_overconfidence_and_lowers_the_ece() -> None:
@@ -84,7 +121,7 @@ def test_class_thresholds_reach_the_target_precision_on_held_out_data() -> None:
     logits, labels = synthetic(20000, 4, seed=4)
     probs = logits.softmax(dim=1)
     classes = ["a", "b", "c", "d"]
-    thresholds = class_thresholds(probs[:5000], labels[:5000], classes, 0.9)
+    thresholds, _pooled = class_thresholds(probs[:5000], labels[:5000], classes, 0.9)
     assert set(thresholds) == set(classes)
     confidence, predicted = probs[5000:].max(dim=1)
     for index, name in enumerate(classes):
