@@ -17,6 +17,8 @@ class EpochRecord(TypedDict):
     lr: float
     seconds: float
     best_epoch: NotRequired[int]
+    threads: NotRequired[int]  # the trainer's threads in this epoch
+    planned_epochs: NotRequired[int]  # what the schedule planned, as of this epoch
 
 
 class ProgressEvent(TypedDict, total=False):
@@ -117,6 +119,37 @@ class VersionRef(TypedDict):
     name: str
 
 
+class AugmentationReport(TypedDict):
+    crops: str  # the crops in words
+    mirrored: bool
+    why: str  # TRAIN_FLIP, or the mirror check's figures
+
+
+class RecipeReport(TypedDict):
+    """How a run trained (worker.training.recipe.describe, plus the stem and augmentation)."""
+
+    stem: str  # imagenet | small | small-stride2
+    stem_reason: str
+    augmentation: AugmentationReport | dict[str, Any]  # {} where nothing was decoded
+    optimizer: str
+    lr: float
+    weight_decay: float
+    batch_size: int
+    schedule: str  # in words
+    label_smoothing: float
+    weight_average: str | None
+    max_epochs: int
+    patience: int
+    planned_epochs: int | None  # what the budget held (one-cycle), else None
+    seconds_per_epoch: list[float]
+
+
+class ThreadsReport(TypedDict):
+    cores: int
+    per_epoch: list[int]  # the trainer's threads in each epoch (or feature pass)
+    reasons: list[str]
+
+
 class TrainingReport(TypedDict):
     run_id: int | None
     trigger: str
@@ -153,6 +186,11 @@ class TrainingReport(TypedDict):
     manifest_sha256: str
     gate: GateReport
     holdout: NotRequired[HoldoutReport]
+    # How it trained: the stem and why, the augmentation and why (mirrored or not), the
+    # optimizer and schedule (worker.training.recipe.describe).
+    recipe: NotRequired[RecipeReport]
+    # The trainer's threads: cores, threads per epoch, and the reasons (worker.training.threads).
+    threads: NotRequired[ThreadsReport]
     calibration: NotRequired[CalibrationReport]
     created_at: str
     version: NotRequired[VersionRef]

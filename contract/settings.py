@@ -19,6 +19,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "INBOX_CLASSIFIER_"
 
 
+# Sized so that a retrain of 3,000 small images (decode, training, gate, calibration, ONNX int8)
+# ends within 5 minutes on 2 cores: docs/performance.md, "Learning from scratch".
+BUDGET_DEFAULT_S = 260.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -176,7 +181,17 @@ class Settings(BaseSettings):
         "unfreezing on a CPU from pretrained weights, full otherwise.",
     )
     train_budget_s: float | None = Field(
-        None, gt=0, description="Stop a run at its best epoch so far after this many seconds."
+        BUDGET_DEFAULT_S,
+        gt=0,
+        description="Seconds a run may train (decoding its images included): from random "
+        "weights the schedule is sized to end within it; any run stops at its best epoch so "
+        "far when the next would not fit. The default keeps a retrain of a few thousand "
+        "small images within 5 minutes on 2 cores (docs/performance.md).",
+    )
+    train_flip: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Mirror training images: auto checks on the data whether a mirror keeps "
+        "the class (not for digits or text); on or off decides.",
     )
     train_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD+StepLR, or AdamW.")
     train_lr: float = Field(1e-3, gt=0, description="Learning rate.")

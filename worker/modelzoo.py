@@ -27,6 +27,12 @@ class ModelError(RuntimeError):
     """The model cannot be built or loaded; the message says what to do."""
 
 
+IMAGENET_STEM = "imagenet"  # torchvision's own first layers
+SMALL_STEM = "small"  # a 3x3 stride-1 convolution and no max-pool: for inputs under ~64 px
+SMALL_STEM_STRIDE2 = "small-stride2"  # the same at stride 2: a quarter of the compute
+STEM_STRIDES = {SMALL_STEM: 1, SMALL_STEM_STRIDE2: 2}
+
+
 @dataclass
 class LoadedModel:
     arch: str
@@ -34,6 +40,29 @@ class LoadedModel:
     classes: list[str]
     preprocessing: Preprocessing
     calibration: Calibration = field(default_factory=Calibration)
+    stem: str = IMAGENET_STEM
+
+
+def has_resnet_stem(model: nn.Module) -> bool:
+    """A ResNet-family stem (ResNet, ResNeXt, Wide ResNet): ``conv1`` then ``maxpool``."""
+    conv = getattr(model, "conv1", None)
+    return isinstance(conv, nn.Conv2d) and isinstance(getattr(model, "maxpool", None), nn.Module)
+
+
+def use_small_stem(model: nn.Module, stem: str = SMALL_STEM) -> None:
+    """Give a ResNet-family ``model`` a small-input stem (in place, new random weights for
+    the first convolution): ImageNet's 7x7 stride-2 convolution and max-pool shrink a 32 px
+    image to 8x8 before the first block and 1x1 before the head; ``small`` keeps 32x32
+    there, ``small-stride2`` 16x16."""
+    if not has_resnet_stem(model):
+        raise ModelError(f"{type(model).__name__} has no ResNet stem to replace")
+    old = model.conv1
+    assert isinstance(old, nn.Conv2d)
+    stride = STEM_STRIDES[stem]
+    conv = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=stride, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    model.conv1 = conv
+    model.maxpool = nn.Identity()
 
 
 def classification_models() -> list[str]:
@@ -142,10 +171,15 @@ def from_checkpoint(data: dict[str, Any], origin: str) -> LoadedModel:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{origin}: malformed checkpoint ({exc})") from exc
     check_arch(arch)
+    stem = str(data.get("stem", IMAGENET_STEM))
+    if stem != IMAGENET_STEM and stem not in STEM_STRIDES:
+        raise ModelError(f"{origin}: unknown stem {stem!r}")
     model = with_new_head(get_model(arch, weights=None), len(classes))
+    if stem in STEM_STRIDES:
+        use_small_stem(model, stem)
     _load_state(model, state, origin)
     calibration = Calibration.from_dict(data.get("calibration"))
-    return LoadedModel(arch, model, classes, prep, calibration)
+    return LoadedModel(arch, model, classes, prep, calibration, stem)
 
 
 def checkpoint_dict(loaded: LoadedModel, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -156,6 +190,7 @@ def checkpoint_dict(loaded: LoadedModel, extra: dict[str, Any] | None = None) ->
         "classes": list(loaded.classes),
         "preprocessing": loaded.preprocessing.to_dict(),
         "calibration": loaded.calibration.to_dict(),
+        "stem": loaded.stem,
         "state_dict": {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()},
         **(extra or {}),
     }

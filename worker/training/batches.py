@@ -2,7 +2,7 @@
 processes: a Celery prefork child may not start children of its own).
 
 Evaluation uses exactly the inference preprocessing (:func:`worker.preprocess.load_for_model`);
-training uses RandomResizedCrop + RandomHorizontalFlip (torchvision.transforms.v2). Both give
+training images are augmented as :mod:`worker.training.augment` chooses from the data. Both give
 uint8 CHW; :class:`Normalizer` turns a batch into the model's float input on its device, the
 same way the inference worker does.
 """
@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 from contract.chunks import chunked
 from imaging.decode import BadImage, decode
 from worker.preprocess import Preprocessing, load_for_model
+from worker.training.augment import training_transform
 from worker.training.dataset import Sample
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (uint8 NCHW images, int64 labels)
@@ -180,7 +181,6 @@ class Normalizer:
 
 # The decoded training images stay in memory up to this; beyond, in a file mapped in memory.
 TRAIN_CACHE_BYTES = 2 * 1024**3
-SMALL_INPUT = 160  # px: below, augmentation crops less
 
 
 class DecodedCache:
@@ -220,15 +220,17 @@ class DecodedCache:
             list(pool.map(load, range(len(samples))))
         self.keep = np.flatnonzero(ok)
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
-        # ImageNet's recipe crops down to 8 % of the area; a 32 px icon cropped that far is a
-        # few pixels of texture, so small inputs keep at least half of theirs.
-        low = 0.08 if source.prep.crop >= SMALL_INPUT else 0.5
-        self._augment = v2.Compose(
-            [
-                v2.RandomResizedCrop(source.prep.crop, scale=(low, 1.0), antialias=True),
-                v2.RandomHorizontalFlip(),
-            ]
-        )
+        self._augment, self.augmentation = training_transform(source.prep.crop, flip=True)
+
+    def use_augmentation(self, transform: v2.Transform, description: str) -> None:
+        """Augment with ``transform`` (uint8 CHW to uint8 CHW) from now on."""
+        self._augment, self.augmentation = transform, description
+
+    def sample_for_checks(self, limit: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``limit`` decoded training squares (uint8 NHWC) and their labels, spread
+        evenly over the set: what the augmentation checks look at."""
+        pick = self.keep[:: max(1, len(self.keep) // limit)][:limit]
+        return np.asarray(self.images[pick]), self.labels[torch.as_tensor(pick)].numpy()
 
     def __len__(self) -> int:
         return len(self.keep)
@@ -240,8 +242,8 @@ class DecodedCache:
         drop_single: bool = False,
         augment: bool = True,
     ) -> Iterator[Batch]:
-        """Augmented batches (RandomResizedCrop to the crop size, horizontal flip; the plain
-        squares with ``augment=False``), shuffled with ``generator``: uint8 NCHW."""
+        """Augmented batches (see :mod:`worker.training.augment`; the plain squares with
+        ``augment=False``), shuffled with ``generator``: uint8 NCHW."""
         order = self.keep
         if generator is not None:
             order = order[torch.randperm(len(order), generator=generator).numpy()]

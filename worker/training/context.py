@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from contract.messages import Trigger
-from contract.reports import EpochRecord
+from contract.reports import AugmentationReport, EpochRecord
 from contract.settings import Settings
 from worker.modelzoo import LoadedModel
 from worker.training.batches import EvalSet, ImageSource
@@ -19,6 +20,7 @@ from worker.training.dataset import LabeledSet
 from worker.training.loop import TrainConfig
 from worker.training.plan import TrainPlan
 from worker.training.start import ActiveInfo, Start
+from worker.training.threads import ThreadChooser
 
 
 @dataclass
@@ -35,6 +37,7 @@ class RunContext:
     device: torch.device
     autocast: torch.dtype | None
     config: TrainConfig
+    threads: ThreadChooser  # the trainer's threads, chosen before each epoch
     source: ImageSource  # decodes labeled images as this model's preprocessing does
     eval_set: EvalSet  # the validation images, decoded once
     holdout_set: EvalSet  # the held-out images, decoded once
@@ -43,6 +46,8 @@ class RunContext:
     check: Callable[[], None]  # raises to stop the run (lock lost, cancel asked)
     deadline: float | None = None  # time.monotonic() by which training must end
     durations: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    augmentation: AugmentationReport | dict[str, Any] = field(default_factory=dict)  # report
+    stem_reason: str = ""  # why the network has the stem it has (the plan's, or the probe's)
 
     @property
     def loaded(self) -> LoadedModel:

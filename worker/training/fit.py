@@ -24,6 +24,7 @@ from worker.training.batches import Batch, DecodedCache, Normalizer
 from worker.training.context import RunContext
 from worker.training.features import FeatureSet, extract, get_head, headless
 from worker.training.loop import EvalResult, FitResult, evaluate, fit
+from worker.training.recipe import ema_decay_for
 
 
 @dataclass
@@ -45,6 +46,9 @@ def fit_model(ctx: RunContext, cache: DecodedCache) -> Fitted:
 
 def fit_full(ctx: RunContext, cache: DecodedCache, first_epoch: int = 1) -> Fitted:
     model, cfg, source = ctx.model, ctx.config, ctx.source
+    steps = max(1, len(cache) // cfg.batch_size + (len(cache) % cfg.batch_size > 1))
+    if cfg.ema_decay is not None:
+        cfg = dataclasses.replace(cfg, ema_decay=ema_decay_for(steps))
     model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -55,9 +59,7 @@ def fit_full(ctx: RunContext, cache: DecodedCache, first_epoch: int = 1) -> Fitt
     result = fit(
         model,
         cfg,
-        train_batches=lambda _epoch: cache.batches(
-            cfg.batch_size, generator, drop_single=True
-        ),
+        train_batches=lambda _epoch: cache.batches(cfg.batch_size, generator, drop_single=True),
         val_batches=lambda: ctx.eval_set,
         prepare_train=normalize,
         prepare_val=normalize,
@@ -66,6 +68,8 @@ def fit_full(ctx: RunContext, cache: DecodedCache, first_epoch: int = 1) -> Fitt
         on_epoch=ctx.on_epoch,
         deadline=ctx.deadline,
         first_epoch=first_epoch,
+        before_epoch=lambda: ctx.threads.choose().threads,
+        steps_per_epoch=steps,
     )
     seconds = {"training": time.perf_counter() - t0}
     final = evaluate(
@@ -95,6 +99,7 @@ def fit_frozen(ctx: RunContext, cache: DecodedCache) -> Fitted:
         p.requires_grad_(False)
     model.eval()
     passes = 1 + cfg.feature_passes
+    ctx.threads.choose()  # once: a head's epochs take milliseconds
     ctx.on_phase("features", feature_passes=passes)
     t0 = time.perf_counter()
     with headless(model):
@@ -161,7 +166,7 @@ def fit_frozen_then_full(ctx: RunContext, cache: DecodedCache) -> Fitted:
         )
         return head_only
     kept = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-    config = dataclasses.replace(ctx.config, lr=ctx.config.lr / 10)
+    config = dataclasses.replace(ctx.config, lr=ctx.config.lr / 10, schedule="onecycle")
     first = len(head_only.result.history) + 1
     whole = fit_full(dataclasses.replace(ctx, config=config), cache, first_epoch=first)
     whole.result.history = head_only.result.history + whole.result.history

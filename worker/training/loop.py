@@ -1,7 +1,15 @@
 """The training loop, after torchvision's references/classification: ``train_one_epoch``,
-``evaluate``, and a best-epoch checkpoint dict (model / optimizer / lr_scheduler / epoch) kept
-for early stopping. The same loop trains a whole network (mode 'full') or only the head on
-cached backbone features (mode 'frozen'): ``prepare`` turns a batch into the module's input.
+``evaluate``, and a best-epoch checkpoint dict (model / lr_scheduler / epoch) kept for early
+stopping. The same loop trains a whole network (mode 'full') or only the head on cached
+backbone features (mode 'frozen'): ``prepare`` turns a batch into the module's input.
+
+Two schedules: ``step`` (StepLR, the transfer-learning default) and ``onecycle``, sized to the
+time budget: the first epoch warms the learning rate up and is timed, then the run plans as
+many epochs as the rest of the budget holds and anneals the rate to zero over them (cosine),
+so the last epoch ends near the budget with the rate low, where a fixed epoch count would
+either stop short or stop mid-schedule. With ``ema_decay``, an exponential moving average of
+the weights (and BatchNorm statistics) is what gets evaluated and kept. Early stopping never
+ends a run in the first third of its planned epochs.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ class TrainConfig:
     # Frozen mode: augmented feature passes over the training images besides the clean one;
     # epoch e trains on pass e % (1 + feature_passes).
     feature_passes: int = 0
+    schedule: str = "step"  # 'step' (StepLR) | 'onecycle' (warm-up, then cosine to the budget)
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None  # per step; None: no weight averaging
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
@@ -78,12 +89,42 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+class OneCycle:
+    """A per-step learning-rate factor: linear warm-up over the first epoch from 1/25, then
+    cosine to 1/1000 over the steps :meth:`plan` sets once the first epoch is timed."""
+
+    START, END = 1 / 25, 1 / 1000
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warm_steps: int, total_steps: int | None):
+        self.warm = max(1, warm_steps)
+        self.total = total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        if step < self.warm:
+            return self.START + (1 - self.START) * step / self.warm
+        if self.total is None:
+            return 1.0
+        done = min(1.0, (step - self.warm) / max(1, self.total - self.warm))
+        return self.END + (1 - self.END) * 0.5 * (1 + math.cos(math.pi * done))
+
+    def plan(self, total_steps: int) -> None:
+        self.total = total_steps
+
+    def step(self) -> None:
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warm": self.warm, "total": self.total, "last": self.scheduler.last_epoch}
+
+
 @dataclass
 class EpochStats:
     loss: float
     accuracy: float
     images: int
     seconds: float
+    steps: int = 0
 
 
 @dataclass
@@ -119,11 +160,13 @@ def train_one_epoch(
     prepare: Prepare,
     device: torch.device,
     autocast: torch.dtype | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     start = time.perf_counter()
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for inputs, targets in batches:
+        steps += 1
         x = prepare(inputs)
         y = targets.to(device, non_blocking=True)
         with autocast_context(device, autocast):
@@ -134,6 +177,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         n = y.shape[0]
         total_loss += loss.item() * n
         correct += int((output.argmax(dim=1) == y).sum().item())
@@ -143,6 +188,7 @@ def train_one_epoch(
         accuracy=correct / max(seen, 1),
         images=seen,
         seconds=time.perf_counter() - start,
+        steps=steps,
     )
 
 
@@ -194,6 +240,7 @@ class FitResult:
     best: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False
     stopped_by_budget: bool = False
+    planned_epochs: int = 0
 
     @property
     def best_epoch(self) -> int:
@@ -217,25 +264,78 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     deadline: float | None = None,
     first_epoch: int = 1,
+    before_epoch: Callable[[], int] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> FitResult:
-    """Train ``model`` for up to ``cfg.epochs``, stop after ``cfg.patience`` epochs without a
-    better validation accuracy (ties go to the lower loss), or when another epoch would end
-    after ``deadline`` (``time.monotonic()``), and load the best epoch's weights back into
-    ``model``. Epochs are numbered from ``first_epoch``."""
-    criterion = nn.CrossEntropyLoss()
+    """Train ``model`` for up to ``cfg.epochs`` (with the ``onecycle`` schedule and a
+    ``deadline``, as many as fit before it), stop after ``cfg.patience`` epochs without a
+    better validation accuracy (ties go to the lower loss; never in the first third), or when
+    another epoch would end after ``deadline`` (``time.monotonic()``), and load the best
+    epoch's weights back into ``model``. Epochs are numbered from ``first_epoch``;
+    ``before_epoch`` (the thread chooser) returns the threads each epoch runs on."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     trainable = list(params if params is not None else model.parameters())
-    optimizer, scheduler = make_optimizer(trainable, cfg)
+    optimizer, step_lr = make_optimizer(trainable, cfg)
+    one_cycle = (
+        OneCycle(
+            optimizer,
+            steps_per_epoch or 1,
+            None if deadline else (steps_per_epoch or 1) * cfg.epochs,
+        )
+        if cfg.schedule == "onecycle"
+        else None
+    )
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+            use_buffers=True,
+        )
+        if cfg.ema_decay
+        else None
+    )
+
+    def after_step() -> None:
+        if one_cycle is not None:
+            one_cycle.step()
+        if ema is not None:
+            ema.update_parameters(model)
+
+    judged: nn.Module = ema.module if ema is not None else model
+    sized_by_budget = one_cycle is not None and one_cycle.total is None
     result = FitResult()
     best_key = (-1.0, -math.inf)
     flat = 0
-    last = first_epoch + cfg.epochs - 1
+    planned = cfg.epochs
+    last = first_epoch + planned - 1
     for epoch in range(first_epoch, last + 1):
         epoch_started = time.monotonic()
+        threads = before_epoch() if before_epoch is not None else None
         stats = train_one_epoch(
-            model, criterion, optimizer, train_batches(epoch), prepare_train, device, autocast
+            model,
+            criterion,
+            optimizer,
+            train_batches(epoch),
+            prepare_train,
+            device,
+            autocast,
+            after_step if (one_cycle is not None or ema is not None) else None,
         )
-        val = evaluate(model, criterion, val_batches(), prepare_val, device, autocast)
-        scheduler.step()
+        val = evaluate(judged, criterion, val_batches(), prepare_val, device, autocast)
+        if one_cycle is None:
+            step_lr.step()
+        took = time.monotonic() - epoch_started
+        done = epoch - first_epoch + 1
+        if sized_by_budget and one_cycle is not None and done <= 2 and done < planned:
+            # Epochs are timed: plan the rest to end within the deadline, after the first
+            # and again after the second (the first pays for warming up; the cosine has
+            # hardly begun, so moving its end changes little).
+            # To the nearest epoch: the last may end up to half an epoch past the deadline.
+            left = (deadline or 0) - time.monotonic()
+            planned = max(2, min(cfg.epochs, done + round(left / max(took, 1e-3))))
+            last = first_epoch + planned - 1
+            one_cycle.plan(planned * max(1, stats.steps))
+            result.stopped_by_budget = planned < cfg.epochs  # the budget sized the run
         record = EpochRecord(
             epoch=epoch,
             train_loss=stats.loss,
@@ -245,13 +345,16 @@ def fit(
             lr=optimizer.param_groups[0]["lr"],
             seconds=stats.seconds + val.seconds,
         )
+        if threads is not None:
+            record["threads"] = threads
+        record["planned_epochs"] = planned
         key = (val.accuracy, -val.loss)
         if key > best_key:
             best_key = key
             flat = 0
             result.best = {
-                "model": _snapshot(model),
-                "lr_scheduler": scheduler.state_dict(),
+                "model": _snapshot(judged),
+                "lr_scheduler": one_cycle.state_dict() if one_cycle else step_lr.state_dict(),
                 "epoch": epoch,
                 "val_acc": val.accuracy,
                 "val_loss": val.loss,
@@ -262,12 +365,20 @@ def fit(
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if flat >= cfg.patience and epoch < last:
+        if epoch >= last:
+            break
+        # Early stopping waits out the first third of the plan: a schedule that is still
+        # warming up or at its highest rate is no plateau.
+        if flat >= cfg.patience and epoch - first_epoch + 1 > planned / 3:
             result.stopped_early = True
             break
-        took = time.monotonic() - epoch_started
-        if deadline is not None and epoch < last and time.monotonic() + took > deadline:
+        # A planned schedule runs to its end (planned to the nearest epoch, it ends within
+        # about half an epoch of the deadline; cut short it would skip its lowest rates)
+        # unless the deadline has passed; otherwise no epoch starts that would end late.
+        slack = took if sized_by_budget else 0.0
+        if deadline is not None and time.monotonic() + took > deadline + slack:
             result.stopped_by_budget = True
             break
+    result.planned_epochs = planned
     model.load_state_dict(result.best["model"])
     return result

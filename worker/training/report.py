@@ -26,6 +26,7 @@ from contract.reports import (
 from worker.training.context import RunContext
 from worker.training.fit import Fitted
 from worker.training.gate import GateVerdict
+from worker.training.recipe import describe
 
 GRID_MAX = 25
 
@@ -84,6 +85,14 @@ def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> Train
         manifest_sha256=ctx.manifest_sha256,
         gate=verdict.to_dict(),
         holdout=holdout_report(verdict, classes),
+        recipe=describe(
+            ctx.config,
+            stem=(ctx.loaded.stem, ctx.stem_reason),
+            augmentation=ctx.augmentation,
+            planned_epochs=fitted.result.planned_epochs or None,
+            seconds_per_epoch=[round(h["seconds"], 2) for h in fitted.result.history],
+        ),
+        threads=ctx.threads.summary(),
         created_at=iso(utcnow()) or "",
     )
 

@@ -30,7 +30,9 @@ from contract.settings import Settings
 from db import runs, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
+from worker.modelzoo import use_small_stem
 from worker.precision import pick_autocast, pick_device
+from worker.training.adapt import adapt_to_data
 from worker.training.backfill import backfill
 from worker.training.batches import DecodedCache, EvalSet, ImageSource
 from worker.training.calibration import calibrate
@@ -49,10 +51,12 @@ from worker.training.lock import LOCK_TIMEOUT_S, TrainingLock
 from worker.training.loop import TrainConfig
 from worker.training.plan import plan
 from worker.training.progress import Progress, RunCancelled, RunOutcome, RunRecorder
+from worker.training.recipe import recipe_config
 from worker.training.report import GRID_MAX, build_report
 from worker.training.save import ValGrid, save_and_settle, serving_builder
 from worker.training.skip import has_class_dirs, unchanged_reason
 from worker.training.start import ActiveInfo, start_model
+from worker.training.threads import ThreadChooser
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ def run_training(
             autocast=autocast or settings.precision,
             lock_timeout_s=lock_timeout_s,
             config=config or TrainConfig.from_settings(settings),
+            recipe=config is None,  # a config passed in is used as it is
         )
         return run.run()
 
@@ -120,6 +125,7 @@ class _Run:
         autocast: str,
         lock_timeout_s: float,
         config: TrainConfig,
+        recipe: bool = True,
     ) -> None:
         self.s = settings
         self.sessions = sessions
@@ -129,6 +135,7 @@ class _Run:
         self.autocast_spec = autocast
         self.lock = TrainingLock(settings.redis_url, lock_timeout_s)
         self.cfg = config
+        self.use_recipe = recipe
         self.started = time.perf_counter()
         self.active: ActiveInfo | None = None
 
@@ -228,8 +235,16 @@ class _Run:
             begin.loaded.preprocessing,
             labeled.typical_shorter_side,
             s.train_budget_s,
+            begin.loaded.model,
+            begin.loaded.stem,
         )
         begin.loaded.preprocessing = how.preprocessing
+        if how.stem != begin.loaded.stem:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed)
+                use_small_stem(begin.loaded.model)
+            begin.loaded.stem = how.stem
+        config = recipe_config(s, how, self.cfg) if self.use_recipe else self.cfg
         rec.phase(
             "preparing",
             classes=labeled.classes,
@@ -240,8 +255,8 @@ class _Run:
         )
         source = ImageSource(how.preprocessing, s.max_image_pixels, s.decode_threads)
         t0 = time.perf_counter()
-        eval_set = EvalSet(source, labeled.val, self.cfg.batch_size)
-        holdout_set = EvalSet(source, labeled.holdout, self.cfg.batch_size)
+        eval_set = EvalSet(source, labeled.val, config.batch_size)
+        holdout_set = EvalSet(source, labeled.holdout, config.batch_size)
         return RunContext(
             settings=s,
             run_id=rec.run_id,
@@ -254,7 +269,8 @@ class _Run:
             plan=how,
             device=device,
             autocast=pick_autocast(device, self.autocast_spec, training=True),
-            config=self.cfg,
+            config=config,
+            threads=ThreadChooser(s.torch_threads, device),
             source=source,
             eval_set=eval_set,
             holdout_set=holdout_set,
@@ -263,6 +279,7 @@ class _Run:
             check=self._check_running,
             deadline=time.monotonic() + s.train_budget_s if s.train_budget_s else None,
             durations={"decode": time.perf_counter() - t0},
+            stem_reason=how.stem_reason,
         )
 
     def _fit(self, ctx: RunContext) -> Fitted:
@@ -273,11 +290,16 @@ class _Run:
             t0 = time.perf_counter()
             cache = DecodedCache(ctx.source, ctx.labeled.train, self.s.data_dir / "cache")
             ctx.durations["decode"] += time.perf_counter() - t0
+            adapt_to_data(ctx, cache)
             ctx.start.loaded.model = ctx.model.to(device)
             try:
                 fitted = fit_model(ctx, cache)
             finally:
                 cache.close()
+        if ctx.deadline is not None and self.s.train_budget_s:
+            # From the budget's start (the end of preparing) to the fitted model.
+            started = ctx.deadline - self.s.train_budget_s
+            ctx.durations["budgeted"] = time.monotonic() - started
         ctx.durations.update(fitted.seconds)
         self._check_running()
         ctx.start.loaded.model = ctx.model.cpu().eval()
@@ -418,6 +440,7 @@ class _Run:
 
 @contextlib.contextmanager
 def _torch_threads(count: int | None) -> Iterator[None]:
+    """The run's threads (the chooser changes them per epoch), restored when it ends."""
     before = torch.get_num_threads()
     if count:
         torch.set_num_threads(count)
