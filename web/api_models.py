@@ -42,10 +42,8 @@ def models(request: Request) -> schemas.ModelsOut:
         history = versions.score_history(session)
     return schemas.ModelsOut(
         items=[schemas.ModelOut.model_validate(_model(v, web.settings.models_path)) for v in views],
-        held_out=[
-            schemas.ScoreOut.model_validate(asdict(p)) for p in versions.latest_scores(history)
-        ],
-        held_out_history=[schemas.ScoreOut.model_validate(asdict(p)) for p in history],
+        held_out=versions.latest_scores(history),
+        held_out_history=history,
     )
 
 

@@ -10,6 +10,7 @@ from contract.failures import FailureKind
 from contract.labeled import MAX_CLASS_NAME
 from contract.serving import ServingRecord
 from db.runs import RunView
+from db.versions import ScoreView
 
 SHA256_PATTERN = "^[0-9a-f]{64}$"
 
@@ -266,16 +267,9 @@ class ModelOut(BaseModel):
     has_curves: bool
 
 
-class ScoreOut(BaseModel):
-    """A version's accuracy on the held-out images of labeled/, as one training run scored it."""
-
-    version_id: int
-    version: str
-    run_id: int | None
-    images: int
-    correct: int
-    accuracy: float
-    created_at: str | None
+#: A version's accuracy on the held-out images of labeled/, as one training run scored it: the
+#: ledger's own view of it (db.versions), not a copy.
+ScoreOut = ScoreView
 
 
 class ModelsOut(BaseModel):

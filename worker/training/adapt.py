@@ -17,16 +17,17 @@ stride-2 network 0.84.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 
 import torch
 
 from contract.reports import AugmentationReport
-from worker.modelzoo import SMALL_STEM, SMALL_STEM_STRIDE2, use_small_stem
+from worker.modelzoo import SMALL_STEM, SMALL_STEM_STRIDE2, LoadedModel, use_small_stem
 from worker.training.augment import decide_flip, training_transform
 from worker.training.batches import DecodedCache, Normalizer
 from worker.training.context import RunContext
-from worker.training.loop import autocast_context, make_optimizer
+from worker.training.loop import EpochStats, make_optimizer, train_one_epoch
 
 MIN_EPOCHS = 12
 PROBE_STEPS = 3  # timed, after one untimed step (allocations, kernel choice)
@@ -55,7 +56,7 @@ def fit_stem_to_budget(ctx: RunContext, cache: DecodedCache) -> None:
         return
     batch = ctx.config.batch_size
     step_s = _seconds_per_step(ctx, cache)
-    train_steps = max(1, len(cache) // batch)
+    train_steps = cache.steps_per_epoch(batch)
     val_steps = len(ctx.labeled.val) / batch
     epoch_s = step_s * (train_steps + EVAL_SHARE * val_steps)
     epochs = (ctx.deadline - time.monotonic()) / max(epoch_s, 1e-6)
@@ -63,10 +64,7 @@ def fit_stem_to_budget(ctx: RunContext, cache: DecodedCache) -> None:
     if epochs >= min(MIN_EPOCHS, ctx.config.epochs):  # TRAIN_EPOCHS may ask for fewer
         ctx.stem_reason = f"{ctx.stem_reason}; {held}"
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.config.seed)
-        use_small_stem(ctx.model, SMALL_STEM_STRIDE2)
-    ctx.loaded.stem = SMALL_STEM_STRIDE2
+    set_stem(ctx.loaded, SMALL_STEM_STRIDE2, ctx.config.seed)
     ctx.stem_reason = (
         f"small, stride 2 (3x3, no max-pool): {held}, fewer than {MIN_EPOCHS}; stride 2 "
         "costs about a quarter of that"
@@ -74,27 +72,37 @@ def fit_stem_to_budget(ctx: RunContext, cache: DecodedCache) -> None:
 
 
 def _seconds_per_step(ctx: RunContext, cache: DecodedCache) -> float:
-    """Training steps of a copy of the model on real batches, timed; the model itself and the
-    run's random state are left as they were."""
+    """Training steps of a copy of the model on real batches, timed by the training loop's own
+    :func:`train_one_epoch`; the model itself and the run's random state are left as they
+    were."""
     model = copy.deepcopy(ctx.model).to(ctx.device).to(memory_format=torch.channels_last)
-    model.train()
     optimizer, _ = make_optimizer(list(model.parameters()), ctx.config)
     normalize = Normalizer(ctx.source.prep, ctx.device)
-    criterion = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(ctx.config.seed)
-    timed: list[float] = []
+    batches = cache.batches(ctx.config.batch_size, generator, drop_single=True)
+
+    def steps(count: int) -> EpochStats:
+        return train_one_epoch(
+            model,
+            torch.nn.CrossEntropyLoss(),
+            optimizer,
+            itertools.islice(batches, count),
+            normalize,
+            ctx.device,
+            ctx.autocast,
+        )
+
     with torch.random.fork_rng(devices=[]):
-        for images, labels in cache.batches(ctx.config.batch_size, generator, drop_single=True):
-            started = time.perf_counter()
-            with autocast_context(ctx.device, ctx.autocast):
-                loss = criterion(model(normalize(images)), labels.to(ctx.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            timed.append(time.perf_counter() - started)
-            if len(timed) > PROBE_STEPS:
-                break
-    steps = timed[1:] or timed
-    return sum(steps) / len(steps) if steps else 0.0
+        warm = steps(1)
+        timed = steps(PROBE_STEPS)
+    measured = timed if timed.steps else warm
+    return measured.seconds / max(1, measured.steps)
+
+
+def set_stem(loaded: LoadedModel, stem: str, seed: int) -> None:
+    """Give ``loaded``'s network the small-input ``stem``, its first convolution drawn from
+    ``seed`` (the same network for the same run)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        use_small_stem(loaded.model, stem)
+    loaded.stem = stem

@@ -115,26 +115,19 @@ def mirror_check(images: np.ndarray, labels: np.ndarray, classes: int) -> Mirror
     )
 
 
-def padded_crop(side: int, pad: int, flip: bool) -> v2.Transform:
-    """The small-image recipe: reflect-pad by ``pad``, crop ``side`` back at random."""
-    steps: list[v2.Transform] = [v2.Pad(pad, padding_mode="reflect"), v2.RandomCrop(side)]
-    if flip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
-
-
 def training_transform(crop: int, flip: bool) -> tuple[v2.Transform, str]:
     """The augmentation for crops of ``crop`` px, and its description for the report."""
-    mirror = ", mirrored half the time" if flip else ", never mirrored"
+    steps: list[v2.Transform]
     if crop < SMALL_CROP_BELOW:
+        # The small-image recipe: reflect-pad, crop the side back at random.
         pad = max(2, crop // 8)
-        return padded_crop(
-            crop, pad, flip
-        ), f"random {crop} px crops of the image padded by {pad} px{mirror}"
-    low = 0.08 if crop >= SMALL_INPUT else 0.5
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(crop, scale=(low, 1.0), antialias=True)]
+        steps = [v2.Pad(pad, padding_mode="reflect"), v2.RandomCrop(crop)]
+        described = f"random {crop} px crops of the image padded by {pad} px"
+    else:
+        low = 0.08 if crop >= SMALL_INPUT else 0.5
+        steps = [v2.RandomResizedCrop(crop, scale=(low, 1.0), antialias=True)]
+        described = f"random-resized {crop} px crops of {low:.0%}-100 % of the area"
     if flip:
         steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(
-        steps
-    ), f"random-resized {crop} px crops of {low:.0%}-100 % of the area{mirror}"
+    mirror = ", mirrored half the time" if flip else ", never mirrored"
+    return v2.Compose(steps), described + mirror

@@ -235,6 +235,11 @@ class DecodedCache:
     def __len__(self) -> int:
         return len(self.keep)
 
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """How many batches :meth:`batches` gives with ``drop_single`` (at least one)."""
+        whole, rest = divmod(len(self), batch_size)
+        return max(1, whole + (rest > 1))
+
     def batches(
         self,
         batch_size: int,

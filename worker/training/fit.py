@@ -46,7 +46,7 @@ def fit_model(ctx: RunContext, cache: DecodedCache) -> Fitted:
 
 def fit_full(ctx: RunContext, cache: DecodedCache, first_epoch: int = 1) -> Fitted:
     model, cfg, source = ctx.model, ctx.config, ctx.source
-    steps = max(1, len(cache) // cfg.batch_size + (len(cache) % cfg.batch_size > 1))
+    steps = cache.steps_per_epoch(cfg.batch_size)
     if cfg.ema_decay is not None:
         cfg = dataclasses.replace(cfg, ema_decay=ema_decay_for(steps))
     model.to(memory_format=torch.channels_last)

@@ -30,9 +30,8 @@ from contract.settings import Settings
 from db import runs, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
-from worker.modelzoo import use_small_stem
 from worker.precision import pick_autocast, pick_device
-from worker.training.adapt import adapt_to_data
+from worker.training.adapt import adapt_to_data, set_stem
 from worker.training.backfill import backfill
 from worker.training.batches import DecodedCache, EvalSet, ImageSource
 from worker.training.calibration import calibrate
@@ -240,10 +239,7 @@ class _Run:
         )
         begin.loaded.preprocessing = how.preprocessing
         if how.stem != begin.loaded.stem:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.cfg.seed)
-                use_small_stem(begin.loaded.model)
-            begin.loaded.stem = how.stem
+            set_stem(begin.loaded, how.stem, self.cfg.seed)
         config = recipe_config(s, how, self.cfg) if self.use_recipe else self.cfg
         rec.phase(
             "preparing",
