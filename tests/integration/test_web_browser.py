@@ -7,7 +7,6 @@ are rescored by it, and every page is photographed into docs/screenshots/ for th
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -19,24 +18,15 @@ from contract.settings import Settings
 from db.engine import transaction
 from db.models import Image, ImageStatus, Label, ModelVersion
 from inbox_classifier.redis_server import free_port
+from tests.helpers.browser import CHROMIUM, FLAGS, SHOTS, needs_browser
 from tests.helpers.images import random_image
 from tests.helpers.pipeline import count, wait_until
 from tests.helpers.procs import running
 
-CHROMIUM = os.environ.get("INBOX_CLASSIFIER_CHROMIUM", "/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(600),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
+    needs_browser,
 ]
 
 

@@ -6,7 +6,6 @@ scroll bar. The narrow pages are photographed into docs/screenshots/ for the doc
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,26 +23,17 @@ from db.ledger import save_results
 from db.models import Image, ModelStatus, ModelVersion
 from db.versions import ensure_base_model
 from inbox_classifier.redis_server import free_port
+from tests.helpers.browser import CHROMIUM, FLAGS, SHOTS, needs_browser
 from tests.helpers.images import write_image
 from tests.helpers.pipeline import record, wait_until
 from tests.helpers.procs import running
 from tests.helpers.web import CLASSES, seed_images
 
-CHROMIUM = os.environ.get("INBOX_CLASSIFIER_CHROMIUM", "/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 WIDE, NARROW = (1280, 800), (390, 844)
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
+    needs_browser,
 ]
 #: Ten classes with long names: the confusion matrix and the tables must still fit.
 TEN = [
