@@ -213,6 +213,11 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def spawn(
     args: Sequence[str], log: Path, env: dict[str, str], cwd: Path
 ) -> subprocess.Popen[bytes]:
+    """Start ``python args...`` in its own session, asking the kernel to stop it (SIGTERM)
+    when the benchmark dies, however it ends (`timeout`, Ctrl-C, kill -9): the `up` it starts
+    then stops its own children."""
+    from inbox_classifier.lifeline import dies_with_parent
+
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log, "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
@@ -223,6 +228,7 @@ def spawn(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=dies_with_parent(),  # on the main thread: the signal follows the forker
     )
 
 

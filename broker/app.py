@@ -48,6 +48,8 @@ def make_celery(settings: Settings, broker_url: str | None = None) -> Celery:
             TASK_RETRAIN: {"queue": TRAIN_QUEUE},
         },
         broker_connection_retry_on_startup=True,
+        # Batches in flight when Redis goes away run on and commit (see worker.main).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

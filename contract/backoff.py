@@ -75,7 +75,9 @@ def retry(
             if not transient(exc) or attempt == attempts:
                 raise
             delay = backoff_delay(attempt, base=base, cap=cap, jitter=1.0)
-            log.warning(
+            # The first retry is news (it reaches `up`'s terminal); the rest go to the log.
+            log.log(
+                logging.WARNING if attempt == 1 else logging.INFO,
                 "%s failed (%s: %s); retry %d/%d in %.2fs",
                 what,
                 type(exc).__name__,

@@ -16,6 +16,8 @@ class SeenFile:
     sha256: str
     size: int
     mtime_ns: int
+    # Its format says more is to come (imaging.trailers): the watcher waits before recording it.
+    unfinished: bool = False
 
 
 class LabelScore(TypedDict):

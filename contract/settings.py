@@ -7,17 +7,27 @@ same variables (:meth:`Settings.to_env`), so every process of one pipeline agree
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INBOX_CLASSIFIER_"
 
+
+#: Upper bounds that no machine reaches: a larger value is a slip (a unit, a stray digit).
+MAX_THREADS = 1024
+HOUR_S = 3600.0
+DAY_S = 24 * HOUR_S
+WEEK_S = 7 * DAY_S
+YEAR_S = 366 * DAY_S
+
+#: Optional text settings where an empty variable means "not set" (the default applies).
+EMPTY_MEANS_UNSET = frozenset(
+    {"labeled_dir", "database_url", "redis_url", "retrain_cron", "web_token"}
+)
 
 # Sized so that a retrain of 3,000 small images (decode, training, gate, calibration, ONNX int8)
 # ends within 5 minutes on 2 cores: docs/performance.md, "Learning from scratch".
@@ -31,6 +41,8 @@ class Settings(BaseSettings):
         extra="ignore",
         validate_default=True,
         env_parse_none_str="null",
+        # inf and nan are never a sensible interval, rate or count: refused with the range.
+        allow_inf_nan=False,
     )
 
     # --- where things live -------------------------------------------------------------------
@@ -68,7 +80,10 @@ class Settings(BaseSettings):
         "(up to 4) on a CPU, 1 on a GPU.",
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch threads per inference stream; default: cores / streams."
+        None,
+        ge=1,
+        le=MAX_THREADS,
+        description="torch threads per inference stream; default: cores / streams.",
     )
     torch_compile: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -76,11 +91,13 @@ class Settings(BaseSettings):
         "CPUs with native bf16 (where it pays; docs/performance.md).",
     )
 
-    inference_backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-fp32"] = Field(
+    inference_backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-fp32", "null"] = Field(
         "auto",
         description="auto: on a CPU, ONNX Runtime int8 where it passed its agreement check, "
         "else ONNX Runtime fp32 (torch where the CPU runs bf16 natively), else torch; torch on "
-        "CUDA. onnxruntime-fp32 forbids int8.",
+        "CUDA. onnxruntime-fp32 forbids int8. null: no model at all (benchmarks of the "
+        "plumbing: files are read and checked, every image gets the same fixed result; only on "
+        "a data dir with no other model version).",
     )
     int8_min_agreement: float = Field(
         0.99,
@@ -94,12 +111,15 @@ class Settings(BaseSettings):
     batch_wait_ms: int = Field(
         25,
         ge=0,
+        le=60_000,
         description="Longest wait for a busy worker's batch to fill; an idle model never waits.",
     )
     files_per_message: int = Field(
         16, ge=1, le=1024, description="Most files the watcher packs into one queue message."
     )
-    decode_threads: int = Field(2, ge=1, description="Image decode threads per worker.")
+    decode_threads: int = Field(
+        2, ge=1, le=MAX_THREADS, description="Image decode threads per worker."
+    )
     gpu_decode: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Decode each batch's JPEGs on the worker's device in one batched call "
@@ -117,30 +137,43 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(
         None,
         ge=1,
+        le=MAX_THREADS,
         description="Messages a worker holds at once; default: a batch per stream plus 2.",
     )
     malloc_arenas: int | None = Field(
         2,
         ge=1,
+        le=MAX_THREADS,
         description="glibc malloc arenas a worker allocates from (keeps its RSS flat); "
         "null = glibc's default (8 per core).",
     )
     max_image_pixels: int = Field(
-        100_000_000, ge=1, description="Larger images are refused as decompression bombs."
+        100_000_000,
+        ge=1,
+        le=10_000_000_000,
+        description="Larger images are refused as decompression bombs.",
     )
     max_file_bytes: int | None = Field(
         None,
         ge=1,
+        le=1 << 40,
         description="Larger files are refused before they are read; default: 4 bytes per "
         "MAX_IMAGE_PIXELS pixel plus 1 MiB (an uncompressed RGBA image at the pixel limit).",
     )
 
     # --- the watcher ---------------------------------------------------------------------------
     quiet_period_s: float = Field(
-        1.0, ge=0, description="Size/mtime must hold this long when no close-write event exists."
+        1.0,
+        ge=0,
+        le=HOUR_S,
+        description="Size/mtime must hold this long where no close-write event says a file is "
+        "done, or its bytes say it is unfinished.",
     )
     rescan_interval_s: float = Field(
-        300.0, gt=0, description="Full inbox rescan period (also catches event overflows)."
+        300.0,
+        ge=1,
+        le=WEEK_S,
+        description="Full inbox rescan period (also catches event overflows).",
     )
     hash_threads: int = Field(
         4,
@@ -157,20 +190,30 @@ class Settings(BaseSettings):
         "work puts on threads.",
     )
     polling: bool = Field(False, description="Use a polling observer (network mounts).")
-    poll_interval_s: float = Field(1.0, gt=0, description="Polling observer period.")
+    poll_interval_s: float = Field(
+        1.0, ge=0.01, le=HOUR_S, description="Polling observer period."
+    )
 
     # --- reliability ---------------------------------------------------------------------------
     requeue_after_s: float = Field(
-        120.0, gt=0, description="A row queued this long without a result is enqueued again."
+        120.0,
+        ge=1,
+        le=WEEK_S,
+        description="A row queued this long without a result is enqueued again.",
     )
-    reconcile_interval_s: float = Field(30.0, gt=0, description="How often stuck rows are found.")
+    reconcile_interval_s: float = Field(
+        30.0, ge=0.5, le=DAY_S, description="How often stuck rows are found."
+    )
     max_attempts: int = Field(
-        5, ge=1, description="Deliveries of one image before it is marked failed for good."
+        5, ge=1, le=100, description="Deliveries of one image before it is marked failed for good."
     )
 
     # --- retraining ----------------------------------------------------------------------------
     retrain_interval_s: float | None = Field(
-        3600.0, description="Beat runs a (skipped-if-unchanged) retrain this often; None = never."
+        3600.0,
+        ge=60,
+        le=YEAR_S,
+        description="Beat runs a (skipped-if-unchanged) retrain this often; null = never.",
     )
     retrain_cron: str | None = Field(
         None, description="Crontab for beat instead of the interval, e.g. '0 3 * * *'."
@@ -182,7 +225,8 @@ class Settings(BaseSettings):
     )
     train_budget_s: float | None = Field(
         BUDGET_DEFAULT_S,
-        gt=0,
+        ge=1,
+        le=WEEK_S,
         description="Seconds a run may train (decoding its images included): from random "
         "weights the schedule is sized to end within it; any run stops at its best epoch so "
         "far when the next would not fit. The default keeps a retrain of a few thousand "
@@ -194,13 +238,15 @@ class Settings(BaseSettings):
         "the class (not for digits or text); on or off decides.",
     )
     train_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD+StepLR, or AdamW.")
-    train_lr: float = Field(1e-3, gt=0, description="Learning rate.")
-    train_momentum: float = Field(0.9, ge=0, description="SGD momentum.")
-    train_step_size: int = Field(7, ge=1, description="StepLR period in epochs.")
-    train_gamma: float = Field(0.1, gt=0, description="StepLR decay.")
-    train_epochs: int = Field(10, ge=1, description="Most epochs per run.")
-    train_batch_size: int = Field(32, ge=1, description="Training batch size.")
-    train_patience: int = Field(3, ge=1, description="Early stop after this many flat epochs.")
+    train_lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    train_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    train_step_size: int = Field(7, ge=1, le=10_000, description="StepLR period in epochs.")
+    train_gamma: float = Field(0.1, gt=0, le=1, description="StepLR decay.")
+    train_epochs: int = Field(10, ge=1, le=10_000, description="Most epochs per run.")
+    train_batch_size: int = Field(32, ge=1, le=4096, description="Training batch size.")
+    train_patience: int = Field(
+        3, ge=1, le=10_000, description="Early stop after this many flat epochs."
+    )
     holdout_fraction: float = Field(
         0.1,
         ge=0,
@@ -217,7 +263,7 @@ class Settings(BaseSettings):
         "the confidences.",
     )
     min_images_per_class: int = Field(
-        5, ge=1, description="Fewer labeled images in a class: training is refused."
+        5, ge=1, le=1_000_000, description="Fewer labeled images in a class: training is refused."
     )
     coverage: float = Field(
         0.95,
@@ -237,13 +283,19 @@ class Settings(BaseSettings):
         "variation distance) from its validation ones.",
     )
     gate_margin: float = Field(
-        0.0, ge=0, description="Candidate may be this much less accurate and still be promoted."
+        0.0,
+        ge=0,
+        le=1,
+        description="Candidate may be this much less accurate and still be promoted.",
     )
     model_check_interval_s: float = Field(
-        2.0, gt=0, description="How often workers look for a newly promoted model."
+        2.0, ge=0.1, le=HOUR_S, description="How often workers look for a newly promoted model."
     )
     retrain_after_labels: int = Field(
-        50, ge=0, description="Human labels that trigger a retrain (0 = never by labels)."
+        50,
+        ge=0,
+        le=10_000_000,
+        description="Human labels that trigger a retrain (0 = never by labels).",
     )
     backfill_below_confidence: float = Field(
         0.9,
@@ -252,7 +304,10 @@ class Settings(BaseSettings):
         description="After a promotion, unreviewed rows below this confidence are rescored.",
     )
     backfill_limit: int = Field(
-        10_000, ge=0, description="Most rows a backfill rescores, least confident first."
+        10_000,
+        ge=0,
+        le=100_000_000,
+        description="Most rows a backfill rescores, least confident first.",
     )
 
     # --- the web app and metrics ---------------------------------------------------------------
@@ -269,6 +324,27 @@ class Settings(BaseSettings):
         description="A worker serves Prometheus metrics here; `up` assigns one per worker.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_values(cls, values: object) -> object:
+        """An empty variable is a slip (a script's unset ``$VAR``): refused with the name,
+        except where empty plainly means "not set"."""
+        if not isinstance(values, dict):
+            return values
+        out = dict(values)
+        for name, value in values.items():
+            if not (isinstance(value, str) and value.strip() == ""):
+                continue
+            if name in EMPTY_MEANS_UNSET:
+                out[name] = None
+            elif name in cls.model_fields:
+                default = cls.model_fields[name].default
+                raise ValueError(
+                    f"{ENV_PREFIX}{name.upper()} is empty: give it a value, or unset it for "
+                    f"the default ({default})"
+                )
+        return out
+
     @model_validator(mode="after")
     def _requeue_after_a_reconcile_tick(self) -> Settings:
         # Shorter, and rows still being classified would be re-sent on every reconcile tick.
@@ -281,6 +357,12 @@ class Settings(BaseSettings):
         if self.holdout_fraction + self.val_fraction >= 0.8:
             raise ValueError("holdout_fraction + val_fraction must leave a fifth to train on")
         return self
+
+    @field_validator("inference_backend", mode="before")
+    @classmethod
+    def _null_backend(cls, value: object) -> object:
+        # "null" in a variable arrives as None (env_parse_none_str); this setting has no None.
+        return "null" if value is None else value
 
     @field_validator("retrain_cron")
     @classmethod
@@ -345,57 +427,3 @@ class Settings(BaseSettings):
         env = {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
         env.update(self.to_env())
         return env
-
-
-#: Variables with the prefix that are not settings: `up` sets it for its children.
-NOT_SETTINGS = frozenset({ENV_PREFIX + "SUPERVISOR_PID"})
-
-
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """A warning for each ``INBOX_CLASSIFIER_*`` name in ``environ`` that is no setting
-    (a typo is otherwise silently ignored), naming the closest known one."""
-    known = [name.upper() for name in Settings.model_fields]
-    warnings = []
-    for name in sorted(environ):
-        upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in NOT_SETTINGS:
-            continue
-        suffix = upper.removeprefix(ENV_PREFIX)
-        if suffix in known:
-            continue
-        close = difflib.get_close_matches(suffix, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else " (see the settings docs)"
-        warnings.append(f"{name} is not a setting and is ignored{hint}")
-    return warnings
-
-
-def dotenv_names(path: str | os.PathLike[str] = ".env") -> dict[str, str]:
-    """The variable names a ``.env`` file sets (values are not needed to judge the names)."""
-    names: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                name = line.strip().removeprefix("export ").partition("=")[0].strip()
-                if name and not name.startswith("#"):
-                    names[name] = ""
-    except OSError:
-        pass
-    return names
-
-
-def settings_problems(error: ValidationError, flags: Mapping[str, str] | None = None) -> list[str]:
-    """One line per bad setting, naming its variable (or the command-line flag in ``flags``,
-    field -> flag, that set it), what it got and what it takes."""
-    lines = []
-    for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"])
-        variable = ENV_PREFIX + field.upper() if field else "settings"
-        if flags and field in flags:
-            variable = flags[field]
-        given = problem.get("input")
-        shown = "" if isinstance(given, dict) or given is None else f"={given!s:.80}"
-        message = str(problem["msg"]).removeprefix("Value error, ")
-        if problem["type"] == "string_pattern_mismatch" and field == "device":
-            message = "use auto, cpu, cuda or cuda:N"
-        lines.append(f"{variable}{shown}: {message}")
-    return lines

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import is_stale_connection
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -26,8 +28,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", _replace_stale_connections)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _replace_stale_connections(context: ExceptionContext) -> None:
+    """A connection that saw the file read-only, full or failing is not reused: the pool opens
+    a fresh one, so every process recovers on its own once the file is writable again."""
+    if context.original_exception is not None and is_stale_connection(
+        context.original_exception
+    ):
+        context.is_disconnect = True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -83,7 +95,8 @@ class LazySessions:
 def database_problem(url: str, connect: bool = True) -> str | None:
     """Why the ledger at ``url`` cannot be used, in words a person can act on, or None: not
     a URL, a database other than SQLite or PostgreSQL, its driver not installed, a SQLite file
-    whose folder cannot be written, or (``connect``) a server that does not answer."""
+    whose folder cannot be written, or (``connect``) a server that does not answer. Without
+    ``connect`` nothing is created either (a SQLite file's folder included)."""
     try:
         parsed = make_url(url)
     except Exception:  # sqlalchemy.exc.ArgumentError, ValueError
@@ -100,7 +113,7 @@ def database_problem(url: str, connect: bool = True) -> str | None:
         hint = " (pip install -e '.[postgres]')" if backend == "postgresql" else ""
         return f"its driver is not installed: {exc}{hint}"
     if backend == "sqlite":
-        problem = _sqlite_file_problem(parsed.database)
+        problem = _sqlite_file_problem(parsed.database, create=connect)
         if problem is not None:
             return problem
     if not connect:
@@ -120,12 +133,14 @@ def database_problem(url: str, connect: bool = True) -> str | None:
 SUPPORTED = frozenset({"sqlite", "postgresql"})
 
 
-def _sqlite_file_problem(database: str | None) -> str | None:
+def _sqlite_file_problem(database: str | None, create: bool) -> str | None:
     if not database or database == ":memory:":
         return None
     path = Path(database)
     if path.is_dir():
         return f"{path} is a folder, not a database file"
+    if not create:
+        return None  # the URL alone is judged; whoever creates the file says what fails
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

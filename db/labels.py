@@ -66,16 +66,6 @@ def target(session: Session, sha256: str) -> LabelTarget | None:
     )
 
 
-def current_file(session: Session, image_id: int) -> str | None:
-    """The training copy of the image's current label, if one was written."""
-    return session.scalars(
-        select(Label.file)
-        .where(Label.image_id == image_id, Label.undone_at.is_(None))
-        .order_by(Label.id.desc())
-        .limit(1)
-    ).first()
-
-
 def set_label(
     session: Session,
     image: LabelTarget,
@@ -161,3 +151,18 @@ def sha_for_path(session: Session, path: str) -> str | None:
         .where(ImagePath.path == to_ledger(path))
         .limit(1)
     ).first()
+
+
+def human_labels_of(session: Session, shas: list[str]) -> dict[str, str | None]:
+    """For each of ``shas`` that a person ever labeled: its current human label (None once
+    undone). Hashes never labeled are absent."""
+    out: dict[str, str | None] = {}
+    for start in range(0, len(shas), 500):  # bounded IN lists
+        part = shas[start : start + 500]
+        rows = session.execute(
+            select(Image.sha256, Image.human_label)
+            .where(Image.sha256.in_(part))
+            .where(select(Label.id).where(Label.image_id == Image.id).exists())
+        ).all()
+        out.update({sha: label for sha, label in rows})
+    return out

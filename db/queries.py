@@ -8,14 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
 from sqlalchemy import Select, case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from contract.clock import iso, utcnow
 from contract.filters import ResultFilters
 from contract.messages import WorkItem
 from contract.serving import ServingRecord
 from contract.status import ActiveModel, LedgerStatus
-from db.models import Image, ImagePath, ImageStatus, LabelSource, ModelVersion
+from db.models import Image, ImagePath, ImageStatus, LabelSource, ModelVersion, Prediction
 from db.versions import active_model
 
 
@@ -235,3 +235,32 @@ def reclassify_items(
     if since is not None:
         query = query.where(Image.classified_at >= since)
     return [WorkItem(path=path, sha256=sha) for sha, path in session.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkDone:
+    """What the ledger says was done since a moment (`up`'s stop summary)."""
+
+    classified: int  # first results
+    rescored: int  # results of a later version for images done before
+    failed: int
+
+
+def work_since(session: Session, moment: datetime) -> WorkDone:
+    """First results, rescores and failures recorded at or after ``moment``."""
+    earlier = aliased(Prediction)
+    first = ~(
+        select(earlier.id)
+        .where(earlier.image_id == Prediction.image_id, earlier.id < Prediction.id)
+        .exists()
+    )
+    rows = session.execute(
+        select(first, func.count()).where(Prediction.created_at >= moment).group_by(first)
+    ).all()
+    by_kind = {bool(kind): int(n) for kind, n in rows}
+    failed = session.execute(
+        select(func.count()).where(
+            Image.status == ImageStatus.FAILED, Image.updated_at >= moment
+        )
+    ).scalar_one()
+    return WorkDone(by_kind.get(True, 0), by_kind.get(False, 0), int(failed))

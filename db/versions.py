@@ -62,6 +62,24 @@ def ensure_base_model(
     return base
 
 
+class RealModelsHere(ValueError):
+    """The no-model backend was asked to serve a data dir that has real model versions."""
+
+
+def ensure_null_model(session: Session, arch: str, classes: list[str]) -> ModelVersion:
+    """Register the no-model backend's version (``base:<arch>:<arch>``) and make it active,
+    only where the data dir holds no other version. Raises :class:`RealModelsHere`."""
+    name = base_model_name(arch, arch)
+    others = session.scalars(select(ModelVersion.name).where(ModelVersion.name != name)).all()
+    if others:
+        raise RealModelsHere(
+            f"this data dir has real model versions ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}): INFERENCE_BACKEND=null is for benchmarks "
+            "and tests on a data dir of its own (--data-dir)"
+        )
+    return ensure_base_model(session, arch, arch, classes)
+
+
 def base_version_id(session: Session, arch: str, weights: str) -> int:
     """The id of a registered base model's row."""
     name = base_model_name(arch, weights)

@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.locate import BrokerNotFound, with_broker
 from contract import running
 from contract.clock import parse_since
-from contract.settings import Settings, dotenv_names, settings_problems, unknown_variables
+from contract.settings import Settings
+from contract.settings_errors import dotenv_names, settings_problems, unknown_variables
 from db.engine import has_schema, make_engine, make_sessionmaker
+from db.errors import DATABASE_ERRORS, unavailable_reason
 from inbox_classifier.lifeline import follow_supervisor
-from inbox_classifier.preflight import MISCONFIGURED
+from inbox_classifier.preflight import MISCONFIGURED, check_urls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,11 +76,19 @@ def settings_options(
             verbose = kwargs.pop("verbose", False)
             configure_logging(verbose)
             settings = read_settings(overrides)
+            check_urls(settings)
             if role:
                 follow_supervisor()  # started by `up`: die with it
             else:
                 settings = agree_with_running(settings)
-            return command(*args, settings=settings, **kwargs)
+            try:
+                return command(*args, settings=settings, **kwargs)
+            except DATABASE_ERRORS as exc:
+                # The database refused (unreachable, read-only, locked): one line, no traceback.
+                reason = unavailable_reason(exc)
+                if reason is None:
+                    raise
+                raise click.ClickException(reason) from None
 
         decorated: Any = wrapper
         decorated = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(decorated)
@@ -158,18 +168,35 @@ class Since(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+#: How a command that reads the ledger says there is none where it looked.
+NO_LEDGER = "no ledger here ({where}): run `inbox-classifier up` in this folder, or set DATA_DIR"
+
+
 @contextmanager
 def ledger(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    """Sessions on the configured ledger, which must exist already."""
+    """Sessions on the configured ledger, which must exist already: a command that only reads
+    creates nothing (no empty results.db, no folder) where there is none."""
+    from contract.layout import sqlite_file
+
+    database = sqlite_file(settings)
+    if database is not None and not database.is_file():
+        raise click.ClickException(NO_LEDGER.format(where=f"no {database}"))
     engine = make_engine(settings.db_url)
     try:
-        if not has_schema(engine):
-            raise click.ClickException(
-                f"no ledger at {settings.db_url}: run `inbox-classifier db upgrade` first"
-            )
+        try:
+            ready = has_schema(engine)
+        except DATABASE_ERRORS as exc:
+            reason = unavailable_reason(exc) or f"{type(exc).__name__}: {exc}"
+            raise click.ClickException(reason) from None
+        if not ready:
+            raise click.ClickException(NO_LEDGER.format(where=f"{_shown_url(settings)} is empty"))
         yield make_sessionmaker(engine)
     finally:
         engine.dispose()
+
+
+def _shown_url(settings: Settings) -> str:
+    return running.mask(settings.db_url) if settings.database_url else settings.db_url
 
 
 def require_broker(settings: Settings) -> Settings:

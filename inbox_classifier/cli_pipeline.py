@@ -21,9 +21,11 @@ from inbox_classifier.cli_common import (
     settings_options,
 )
 from inbox_classifier.preflight import (
+    Refused,
     check_database,
     check_device,
     check_folders,
+    check_layout,
     check_redis,
     check_web,
 )
@@ -71,6 +73,7 @@ def watch(settings: Settings) -> None:
     from watcher.service import run_watcher
 
     settings = require_broker(settings)
+    check_layout(settings)
     check_folders(settings, inbox=True)
     check_database(settings)
     check_redis(settings)
@@ -110,7 +113,7 @@ def worker(settings: Settings, queues: str, concurrency: int | None, name: str |
     try:
         run_worker(settings, wanted, concurrency, name)
     except WorkerRefused as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Refused(str(exc)) from exc
 
 
 @click.command()

@@ -17,10 +17,10 @@ from broker.stats import queue_report
 from contract.filters import ResultFilters
 from contract.serving import describe_serving
 from contract.settings import Settings
-from db.engine import make_engine, make_sessionmaker, transaction
+from db.engine import transaction
 from db.models import ImageStatus
 from db.queries import ResultRow, ledger_status, result_rows
-from inbox_classifier.cli_common import BROKER, NO_MODEL_YET, WHERE, settings_options
+from inbox_classifier.cli_common import BROKER, NO_MODEL_YET, WHERE, ledger, settings_options
 
 RESULT_FIELDS = list(ResultRow.__slots__)
 
@@ -92,12 +92,8 @@ Examples:
 )
 def results(settings: Settings, filters: ResultFilters, limit: int | None, fmt: str) -> None:
     """Classification results, one row per file path."""
-    engine = make_engine(settings.db_url)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            rows = [row.to_dict() for row in result_rows(session, filters, limit)]
-    finally:
-        engine.dispose()
+    with ledger(settings) as sessions, transaction(sessions) as session:
+        rows = [row.to_dict() for row in result_rows(session, filters, limit)]
     _print_rows(rows, fmt)
 
 
@@ -148,12 +144,8 @@ Examples:
 )
 def status(settings: Settings, as_json: bool, window: int) -> None:
     """Counts by state, queue depth, workers, the active model and throughput."""
-    engine = make_engine(settings.db_url)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            ledger_part = ledger_status(session, window)
-    finally:
-        engine.dispose()
+    with ledger(settings) as sessions, transaction(sessions) as session:
+        ledger_part = ledger_status(session, window)
     queues = queue_report(with_broker(settings, required=False))
     if as_json:
         report = {

@@ -270,11 +270,20 @@ class _ConsoleHandler(logging.Handler):
         self._console.show(message)
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that cannot be written (the disk is full) loses those records quietly: the
+    terminal still shows what matters (the disk's state included), without the "--- Logging
+    error ---" traceback logging prints for every record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def route_supervisor_logging(console: Console, log_path: Path, own_logger: str) -> None:
     """Send this process's log records to ``log_path`` (all of them) and to ``console`` (what
     :class:`_ConsoleHandler` keeps), instead of stderr."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+    file_handler = _QuietFileHandler(log_path, mode="a", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     for handler in list(root.handlers):

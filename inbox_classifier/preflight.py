@@ -17,6 +17,13 @@ from contract.settings import ENV_PREFIX, Settings
 MISCONFIGURED = 2
 
 
+class Refused(click.ClickException):
+    """A command that cannot run with these settings, in words of its own (exit status 2, so
+    `up` stops instead of restarting it)."""
+
+    exit_code = MISCONFIGURED
+
+
 class Misconfigured(click.ClickException):
     exit_code = MISCONFIGURED
 
@@ -52,10 +59,26 @@ def check_folders(settings: Settings, *, inbox: bool = False, labeled: bool = Fa
             raise Misconfigured(variable, path, problem)
 
 
-def check_database(settings: Settings) -> None:
+def check_layout(settings: Settings) -> None:
+    """The inbox holds nothing of the system's own (:mod:`contract.layout`)."""
+    from contract.layout import inbox_overlap
+
+    problem = inbox_overlap(settings)
+    if problem is not None:
+        raise Misconfigured("INBOX", settings.inbox, problem)
+
+
+def check_urls(settings: Settings) -> None:
+    """Every command: the database and Redis URLs parse and name something supported (no
+    connection is tried: a command that needs one says so itself)."""
+    check_database(settings, connect=False)
+    check_redis(settings, reachable=False)
+
+
+def check_database(settings: Settings, connect: bool = True) -> None:
     from db.engine import database_problem
 
-    problem = database_problem(settings.db_url)
+    problem = database_problem(settings.db_url, connect=connect)
     if problem is None:
         return
     if settings.database_url:

@@ -78,6 +78,9 @@ class RedisServer:
         ]
         if self.persist:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1"]
+            # The append-only file is what keeps the queue; a snapshot that fails (a full
+            # disk) must not refuse every write on top (Redis resumes once the AOF writes).
+            args += ["--stop-writes-on-bgsave-error", "no"]
         else:
             args += ["--appendonly", "no", "--save", ""]
         self.process = subprocess.Popen(
@@ -106,6 +109,14 @@ class RedisServer:
             finally:
                 client.close()
         return self.url
+
+    def alive(self) -> bool:
+        """Whether it runs; polling also reaps a redis-server that died."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -18,41 +18,46 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from broker.locate import url_file
 from contract import running
-from contract.backoff import backoff_delay
+from contract.clock import utcnow
 from contract.queues import CLASSIFY_QUEUE, TRAIN_QUEUE
 from contract.settings import ENV_PREFIX, Settings
 from contract.sizing import sized_for_machine, visible_gpus, workers_per_gpu
 from db import migrate
-from inbox_classifier.console import Console, Tally, follow_output, route_supervisor_logging
+from db.queries import WorkDone
+from inbox_classifier.children import (
+    Child,
+    ChildOutput,
+    Lifeline,
+    PrivateRedis,
+    restart_dead,
+)
+from inbox_classifier.console import Console, route_supervisor_logging
+from inbox_classifier.disk import DiskWatch
 from inbox_classifier.lifeline import (
-    SUPERVISOR_PID_ENV,
     AlreadyRunning,
     DataDirLock,
-    dies_with_parent,
 )
+from inbox_classifier.ports import PortError, metrics_ports, url_host, web_port
 from inbox_classifier.preflight import (
     MISCONFIGURED,
     Misconfigured,
     check_database,
     check_device_visible,
     check_folders,
+    check_layout,
     check_redis,
     check_web,
 )
-from inbox_classifier.redis_server import RedisServer, free_port
+from inbox_classifier.redis_server import RedisServer
 
 # Its INFO records are for the terminal; everything else this process logs reaches it only
 # from WARNING on (inbox_classifier.console).
@@ -60,149 +65,10 @@ log = logging.getLogger("inbox_classifier.up")
 # Details for the log file only (pids, the private Redis's address).
 detail = logging.getLogger("inbox_classifier.up.detail")
 
-STOP_TIMEOUT_S = 60.0
-MAX_RESTART_DELAY_S = 30.0
 # How long the stop waits for each child's last lines to reach its log file. A reader whose
 # pipe some grandchild still holds open is a daemon thread: it never holds the exit.
 READER_JOIN_S = 5.0
 METRICS_PORT_ENV = ENV_PREFIX + "METRICS_PORT"
-
-
-class PortError(ValueError):
-    """The ports asked for cannot be assigned."""
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether a server could listen on ``host:port`` now."""
-    try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            # As the servers bind (http.server sets it): a port in TIME_WAIT is free to them.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-    except OSError:
-        return False
-    return True
-
-
-def metrics_ports(settings: Settings, count: int, avoid: set[int]) -> list[int]:
-    """One metrics port per classify worker: ``metrics_port``, ``metrics_port + 1``, ... when
-    set (as given: a worker that finds its port taken says so and runs without metrics), else
-    free ports, distinct and not in ``avoid``."""
-    if settings.metrics_port is not None:
-        last = settings.metrics_port + count - 1
-        if last > 65535:
-            raise PortError(
-                f"{count} workers need metrics ports {settings.metrics_port}-{last}: "
-                "past 65535; lower METRICS_PORT"
-            )
-        return list(range(settings.metrics_port, last + 1))
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports and port not in avoid:
-            ports.append(port)
-    return ports
-
-
-def web_port(settings: Settings, avoid: set[int]) -> tuple[int, str]:
-    """``web_port`` if it is free, else a free port; and a note saying why it moved."""
-    wanted = settings.web_port
-    if wanted not in avoid and port_is_free(settings.web_host, wanted):
-        return wanted, ""
-    while (port := free_port()) in avoid:
-        pass
-    why = "a worker's metrics port" if wanted in avoid else "in use"
-    return port, f" (port {wanted} is {why})"
-
-
-def url_host(host: str) -> str:
-    """``host`` as it goes into a URL a person can open on this machine."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
-@dataclass(frozen=True)
-class ChildOutput:
-    """Where the children's output goes: each one's own log file, and the terminal."""
-
-    console: Console
-    log_dir: Path
-    tally: Tally = field(default_factory=Tally)
-
-    def log_path(self, child: str) -> Path:
-        return self.log_dir / f"{child}.log"
-
-    def follow(self, child: str, process: subprocess.Popen[bytes]) -> threading.Thread:
-        assert process.stdout is not None
-        return follow_output(
-            child, process.pid, process.stdout, self.log_path(child), self.console, self.tally
-        )
-
-
-@dataclass(frozen=True)
-class Lifeline:
-    """What every child gets so that it dies with `up` (:mod:`inbox_classifier.lifeline`)."""
-
-    preexec_fn: Callable[[], None] | None = None
-    pass_fds: tuple[int, ...] = ()
-
-    @classmethod
-    def for_children(cls, lock_fd: int | None) -> Lifeline:
-        return cls(dies_with_parent(), (lock_fd,) if lock_fd is not None else ())
-
-
-@dataclass
-class Child:
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    url: str | None = None  # what a person opens: the web app, or this worker's metrics
-    note: str = ""  # why it serves where it does, when that is not where it was asked to
-    process: subprocess.Popen[bytes] | None = None
-    reader: threading.Thread | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    started_at: float = field(default=0.0)
-
-    def start(self, output: ChildOutput, lifeline: Lifeline) -> None:
-        """Start it; on `up`'s main thread only (the parent-death signal follows the thread
-        that forked the child)."""
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "inbox_classifier", *self.args],
-            # Unbuffered: its lines reach the log file (and the terminal) as they are written.
-            env={**self.env, "PYTHONUNBUFFERED": "1", SUPERVISOR_PID_ENV: str(os.getpid())},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lifeline.preexec_fn,  # two system calls, looked up before the fork
-            pass_fds=lifeline.pass_fds,
-        )
-        self.reader = output.follow(self.name, self.process)
-        self.started_at = time.monotonic()
-        if self.restarts:
-            log.info("restarted %s (pid %d)", self.name, self.process.pid)
-        else:
-            detail.info("started %s (pid %d)", self.name, self.process.pid)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        if not self.alive():
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
-            self.process.kill()
-            self.process.wait()
 
 
 def plan_children(
@@ -253,6 +119,7 @@ def plan_children(
 def run_pipeline(
     settings: Settings, workers: int | None, trainer: bool, beat: bool, web: bool = True
 ) -> int:
+    check_layout(settings)
     check_folders(settings, inbox=True, labeled=True)
     settings = settings.model_copy(
         update={
@@ -276,6 +143,35 @@ def run_pipeline(
         lock.release()
 
 
+def _work_since(settings: Settings, moment: datetime) -> WorkDone | None:
+    """The stop summary's counts, from the ledger (the children's reports miss what a child
+    did just before it died); None when the ledger cannot answer (the terminal's tally then)."""
+    from db.engine import make_engine, make_sessionmaker, transaction
+    from db.queries import work_since
+
+    engine = make_engine(settings.db_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            return work_since(session, moment)
+    except Exception as exc:  # the summary must not hide why `up` stopped
+        detail.warning("the stop summary comes from the terminal's tally: %s", exc)
+        return None
+    finally:
+        engine.dispose()
+
+
+def _repair_training_copies(settings: Settings) -> None:
+    """labeled/ made to agree with the ledger before anything can train on it."""
+    from db.engine import make_engine, make_sessionmaker
+    from pipeline.training_copies import repair
+
+    engine = make_engine(settings.db_url)
+    try:
+        repair(settings.labeled_path, make_sessionmaker(engine))
+    finally:
+        engine.dispose()
+
+
 def _holders(settings: Settings) -> str:
     """The live processes recorded in the data dir, for the message of a refused `up`."""
     return ", ".join(f"{r.role} {r.pid}" for r in running.running(settings))
@@ -295,11 +191,14 @@ def _run_locked(
     from worker.modelzoo import ModelError, ensure_weights
 
     try:
-        ensure_weights(settings.model, settings.weights)
+        if settings.inference_backend != "null":
+            ensure_weights(settings.model, settings.weights)
     except ModelError as exc:
         log.error("%s", exc)
         return MISCONFIGURED
     migrate.upgrade(settings.db_url)
+    _repair_training_copies(settings)
+    began = utcnow()
 
     redis_server: RedisServer | None = None
     if not settings.redis_url:
@@ -316,19 +215,20 @@ def _run_locked(
         detail.info("private Redis at %s", url)
     try:
         with running.recorded(settings, "up"):
-            return _supervise(settings, workers, trainer, beat, web, output, lifeline)
+            broker = PrivateRedis(redis_server) if redis_server is not None else None
+            return _supervise(settings, workers, trainer, beat, web, output, lifeline, broker)
     finally:
         if redis_server is not None:
             redis_server.stop()
             url_file(settings).unlink(missing_ok=True)
-        tally = output.tally
-        rescored = f", {tally.rescored} rescored" if tally.rescored else ""
+        done = _work_since(settings, began) or output.tally
+        rescored = f", {done.rescored} rescored" if done.rescored else ""
         log.info(
             "stopped: %d image%s classified%s, %d failed, while up ran; logs in %s",
-            tally.classified,
-            "" if tally.classified == 1 else "s",
+            done.classified,
+            "" if done.classified == 1 else "s",
             rescored,
-            tally.failed,
+            done.failed,
             output.log_dir,
         )
 
@@ -341,6 +241,7 @@ def _supervise(
     web: bool,
     output: ChildOutput,
     lifeline: Lifeline,
+    broker: PrivateRedis | None = None,
 ) -> int:
     stopping = threading.Event()
 
@@ -370,6 +271,7 @@ def _supervise(
     )
     started = time.monotonic()
     web_url = next((c.url for c in children if c.name == "web"), None)
+    disk = DiskWatch(written_places(settings))
 
     def say_ready() -> None:
         where = f"; open {web_url}" if web_url else ""
@@ -386,7 +288,10 @@ def _supervise(
     code = 0
     try:
         while not stopping.wait(0.5):
-            refused = _restart_dead(children, output, lifeline)
+            disk.check()
+            if broker is not None:
+                broker.heal()
+            refused = restart_dead(children, output, lifeline, hold=disk.full)
             if refused is not None:
                 log.error(
                     "%s cannot run with these settings (exit %d; the reason is above, and in "
@@ -413,31 +318,14 @@ def _supervise(
     return code
 
 
-def _restart_dead(children: list[Child], output: ChildOutput, lifeline: Lifeline) -> Child | None:
-    """Restart dead children with backoff; returns a child that exited because its settings
-    cannot work (:data:`MISCONFIGURED`): restarting it would fail the same way for ever."""
-    now = time.monotonic()
-    for child in children:
-        if child.alive() or child.process is None:
-            continue
-        if child.next_start == 0.0:
-            code = child.process.returncode
-            if code == MISCONFIGURED:
-                return child
-            # A child that ran a while before dying starts over with a short delay.
-            if now - child.started_at > 60:
-                child.restarts = 0
-            delay = backoff_delay(child.restarts + 1, base=1.0, cap=MAX_RESTART_DELAY_S)
-            child.next_start = now + delay
-            log.error(
-                "%s exited with %s (its log: %s); restarting in %.0fs",
-                child.name,
-                code,
-                output.log_path(child.name),
-                delay,
-            )
-        elif now >= child.next_start:
-            child.restarts += 1
-            child.next_start = 0.0
-            child.start(output, lifeline)
-    return None
+def written_places(settings: Settings) -> list[Path]:
+    """Where the system writes: the data dir, and a SQLite ledger kept elsewhere."""
+    from contract.layout import sqlite_file
+
+    places = [settings.data_dir]
+    ledger = sqlite_file(settings)
+    if ledger is not None and ledger.parent.resolve() != settings.data_dir.resolve():
+        places.append(ledger.parent)
+    return places
+
+

@@ -12,11 +12,7 @@ and, at the threshold, the queued run), then the run's message.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -28,7 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from contract.files import FileGone, FileRefused, read_from_inbox
 from contract.labeled import label_problem, normalized_label
 from contract.messages import RetrainRequest, Trigger
-from contract.paths import from_ledger
 from contract.settings import Settings
 from db import labels, runs
 from db.engine import transaction
@@ -36,6 +31,7 @@ from db.models import ImageStatus
 from imaging.formats import sniff
 from pipeline import retrain
 from pipeline.classes import known_class_names, new_class_problem
+from pipeline.training_copies import follow_ledger, image_lock, place, remove
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +78,24 @@ def apply_label(
     problem = label_problem(label)
     if problem is not None:
         raise LabelError(Problem.INVALID, f"{label!r} cannot be a class name: {problem}")
+    with image_lock(settings.labeled_path, sha256):
+        labeled, run_id = _label_locked(settings, sessions, sha256, label, reviewer, new_class)
+    if run_id is not None:
+        _send_labels_run(sessions, broker, run_id, settings.retrain_after_labels)
+    return labeled
+
+
+def _label_locked(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    sha256: str,
+    label: str,
+    reviewer: str | None,
+    new_class: bool,
+) -> tuple[Labeled, int | None]:
+    """:func:`apply_label`'s reads and writes, holding the image's lock."""
     with transaction(sessions) as session:
         image = labels.target(session, sha256)
-        old_file = labels.current_file(session, image.image_id) if image else None
         unknown = (
             None if new_class else new_class_problem(label, known_class_names(settings, session))
         )
@@ -109,35 +120,31 @@ def apply_label(
     target = settings.labeled_path / label / f"{sha256}{kind.extension}"
     created = not target.exists()
     if created:
-        _place(found.path, found.data, target)
+        place(found.path, found.data, target)
     try:
         with transaction(sessions) as session:
             labels.set_label(session, image, label, file=str(target), reviewer=reviewer)
             run_id = retrain.queue_if_enough_labels(session, settings.retrain_after_labels)
     except BaseException:
         if created:
-            _remove(target, settings.labeled_path)
+            remove(target, settings.labeled_path)
         raise
-    if old_file and Path(old_file) != target:
-        _remove(Path(old_file), settings.labeled_path)
-    if run_id is not None:
-        _send_labels_run(sessions, broker, run_id, settings.retrain_after_labels)
-    return Labeled(sha256, label, target, run_id)
+    follow_ledger(settings.labeled_path, sha256, keep=target)
+    return Labeled(sha256, label, target, run_id), run_id
 
 
 def remove_label(settings: Settings, sessions: sessionmaker[Session], sha256: str) -> Labeled:
     """Undo the image's human label: it goes back to the review queue and its training copy
     is removed. Raises :class:`LabelError` when there is no such image or label."""
-    with transaction(sessions) as session:
-        image = labels.target(session, sha256)
-        if image is None:
-            raise LabelError(Problem.NOT_FOUND, f"no image with content hash {sha256}")
-        if image.human_label is None:
-            raise LabelError(Problem.NOT_FOUND, "this image has no human label to undo")
-        old_file = labels.current_file(session, image.image_id)
-        labels.clear_label(session, image)
-    if old_file:
-        _remove(Path(old_file), settings.labeled_path)
+    with image_lock(settings.labeled_path, sha256):
+        with transaction(sessions) as session:
+            image = labels.target(session, sha256)
+            if image is None:
+                raise LabelError(Problem.NOT_FOUND, f"no image with content hash {sha256}")
+            if image.human_label is None:
+                raise LabelError(Problem.NOT_FOUND, "this image has no human label to undo")
+            labels.clear_label(session, image)
+        follow_ledger(settings.labeled_path, sha256, keep=None)
     return Labeled(sha256, None, None)
 
 
@@ -159,40 +166,3 @@ def _send_labels_run(
         log.error("%d new labels, but the retrain request failed: %s", threshold, exc)
         return
     log.info("%d new human labels: training run %d queued", threshold, run_id)
-
-
-def _place(source: str, data: bytes, target: Path) -> None:
-    """``target`` with the bytes ``data`` (read from ``source``, a ledger path): a hard link
-    when it works and still holds those bytes, else a copy; atomic either way."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        try:
-            os.link(os.path.realpath(from_ledger(source)), tmp)
-            linked = hashlib.sha256(tmp.read_bytes()).digest() == hashlib.sha256(data).digest()
-        except OSError:  # another file system, or links not allowed
-            linked = False
-        if not linked:
-            tmp.unlink(missing_ok=True)
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _remove(path: Path, labeled_root: Path) -> None:
-    """Remove a training copy this module wrote (never anything outside labeled/), and its
-    class folder once nothing is left in it (a typo's folder does not linger)."""
-    root = labeled_root.resolve()
-    folder = path.resolve().parent
-    if folder.parent != root:
-        log.warning("not removing %s: not a training copy under %s", path, root)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    with contextlib.suppress(OSError):  # not empty (other images, a person's files): kept
-        folder.rmdir()

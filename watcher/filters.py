@@ -16,6 +16,27 @@ TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".swp"
 TEMP_PREFIXES = ("~$", ".~")
 
 
+class Scope(NamedTuple):
+    """What the watcher may read: files under ``inbox`` (as configured) that resolve inside
+    ``real`` (the inbox with its symlinks resolved) and into none of ``own`` (the resolved
+    places the system writes: :func:`contract.layout.own_places`). Picklable, for the hash
+    processes."""
+
+    inbox: str
+    real: str
+    own: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, inbox: str | os.PathLike[str], own: tuple[str, ...] = ()) -> Scope:
+        path = os.path.abspath(inbox)
+        return cls(path, os.path.realpath(path), own)
+
+    def owns(self, real_path: str) -> bool:
+        """Whether the resolved ``real_path`` is one of the system's own files or in one of
+        its folders."""
+        return any(real_path == own or real_path.startswith(own + os.sep) for own in self.own)
+
+
 class Signature(NamedTuple):
     """What a rescan compares with the ledger, and what must hold still for a quiet period."""
 
@@ -33,6 +54,7 @@ class Skip(StrEnum):
     SYMLINK_OUT = "symlink pointing outside the inbox"
     BROKEN_SYMLINK = "broken symlink"
     NOT_REGULAR = "not a regular file"
+    OWN = "one of the system's own files (data dir, ledger, labeled folder)"
 
 
 #: What :func:`inspect` finds at a path: its signature, or why it is skipped.
@@ -54,17 +76,13 @@ def ignored_name(path: str | os.PathLike[str], inbox: str | os.PathLike[str]) ->
     return None
 
 
-def inspect(
-    path: str | os.PathLike[str],
-    inbox: str | os.PathLike[str],
-    inbox_real: str | None = None,
-) -> Inspection:
-    """Size and mtime of a file worth hashing, or why it is not one.
-
-    ``inbox_real`` is the inbox with its symlinks resolved (computed here when not given); a
-    symlink is followed only when it resolves inside it.
-    """
-    reason = ignored_name(path, inbox)
+def inspect(path: str | os.PathLike[str], scope: Scope | str | os.PathLike[str]) -> Inspection:
+    """Size and mtime of a file worth hashing, or why it is not one. A symlink is followed
+    only when it resolves inside the inbox, and nothing that resolves into the system's own
+    places is read."""
+    if not isinstance(scope, Scope):
+        scope = Scope.of(scope)
+    reason = ignored_name(path, scope.inbox)
     if reason:
         return reason
     path = os.fspath(path)
@@ -74,9 +92,11 @@ def inspect(
         return Skip.VANISHED
     # Resolved every time, not only for a symlinked file: a symlinked folder on the way (a
     # polling snapshot follows those) must not lead out of the inbox either.
-    real_inbox = (inbox_real or os.path.realpath(inbox)).rstrip(os.sep) + os.sep
-    if not os.path.realpath(path).startswith(real_inbox):
+    real = os.path.realpath(path)
+    if not real.startswith(scope.real.rstrip(os.sep) + os.sep):
         return Skip.SYMLINK_OUT
+    if scope.own and scope.owns(real):
+        return Skip.OWN
     if stat.S_ISLNK(info.st_mode):
         try:
             info = os.stat(path)
@@ -88,17 +108,20 @@ def inspect(
 
 
 def skip_reason(
-    path: str | os.PathLike[str], inbox: str | os.PathLike[str], inbox_real: str | None = None
+    path: str | os.PathLike[str], scope: Scope | str | os.PathLike[str]
 ) -> Skip | None:
     """Why ``path`` is not a file to classify, or None."""
-    found = inspect(path, inbox, inbox_real)
+    found = inspect(path, scope)
     return found if isinstance(found, Skip) else None
 
 
-def walk(root: str, inbox: str) -> list[str]:
+def walk(root: str, scope: Scope | str) -> list[str]:
     """Candidate paths under ``root`` (a folder in the inbox): regular files and symlinks to
-    anything but folders, not descending into hidden or symlinked folders. Unreadable folders
-    are skipped."""
+    anything but folders, not descending into hidden or symlinked folders, nor into the
+    system's own. Unreadable folders are skipped."""
+    if not isinstance(scope, Scope):
+        scope = Scope.of(scope)
+    inbox = scope.inbox
     found: list[str] = []
     stack = [root]
     while stack:
@@ -110,7 +133,8 @@ def walk(root: str, inbox: str) -> list[str]:
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
+                            if not (scope.own and scope.owns(os.path.realpath(entry.path))):
+                                stack.append(entry.path)
                         elif entry.is_file() or (entry.is_symlink() and not entry.is_dir()):
                             found.append(entry.path)  # symlinks too: inspect() judges them
                     except OSError:

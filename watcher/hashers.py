@@ -12,7 +12,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contract.chunks import chunked
 from contract.records import SeenFile
 from contract.settings import Settings
-from watcher.filters import Signature, Skip, inspect
+from watcher.filters import Scope, Signature, Skip, inspect
 from watcher.hashing import NotHashable, hash_file, hash_many, inspect_many
 
 #: Paths per task of a hash process: the pickling is paid per chunk.
@@ -34,26 +34,24 @@ class Hashers:
             else None
         )
 
-    def inspect(self, paths: list[str], inbox: str, inbox_real: str) -> dict[str, Signature]:
+    def inspect(self, paths: list[str], scope: Scope) -> dict[str, Signature]:
         """Size and mtime of each of ``paths`` worth hashing (a rescan)."""
         if self._processes is None:
-            found = [(p, inspect(p, inbox, inbox_real)) for p in paths]
+            found = [(p, inspect(p, scope)) for p in paths]
         else:
             chunks = _chunks(paths)
-            results = self._processes.map(
-                inspect_many, chunks, [inbox] * len(chunks), [inbox_real] * len(chunks)
-            )
+            results = self._processes.map(inspect_many, chunks, [scope] * len(chunks))
             found = [entry for chunk in results for entry in chunk]
         return {path: s for path, s in found if isinstance(s, Signature)}
 
     def hash(
-        self, paths: list[str], inbox: str, inbox_real: str, known: Known
+        self, paths: list[str], scope: Scope, known: Known
     ) -> Iterable[tuple[str, SeenFile | NotHashable]]:
         """Each of ``paths`` hashed, unless it is no file to hash (skipped) or the ledger
         (``known``) has it with this size and mtime already."""
         if self._processes is None:
             signatures = {
-                p: s for p in paths if isinstance(s := inspect(p, inbox, inbox_real), Signature)
+                p: s for p in paths if isinstance(s := inspect(p, scope), Signature)
             }
             have = known(list(signatures))
             todo = [p for p, signature in signatures.items() if have.get(p) != signature]
@@ -63,8 +61,7 @@ class Hashers:
         results = self._processes.map(
             hash_many,
             chunks,
-            [inbox] * len(chunks),
-            [inbox_real] * len(chunks),
+            [scope] * len(chunks),
             [{p: tuple(have[p]) for p in chunk if p in have} for chunk in chunks],
         )
         return (

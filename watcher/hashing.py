@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from contract.failures import Unusable
 from contract.files import open_regular
 from contract.records import SeenFile
-from watcher.filters import Signature, Skip, inspect
+from imaging.trailers import HEAD_BYTES, TAIL_BYTES, looks_unfinished
+from watcher.filters import Scope, Signature, Skip, inspect
 
 CHUNK = 1 << 20
 
@@ -23,7 +24,8 @@ class ChangedWhileReading(NotHashable):
 
 
 def hash_file(path: str) -> SeenFile:
-    """sha256, size and mtime_ns of the regular file at ``path``."""
+    """sha256, size and mtime_ns of the regular file at ``path``, and whether its format says
+    it is unfinished (judged on its first and last bytes, kept as they stream by)."""
     try:
         fd = open_regular(path)
     except Unusable as exc:
@@ -34,8 +36,12 @@ def hash_file(path: str) -> SeenFile:
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         size = 0
+        head = tail = b""
         while n := os.readv(fd, [buffer]):
             digest.update(view[:n])
+            if size < HEAD_BYTES:
+                head += bytes(view[: HEAD_BYTES - size])
+            tail = (tail + bytes(view[max(0, n - TAIL_BYTES) : n]))[-TAIL_BYTES:]
             size += n
         after = os.fstat(fd)
     except OSError as exc:
@@ -46,7 +52,13 @@ def hash_file(path: str) -> SeenFile:
         size != after.st_size
     ):
         raise ChangedWhileReading("changed while it was read")
-    return SeenFile(path=path, sha256=digest.hexdigest(), size=size, mtime_ns=after.st_mtime_ns)
+    return SeenFile(
+        path=path,
+        sha256=digest.hexdigest(),
+        size=size,
+        mtime_ns=after.st_mtime_ns,
+        unfinished=looks_unfinished(head, tail, size),
+    )
 
 
 #: What :func:`hash_many` says of a path whose size and mtime the ledger already has.
@@ -55,8 +67,7 @@ UNCHANGED = "unchanged"
 
 def hash_many(
     paths: Sequence[str],
-    inbox: str,
-    inbox_real: str,
+    scope: Scope,
     known: Mapping[str, tuple[int, int]],
 ) -> list[tuple[str, SeenFile | NotHashable | Skip | str]]:
     """For a worker process (``HASH_PROCESSES``): each path inspected (the same rules as the
@@ -66,7 +77,7 @@ def hash_many(
     at a few thousand files a second on threads."""
     out: list[tuple[str, SeenFile | NotHashable | Skip | str]] = []
     for path in paths:
-        found = inspect(path, inbox, inbox_real)
+        found = inspect(path, scope)
         if isinstance(found, Skip):
             out.append((path, found))
         elif known.get(path) == tuple(found):
@@ -79,9 +90,7 @@ def hash_many(
     return out
 
 
-def inspect_many(
-    paths: Sequence[str], inbox: str, inbox_real: str
-) -> list[tuple[str, Signature | Skip]]:
+def inspect_many(paths: Sequence[str], scope: Scope) -> list[tuple[str, Signature | Skip]]:
     """For a worker process (``HASH_PROCESSES``): what :func:`watcher.filters.inspect` finds at
     each path, for a rescan."""
-    return [(path, inspect(path, inbox, inbox_real)) for path in paths]
+    return [(path, inspect(path, scope)) for path in paths]

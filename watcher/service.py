@@ -33,6 +33,7 @@ from broker.app import make_celery
 from contract import events
 from contract.backoff import Backoff
 from contract.chunks import chunked
+from contract.layout import own_places
 from contract.paths import shown
 from contract.records import SeenFile
 from contract.settings import Settings
@@ -40,11 +41,12 @@ from db.engine import make_engine, make_sessionmaker, transaction
 from db.errors import is_transient
 from db.ledger import known_paths, record_files
 from watcher.events import HANDLED_EVENTS, EventQueue, InboxHandler, Kind, make_observer
-from watcher.filters import Signature, Skip, inspect, walk
+from watcher.filters import Scope, Signature, Skip, inspect, walk
 from watcher.hashers import Hashers
 from watcher.hashing import ChangedWhileReading, NotHashable
 from watcher.publisher import Publisher
 from watcher.stability import StabilityTracker
+from watcher.unfinished import UnfinishedFiles
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ class Watcher:
         # Absolute but not resolved: recorded paths are the inbox path as configured plus the
         # file's place in it. Symlink targets are checked against the resolved inbox.
         self.inbox = os.path.abspath(settings.inbox)
-        self.inbox_real = self.inbox
+        self._own = tuple(str(path) for _, path in own_places(settings))
+        self.scope = Scope(self.inbox, self.inbox, self._own)
         self.tracker = StabilityTracker(
             settings.quiet_period_s,
             close_events=False,  # set once the observer is known
@@ -76,6 +79,7 @@ class Watcher:
         self.publisher = Publisher(self._app, self._sessions, settings.files_per_message)
         self._unrecorded: list[SeenFile] = []  # hashed, but the ledger was unavailable
         self._refused: set[tuple[str, str]] = set()  # (path, sha256) the ledger would not take
+        self._unfinished = UnfinishedFiles(settings.quiet_period_s, settings.rescan_interval_s)
         self._db_backoff = Backoff()
         self._hashers = Hashers(settings)
         self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
@@ -107,7 +111,7 @@ class Watcher:
         threads: list[threading.Thread] = []
         try:
             os.makedirs(self.inbox, exist_ok=True)
-            self.inbox_real = os.path.realpath(self.inbox)
+            self.scope = Scope.of(self.inbox, self._own)
             self._start_observer()
             threads = [
                 threading.Thread(target=target, name=f"watcher-{name}", daemon=True)
@@ -225,13 +229,13 @@ class Watcher:
     def rescan(self, root: str | None = None) -> int:
         """Queue the files under ``root`` (default: the inbox) that the ledger lacks or has
         with another size or mtime. Returns how many were queued."""
-        paths = walk(root or self.inbox, self.inbox)
+        paths = walk(root or self.inbox, self.scope)
         quiet_ns = int(self.settings.quiet_period_s * 1e9)
         queued = 0
         for part in chunked(paths, KNOWN_CHUNK):
             if self._stopping.is_set():
                 break
-            found = self._hashers.inspect(list(part), self.inbox, self.inbox_real)
+            found = self._hashers.inspect(list(part), self.scope)
             known = self._known(list(found))
             now_ns = time.time_ns()
             for path, signature in found.items():
@@ -311,17 +315,19 @@ class Watcher:
                 self.tracker.scanned(path, None, settled=True)
             case Kind.GONE:
                 self.tracker.forget(path)
+                self._unfinished.forget(path)
             case Kind.GONE_TREE:
                 self.tracker.forget_tree(path)
+                self._unfinished.forget_tree(path)
             case Kind.FOLDER_IN:
                 # A folder renamed in: its files were written before; they get no events.
-                for found in walk(path, self.inbox):
+                for found in walk(path, self.scope):
                     self.tracker.completed(found)
             case Kind.SCAN_DONE:
                 self._started_scan = True
 
     def _signature(self, path: str) -> Signature | None:
-        found = inspect(path, self.inbox, self.inbox_real)
+        found = inspect(path, self.scope)
         if isinstance(found, Skip):
             if found is not Skip.VANISHED:
                 log.debug("ignoring %s: %s", shown(path), found)
@@ -331,7 +337,7 @@ class Watcher:
     def _hash(self, paths: list[str]) -> list[SeenFile]:
         """Hash the complete files among ``paths``, skipping those the ledger already has with
         this size and mtime (a rescan's or a late event's duplicate)."""
-        hashed = self._hashers.hash(paths, self.inbox, self.inbox_real, self._known_or_none)
+        hashed = self._hashers.hash(paths, self.scope, self._known_or_none)
         return self._settle(hashed)
 
     def _known_or_none(self, paths: list[str]) -> dict[str, Signature]:
@@ -345,6 +351,9 @@ class Watcher:
         seen: list[SeenFile] = []
         for path, found in hashed:
             if isinstance(found, SeenFile):
+                if found.unfinished and not self._unfinished.done_waiting(found, self.tracker):
+                    continue
+                self._unfinished.forget(path)
                 seen.append(found)
             elif isinstance(found, ChangedWhileReading):
                 self.tracker.written(path)  # still being written: track it again

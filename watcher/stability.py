@@ -7,6 +7,8 @@
   back to the quiet-period rule.
 - Otherwise (a bare "created", the polling observer, files found by a rescan), a file is
   complete once its size and mtime have held still for ``quiet_period_s``.
+- A file whose own bytes say it is unfinished when hashed (:mod:`imaging.trailers`) is watched
+  the same way (``unfinished``): a writer that reopens it per chunk closes it many times.
 
 The tracker is not thread-safe: only the processing thread uses it. The watchdog handler hands
 its events over through a queue and does no I/O; the stat calls happen in ``check``.
@@ -80,6 +82,14 @@ class StabilityTracker:
         """Closed after writing, or renamed into the inbox: ready now."""
         self._entries[path] = _Entry(FileState.READY, 0.0)
         self._ready[path] = None
+
+    def unfinished(self, path: str, signature: Signature) -> None:
+        """Hashed, but its bytes say more is to come (a writer that closes and reopens it per
+        chunk, a file renamed in while still written): watched until it holds still for a
+        quiet period, unless an event about it arrived meanwhile (a close still makes it
+        ready at once)."""
+        if path not in self._entries:
+            self._watch_quiet(path, signature)
 
     def scanned(self, path: str, signature: Signature | None, *, settled: bool = False) -> None:
         """Found by a rescan and not (or not so) in the ledger: complete if ``settled`` (its

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.settings import Settings
+from db.errors import DATABASE_ERRORS, unavailable_reason
 from web import api, api_labels, api_models, pages, pages_models
 from web.limits import MAX_BODY_BYTES, BodyLimit
 from web.metrics import make_registry, render
@@ -24,6 +27,7 @@ from web.security import Guard, is_loopback, wants_html
 from web.state import WebState
 
 STATIC = Path(__file__).with_name("static")
+log = logging.getLogger(__name__)
 
 
 def _version() -> str:
@@ -100,8 +104,62 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
             return error_page(request, HTTPException(exc.status_code, exc.detail, headers))
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
 
+    outage = Outage()
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            raise exc  # a bug, not the database: a 500 with its traceback in the log
+        outage.refused(reason)
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        if wants_html(request):
+            return error_page(request, HTTPException(503, reason, headers))
+        return JSONResponse({"detail": reason}, 503, headers=headers)
+
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, database_error)
+
+    @app.middleware("http")
+    async def recovered(request: Request, call_next: Callable[[Request], Awaitable[Response]]):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        if response.status_code < 500:
+            outage.answered()
+        return response
+
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # outermost: before anything reads
     return app
+
+
+#: What a 503 from a refusing database asks a client to wait.
+RETRY_AFTER_S = 5
+
+
+class Outage:
+    """Says on the log (so on `up`'s terminal) when the database starts refusing, at most
+    once a minute while it lasts, and when it answers again. Each request opens a fresh
+    connection where the last one saw the file read-only or failing (db.engine), so the app
+    recovers on its own; meanwhile every request the database refuses gets a 503 with the
+    reason."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self._since: float | None = None
+        self._said = -float("inf")
+
+    def refused(self, reason: str) -> None:
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        if now - self._said >= self.every_s:
+            self._said = now
+            log.error("answering 503: %s", reason)
+
+    def answered(self) -> None:
+        if self._since is not None:
+            refused_for = time.monotonic() - self._since
+            log.warning("the database answers again after %.0f s of refusals", refused_for)
+            self._since = None
+            self._said = -float("inf")
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:

@@ -54,8 +54,11 @@ class BatchStats:
             self.write_cpu_s += write
             self.infer_cpu_s += infer
 
-    def add_written(self, first_results: int, seconds: float) -> None:
+    def add_written(self, images: int, failed: int, first_results: int, seconds: float) -> None:
         with self.lock:
+            self.batches += 1
+            self.images += images
+            self.failed += failed
             self.first_results += first_results
             self.write_s += seconds
 

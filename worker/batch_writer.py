@@ -42,6 +42,7 @@ class Write:
     classified: list[Classified]
     failed: list[Failed]
     taken_at: float  # monotonic: when the batch was taken off the queue
+    stats: BatchStats  # the busy period the batch belongs to (it ends once this is written)
 
 
 class BatchWriter:
@@ -50,19 +51,23 @@ class BatchWriter:
         sessions: sessionmaker[Session],
         metrics: WorkerMetrics,
         held: Held,
-        stats: Callable[[], BatchStats],
+        on_written: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
         self._held = held
-        self._stats = stats  # the busy period's stats, current when the batch is written
+        self._on_written = on_written  # a busy period ends only once its batches are written
         self._writes: queue.Queue[Write | None] = queue.Queue(maxsize=2)
+        self._count_lock = threading.Lock()
+        self.in_flight = 0  # handed over, not written yet
         self.images_done = 0
         self._thread = threading.Thread(target=self._loop, name="writer", daemon=True)
         self._thread.start()
 
     def put(self, write: Write) -> None:
         """Hand a batch over; blocks while two are ahead of it (back-pressure)."""
+        with self._count_lock:
+            self.in_flight += 1
         self._writes.put(write)
 
     def stop(self, timeout: float) -> None:
@@ -73,18 +78,22 @@ class BatchWriter:
     def _loop(self) -> None:
         while (write := self._writes.get()) is not None:
             started, cpu = time.monotonic(), time.thread_time()
-            first_results = 0
+            first_results = settled = failed = 0
             try:
                 first_results = self._write(write)
+                settled, failed = len(write.batch), len(write.failed)
             except Exception as exc:  # never let the writer thread die
                 log.exception(
                     "could not commit a batch of %d; retrying its messages", len(write.batch)
                 )
                 self._held.let_go(write.batch)
                 jobs.failed(write.batch, exc)
-            stats = self._stats()
-            stats.add_written(first_results, time.monotonic() - started)
-            stats.add_cpu(write=time.thread_time() - cpu)
+            # Counted once committed: a batch that is retried is not counted twice.
+            write.stats.add_written(settled, failed, first_results, time.monotonic() - started)
+            write.stats.add_cpu(write=time.thread_time() - cpu)
+            with self._count_lock:
+                self.in_flight -= 1
+            self._on_written()
 
     def _write(self, write: Write) -> int:
         def commit() -> SavedBatch:

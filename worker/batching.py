@@ -35,7 +35,7 @@ from contract.messages import WorkItem
 from contract.paths import from_ledger
 from contract.records import Classified, Failed
 from contract.settings import Settings
-from worker import jobs
+from worker import jobs, null_backend
 from worker.batch_decode import Encoded, assemble, device_decode_wanted, prepare, stack_on
 from worker.batch_stats import BatchStats
 from worker.batch_writer import BatchWriter, Write
@@ -77,12 +77,15 @@ class BatchEngine:
         self._held = Held()
         self.metrics.images_in_flight.set_function(self._held.files)
         self._lease = ModelLease(holder, settings.torch_compile, settings.batch_size)
-        self._writer = BatchWriter(sessions, self.metrics, self._held, lambda: self._stats)
+        self._writer = BatchWriter(sessions, self.metrics, self._held, self._end_busy_period)
         self._device = pick_device(settings.device)
         self.layout = inference_layout(
             settings.inference_streams, settings.torch_threads, self._device.type
         )
-        self.device_decode = device_decode_wanted(settings.gpu_decode, self._device.type)
+        self._null = settings.inference_backend == "null"
+        self.device_decode = not self._null and device_decode_wanted(
+            settings.gpu_decode, self._device.type
+        )
         self._streams = [
             threading.Thread(target=self._run, name=f"inference-{i}", daemon=True)
             for i in range(self.layout.streams)
@@ -120,6 +123,8 @@ class BatchEngine:
             t1 = time.thread_time()
             verify(data, item.sha256)
             t2 = time.thread_time()
+            if self._null:
+                return null_backend.check(data)
             if self.device_decode:
                 return prepare(data, prep, self._settings.max_image_pixels)
             return load_for_model(data, prep, self._settings.max_image_pixels)
@@ -174,9 +179,11 @@ class BatchEngine:
         return batch
 
     def _end_busy_period(self) -> None:
-        """Log where the time went, once every stream is idle and nothing is queued."""
+        """Log where the time went, once every stream is idle, nothing is queued and every
+        batch is written."""
         with self._lock:
-            if self._busy_streams or len(self._queue) or not self._stats.batches:
+            busy = self._busy_streams or len(self._queue) or self._writer.in_flight
+            if busy or not self._stats.batches:
                 return
             stats, self._stats = self._stats, BatchStats()
             self.last_stats = stats
@@ -215,15 +222,12 @@ class BatchEngine:
             self.metrics.inference_seconds.observe(time.monotonic() - inferred)
         queued = time.monotonic()
         stats.add_cpu(infer=time.thread_time() - infer_cpu)
-        self._writer.put(Write(batch, classifier.version_id, classified, failed, taken_at))
+        self._writer.put(Write(batch, classifier.version_id, classified, failed, taken_at, stats))
         with self._lock:
             stats.decode_wait_s += on_device - waited
             stats.device_decode_s += inferred - on_device
             stats.infer_s += queued - inferred
             stats.write_wait_s += time.monotonic() - queued
-            stats.batches += 1
-            stats.images += len(batch)
-            stats.failed += len(failed)
         self._lease.served(classifier, len(good))
 
     def _decoded(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Collection
 
 from contract import running
@@ -14,6 +15,7 @@ from contract.settings import Settings
 from contract.sizing import sized_for_machine
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
+from db.versions import RealModelsHere
 from worker import modelzoo
 from worker.layout import worker_concurrency
 from worker.model_holder import register_base_model
@@ -37,13 +39,20 @@ def run_worker(
     first image); size the batches for this machine; hold enough messages to keep the
     inference streams fed. The model itself loads lazily on the first batch, in this process.
     Raises :class:`WorkerRefused`."""
+    # When Redis goes away, batches in flight run on and commit; their messages come back
+    # (the reconciler, the visibility timeout) and find their rows done. Celery warns that a
+    # later release will cancel such tasks instead, on every reconnect: not news to a person.
+    warnings.filterwarnings(
+        "ignore", message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss"
+    )
     migrate.upgrade(settings.db_url)
     if CLASSIFY_QUEUE in queues:
         try:
-            modelzoo.ensure_weights(settings.model, settings.weights)
-        except modelzoo.ModelError as exc:
+            if settings.inference_backend != "null":
+                modelzoo.ensure_weights(settings.model, settings.weights)
+            _register_base_model(settings)
+        except (modelzoo.ModelError, RealModelsHere) as exc:
             raise WorkerRefused(str(exc)) from exc
-        _register_base_model(settings)
     settings = sized_for_machine(settings)
     if concurrency is None:
         concurrency = worker_concurrency(settings) if CLASSIFY_QUEUE in queues else 1

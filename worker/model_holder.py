@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from contract.settings import Settings
 from db.engine import transaction
 from db.models import ModelVersion
-from db.versions import active_model, base_version_id, ensure_base_model
-from worker import model_store, modelzoo, onnx_backend
+from db.versions import active_model, base_version_id, ensure_base_model, ensure_null_model
+from worker import model_store, modelzoo, null_backend, onnx_backend
 from worker.classifier import Classifier
 from worker.precision import pick_autocast, pick_device
 from worker.serving import Serving
@@ -34,12 +34,20 @@ def register_base_model(
     """Register the configured base model (active where no trained model is), as a classify
     worker starts: ``status`` and ``models`` name it from the first second, before any image
     (and before the model itself is loaded, on the first batch). Returns the active model."""
+    null = settings.inference_backend == "null"
     if classes is None:
-        classes = modelzoo.base_classes(settings.model, settings.weights)
+        classes = (
+            null_backend.NULL_CLASSES
+            if null
+            else modelzoo.base_classes(settings.model, settings.weights)
+        )
     for attempt in range(2):
         try:
             with transaction(sessions) as session:
-                active = ensure_base_model(session, settings.model, settings.weights, classes)
+                if null:  # raises RealModelsHere on a data dir with real versions
+                    active = ensure_null_model(session, null_backend.NULL_ARCH, classes)
+                else:
+                    active = ensure_base_model(session, settings.model, settings.weights, classes)
                 session.expunge(active)
                 return active
         except IntegrityError:
@@ -67,13 +75,18 @@ class ModelHolder:
             if self._current is None:
                 self._current = self._first_load()
                 self._checked_at = now
-            elif now - self._checked_at >= self._settings.model_check_interval_s:
+            elif (
+                now - self._checked_at >= self._settings.model_check_interval_s
+                and self._settings.inference_backend != "null"
+            ):
                 self._checked_at = now
                 self._maybe_swap()
             return self._current
 
     def _first_load(self) -> Classifier:
         s = self._settings
+        if s.inference_backend == "null":
+            return self._null()
         base = modelzoo.build(s.model, s.weights)
         version_id, trained = self._register_base(base.classes)
         if not trained:
@@ -93,6 +106,14 @@ class ModelHolder:
             # *active* version (the trained one that was just refused), and results tagged
             # with it would claim a model that never produced them.
             return self._wrap(self._base_version_id(), base, trained=False, weights=s.weights)
+
+    def _null(self) -> Classifier:
+        """The no-model backend (worker.null_backend): never swapped for another version."""
+        version_id, _ = self._register_base(null_backend.NULL_CLASSES)
+        classifier = Classifier(version_id, null_backend.null_loaded(), torch.device("cpu"), None)
+        classifier.use_runner(null_backend.NullRunner())
+        log.info("classifying with no model (INFERENCE_BACKEND=null, version %d)", version_id)
+        return classifier
 
     def _base_version_id(self) -> int:
         """The id of the configured base model's row (registered by _register_base)."""

@@ -106,3 +106,39 @@ def test_the_gpu_script_dry_run_writes_every_figure_as_it_goes(tmp_path: Path) -
     assert by_stage["model"] > 0 and by_stage["decode"] > 0
     assert set(bench["process_rss_mib"]["end"]) >= {"watcher", "worker", "redis"}
     assert "passed" in (out / "cuda-tests.txt").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_killed_benchmark_takes_its_up_and_every_child_with_it(tmp_path: Path) -> None:
+    """`timeout` (SIGTERM) or kill -9 of bench.run used to leave its `up`, Redis and workers
+    running; the kernel's parent-death signal now stops `up`, which stops the rest."""
+    import psutil
+
+    from tests.helpers.pipeline import wait_until
+
+    bench = subprocess.Popen(
+        [
+            sys.executable, "-m", "bench.run", "--out", str(tmp_path / "results"),
+            "--work-dir", str(tmp_path / "w"), "--set", "TORCH_COMPILE=off",
+            "--images", "100", "--repeat", "1", "--no-sweep", "--no-scale-out", "--no-naive",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        def up_started() -> bool:
+            tree = psutil.Process(bench.pid).children(recursive=True)
+            return any("up" in p.cmdline() and "inbox_classifier" in p.cmdline() for p in tree)
+
+        wait_until(up_started, 240, "the benchmark's `up`", every=0.5)
+        tree = psutil.Process(bench.pid).children(recursive=True)
+        bench.kill()  # kill -9: no handler, no cleanup in bench.run itself
+        bench.wait()
+        _gone, alive = psutil.wait_procs(tree, timeout=60)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        if bench.poll() is None:
+            bench.kill()

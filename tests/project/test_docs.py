@@ -24,6 +24,22 @@ def test_every_setting_is_documented() -> None:
     assert not missing, f"docs/settings.md lacks settings: {missing}"
 
 
+def test_every_number_setting_states_its_range() -> None:
+    from contract.settings_errors import allowed_range
+
+    rows = {
+        line.split("`")[1]: line
+        for line in DOCS["settings.md"].splitlines()
+        if line.startswith(f"| `{ENV_PREFIX}")
+    }
+    wrong = [
+        name
+        for name in Settings.model_fields
+        if (span := allowed_range(name)) and span not in rows[ENV_PREFIX + name.upper()]
+    ]
+    assert not wrong, f"docs/settings.md states another range than the code for {wrong}"
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
     install, tests = blocks[0], blocks[1]

@@ -18,7 +18,7 @@ import logging
 import os
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +160,35 @@ def _check(path: Path, max_pixels: int, min_side: int) -> tuple[str | None, str 
     return hashlib.sha256(data).hexdigest(), None, shorter
 
 
+def _resolve_conflicts(
+    usable: dict[tuple[str, bool], dict[str, ListedFile]],
+    classes: list[str],
+    conflicting: set[str],
+    human_labels: Callable[[Collection[str]], Mapping[str, str | None]] | None,
+    note: Callable[[str], None],
+) -> None:
+    """Keep each image that sits in several class folders in the class its human label names
+    only; drop it from all of them where nothing says which."""
+    truth = human_labels(conflicting) if human_labels is not None else {}
+    settled = dropped = 0
+    for sha in conflicting:
+        label = truth.get(sha)
+        for c in classes:
+            if c != label:
+                usable[(c, False)].pop(sha, None)
+        if label in classes:
+            settled += 1
+        else:
+            dropped += 1
+    if settled:
+        note(f"{settled} image(s) in more than one class folder: trained as their label says")
+    if dropped:
+        note(
+            f"{dropped} image(s) in more than one class folder with no label saying which: "
+            "left out of training (keep one copy, or label them)"
+        )
+
+
 def scan_labeled(
     root: Path,
     *,
@@ -171,9 +200,14 @@ def scan_labeled(
     threads: int = 2,
     listing: Listing | None = None,
     warn: Callable[[str], None] | None = None,
+    human_labels: Callable[[Collection[str]], Mapping[str, str | None]] | None = None,
 ) -> LabeledSet:
     """Read, hash and decode-check every labeled image; split; refuse unusable data. Warnings
     (corrupt files, empty class folders...) go to ``warn``, or to the log without one.
+
+    An image in two class folders trains in the one its human label names (``human_labels``:
+    the ledger's, by content hash) and in none when nothing says which: trained on both, it
+    teaches the model to doubt both.
 
     Raises :class:`TrainingRefused` for unsafe class names, fewer than two classes, or a class
     with fewer than ``min_images_per_class`` usable images.
@@ -252,7 +286,7 @@ def scan_labeled(
     all_shas: Counter[str] = Counter(s for c in classes for s in by_class_sha[c])
     conflicting = {s for s, n in all_shas.items() if n > 1}
     if conflicting:
-        note(f"{len(conflicting)} image(s) appear in more than one class folder (kept in each)")
+        _resolve_conflicts(usable, classes, conflicting, human_labels, note)
 
     train: list[Sample] = []
     val: list[Sample] = []

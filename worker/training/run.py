@@ -18,7 +18,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +27,7 @@ from contract import events
 from contract.messages import Trigger
 from contract.reports import CalibrationReport, EpochRecord, TrainingReport
 from contract.settings import Settings
-from db import runs, versions
+from db import labels, runs, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
 from worker.precision import pick_autocast, pick_device
@@ -222,6 +222,7 @@ class _Run:
             threads=s.decode_threads,
             listing=listing,
             warn=rec.warn,
+            human_labels=self._human_labels,
         )
         begin = start_model(s, self.active, labeled.classes, self.fresh)
         kept_rows = remap_head(begin.loaded.model, begin.loaded.classes, labeled.classes)
@@ -427,6 +428,10 @@ class _Run:
         )
         self.rec.poll_cancel()
         self._check_running()
+
+    def _human_labels(self, shas: Collection[str]) -> dict[str, str | None]:
+        with transaction(self.sessions) as session:
+            return labels.human_labels_of(session, list(shas))
 
     def _active(self) -> ActiveInfo | None:
         with transaction(self.sessions) as session:

@@ -299,7 +299,8 @@ def test_reclassify_requeues_matching_done_images_for_the_active_model(
 def test_commands_need_a_migrated_ledger(tmp_path: Path) -> None:
     args = ["--data-dir", str(tmp_path / "fresh")]
     result = CliRunner().invoke(models, args)
-    assert result.exit_code != 0 and "db upgrade" in result.output
+    assert result.exit_code != 0 and "no ledger here" in result.output
+    assert not (tmp_path / "fresh").exists(), "a command that only reads creates nothing"
 
 
 def test_label_from_the_terminal_counts_towards_the_retrain_threshold(

@@ -106,7 +106,8 @@ def test_look_alike_labels_are_one_class_or_refused(
         api.post("/api/labels", json={"sha256": second.sha256, "label": decomposed}).status_code
         == 201
     )
-    assert sorted(p.name for p in settings.labeled_path.iterdir()) == [composed]
+    classes = [p.name for p in settings.labeled_path.iterdir() if not p.name.startswith(".")]
+    assert classes == [composed]
     for lookalike in ("cats\u2215dogs", "a\uff0fb", "a\u2044b"):
         response = api.post("/api/labels", json={"sha256": first.sha256, "label": lookalike})
         assert response.status_code == 422, lookalike
