@@ -87,6 +87,7 @@ class Pipeline:
         device: str,
         workers: int | None = None,
         settings_env: dict[str, str] | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.root = root
         self.data_dir = root / "data"
@@ -97,6 +98,7 @@ class Pipeline:
         self.device = device
         self.workers = workers
         self.settings_env = settings_env or {}
+        self.database_url = database_url  # default: SQLite in the data dir
         self.process: Any = None
         self._engine: Engine | None = None
         self._tags = 0
@@ -134,17 +136,21 @@ class Pipeline:
         ]
         if self.workers:
             args += ["--workers", str(self.workers)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
         self.inbox.mkdir(parents=True, exist_ok=True)
         env = clean_env(self.settings_env)
         self.process = spawn(args, self.log, env, cwd=self.root)
         db = self.data_dir / "results.db"
         deadline = time.monotonic() + timeout
-        while not db.exists() or len(self.roles()["worker"]) < (self.workers or 1):
+        while (not self.database_url and not db.exists()) or len(self.roles()["worker"]) < (
+            self.workers or 1
+        ):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise PipelineError("pipeline did not start in time\n" + tail(self.log))
             time.sleep(0.2)
-        self._engine = create_engine(f"sqlite:///{db}")
+        self._engine = create_engine(self.database_url or f"sqlite:///{db}")
         for _ in range(rounds):
             result = self.run_burst(warmup, timeout=timeout)
         self.compile_outcome = self.wait_compiled(timeout if expect_compile else 0.0)

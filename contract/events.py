@@ -29,6 +29,17 @@ class BusyPeriod:
 
 
 @dataclass(frozen=True)
+class WatcherPeriod:
+    """The watcher went quiet after recording files: the CPU seconds each of its stages took
+    (watcher.stats), for the plumbing benchmark's per-stage breakdown."""
+
+    kind: ClassVar[str] = "watcher_period"
+    files: int
+    seconds: float
+    stages_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Ready:
     """A role is serving (a worker took its first message off the queue, the web app answers)."""
 
@@ -68,9 +79,9 @@ class Rescoring:
     images: int
 
 
-Event = BusyPeriod | Ready | Promoted | RunEnded | Rescoring
+Event = BusyPeriod | WatcherPeriod | Ready | Promoted | RunEnded | Rescoring
 KINDS: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (BusyPeriod, Ready, Promoted, RunEnded, Rescoring)
+    cls.kind: cls for cls in (BusyPeriod, WatcherPeriod, Ready, Promoted, RunEnded, Rescoring)
 }
 
 

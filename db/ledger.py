@@ -5,7 +5,6 @@ and is safe to repeat: the pipeline is at-least-once, the ledger makes it exactl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,12 +13,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from contract.chunks import chunked
-from contract.clock import as_utc, utcnow
+from contract.clock import utcnow
 from contract.failures import FailureKind, is_path_failure
 from contract.messages import WorkItem
 from contract.paths import to_ledger
-from contract.records import Classified, Failed, SeenFile
-from db.models import Base, Image, ImagePath, ImageStatus, Prediction
+from contract.records import SeenFile
+from db.driver_sql import bound, placeholder
+from db.models import Base, Image, ImagePath, ImageStatus
 
 # SQLite allows 32766 bound parameters per statement; stay well inside it.
 CHUNK = 500
@@ -49,22 +49,16 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     by_hash: dict[str, SeenFile] = {}
     for seen in files:
         by_hash.setdefault(seen.sha256, seen)
-    # One statement with a list of parameter sets (executemany): it is compiled once and
-    # cached, where a multi-row VALUES of each burst's length was compiled again every time.
-    new_images = _insert(session, Image).on_conflict_do_nothing(index_elements=["sha256"])
-    for seen_part in chunked(list(by_hash.values()), CHUNK):
-        rows = [
-            {
-                "sha256": f.sha256,
-                "size": f.size,
-                "status": ImageStatus.QUEUED.value,
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for f in seen_part
-        ]
-        session.execute(new_images, rows)
+    # The driver's own executemany (db.driver_sql): the watcher's hottest statement.
+    connection = session.connection()
+    mark = placeholder(connection)
+    stamp = bound(connection, Image.__table__.c.created_at, now)
+    connection.exec_driver_sql(
+        "INSERT INTO images (sha256, size, status, attempts, created_at, updated_at) "
+        f"VALUES ({mark}, {mark}, '{ImageStatus.QUEUED.value}', 0, {mark}, {mark}) "
+        "ON CONFLICT (sha256) DO NOTHING",
+        [(f.sha256, f.size, stamp, stamp) for f in by_hash.values()],
+    )
 
     ids: dict[str, tuple[int, str, datetime | None]] = {}
     revive: list[int] = []
@@ -92,50 +86,22 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
             )
         )
 
-    path_rows = [
-        {
-            "image_id": ids[f.sha256][0],
-            "path": to_ledger(f.path),
-            "size": f.size,
-            "mtime_ns": f.mtime_ns,
-            "first_seen_at": now,
-            "last_seen_at": now,
-        }
-        for f in {f.path: f for f in files}.values()
-    ]
-    paths = _insert(session, ImagePath)
-    paths = paths.on_conflict_do_update(
-        index_elements=["path"],
-        set_={
-            "image_id": paths.excluded.image_id,
-            "size": paths.excluded.size,
-            "mtime_ns": paths.excluded.mtime_ns,
-            "last_seen_at": paths.excluded.last_seen_at,
-        },
+    connection.exec_driver_sql(
+        "INSERT INTO image_paths (image_id, path, size, mtime_ns, first_seen_at, last_seen_at) "
+        f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) "
+        "ON CONFLICT (path) DO UPDATE SET image_id = excluded.image_id, size = excluded.size, "
+        "mtime_ns = excluded.mtime_ns, last_seen_at = excluded.last_seen_at",
+        [
+            (ids[f.sha256][0], to_ledger(f.path), f.size, f.mtime_ns, stamp, stamp)
+            for f in {f.path: f for f in files}.values()
+        ],
     )
-    for row_part in chunked(path_rows, CHUNK):
-        session.execute(paths, list(row_part))
 
     return [
         WorkItem(path=to_ledger(f.path), sha256=sha)
         for sha, f in by_hash.items()
         if ids[sha][1] == ImageStatus.QUEUED and ids[sha][2] is None
     ]
-
-
-def margin(result: Classified) -> float:
-    """Top-1 minus top-2 probability: small when the model hesitates between two classes."""
-    top = result.topk
-    if len(top) < 2:
-        return result.confidence
-    return float(top[0]["confidence"]) - float(top[1]["confidence"])
-
-
-def review_score(result: Classified) -> float:
-    """The review queue's order, lowest first: an image whose conformal set is not a single
-    class comes before any whose set is (its margin in [0, 1] against 1 + margin), and
-    within each, the one the model hesitates on most. Uncalibrated results order by margin."""
-    return margin(result) + (0.0 if result.needs_review else 1.0)
 
 
 def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
@@ -160,162 +126,6 @@ def known_paths(session: Session, paths: Sequence[str]) -> dict[str, tuple[int, 
         for text, size, mtime_ns in session.execute(query):
             found[stored[text]] = (size, mtime_ns)
     return found
-
-
-@dataclass(frozen=True)
-class SavedBatch:
-    """What :func:`save_batch` wrote."""
-
-    updated: int  # images updated, as :func:`save_results` returns
-    # When the watcher recorded each image that got its first result in this batch (the
-    # drop-to-row latency starts there). Rescored and redelivered images are left out: their
-    # created_at is from long before this batch.
-    first_results_created_at: list[datetime]
-
-
-def save_results(
-    session: Session,
-    model_version_id: int,
-    classified: Sequence[Classified],
-    failed: Sequence[Failed] = (),
-) -> int:
-    """Write one batch's outcome. Returns how many images were updated.
-
-    Predictions are unique per (image, model version): a redelivered message adds nothing.
-    """
-    return save_batch(session, model_version_id, classified, failed).updated
-
-
-def save_batch(
-    session: Session,
-    model_version_id: int,
-    classified: Sequence[Classified],
-    failed: Sequence[Failed] = (),
-) -> SavedBatch:
-    """:func:`save_results`, also telling when the newly classified images were recorded
-    (read in the same query that finds their ids: no extra round trip)."""
-    now = utcnow()
-    hashes = [c.sha256 for c in classified] + [f.sha256 for f in failed]
-    ids: dict[str, int] = {}
-    unclassified_since: dict[str, datetime] = {}  # sha256 -> created_at, no result before
-    for hash_part in chunked(hashes, CHUNK):
-        for image_id, sha, created_at, classified_at in session.execute(
-            select(Image.id, Image.sha256, Image.created_at, Image.classified_at).where(
-                Image.sha256.in_(hash_part)
-            )
-        ):
-            ids[sha] = image_id
-            if classified_at is None:
-                unclassified_since[sha] = created_at
-
-    known = [c for c in classified if c.sha256 in ids]
-    if known:
-        rows = [
-            {
-                "image_id": ids[c.sha256],
-                "model_version_id": model_version_id,
-                "label": c.label,
-                "confidence": c.confidence,
-                "topk": c.topk,
-                "created_at": now,
-            }
-            for c in known
-        ]
-        for row_part in chunked(rows, CHUNK):
-            stmt = _insert(session, Prediction).values(list(row_part))
-            session.execute(
-                stmt.on_conflict_do_nothing(index_elements=["image_id", "model_version_id"])
-            )
-        session.execute(
-            update(Image),
-            [
-                {
-                    "id": ids[c.sha256],
-                    "status": ImageStatus.DONE.value,
-                    "error": None,
-                    "error_kind": None,
-                    "label": c.label,
-                    "confidence": c.confidence,
-                    "topk": c.topk,
-                    "margin": margin(c),
-                    "needs_review": c.needs_review,
-                    "sure": c.sure,
-                    "review_score": review_score(c),
-                    "model_version_id": model_version_id,
-                    "classified_at": now,
-                    "updated_at": now,
-                }
-                for c in known
-            ],
-        )
-    bad = [f for f in failed if f.sha256 in ids]
-    if bad:
-        # A failure never undoes a result: a late duplicate delivery (reconciler resend, Redis
-        # restoring a dead worker's message) may find the file gone after it was classified,
-        # and so may a rescore (`reclassify` sets done rows back to queued): the image keeps
-        # the result it has.
-        done: set[int] = set()
-        has_result: set[int] = set()
-        retry_elsewhere: set[int] = set()
-        for id_part in chunked([ids[f.sha256] for f in bad], CHUNK):
-            states = session.execute(
-                select(Image.id, Image.status, Image.enqueued_at, Image.label).where(
-                    Image.id.in_(id_part)
-                )
-            ).all()
-            done.update(i for i, status, _, _ in states if status == ImageStatus.DONE)
-            has_result.update(i for i, _, _, label in states if label is not None)
-            retry_elsewhere.update(
-                _seen_since_sent(
-                    session, [(i, at) for i, s, at, _ in states if s != ImageStatus.DONE]
-                )
-            )
-        changes: list[dict[str, Any]] = []
-        for f in bad:
-            image_id = ids[f.sha256]
-            if image_id in done:
-                continue
-            if image_id in retry_elsewhere and is_path_failure(f.kind):
-                # The path we were sent is gone, but the watcher saw these bytes at a path
-                # since (the file was moved within the inbox): leave it queued and unsent,
-                # so the reconciler sends it again with the newest path.
-                changes.append({"id": image_id, "enqueued_at": None, "updated_at": now})
-                continue
-            if image_id in has_result:
-                changes.append(
-                    {"id": image_id, "status": ImageStatus.DONE.value, "updated_at": now}
-                )
-                continue
-            changes.append(
-                {
-                    "id": image_id,
-                    "status": ImageStatus.FAILED.value,
-                    "error": f.error,
-                    "error_kind": f.kind.value,
-                    "updated_at": now,
-                }
-            )
-        if changes:
-            session.execute(update(Image), changes)
-    first = {c.sha256 for c in known} & unclassified_since.keys()
-    return SavedBatch(len(known) + len(bad), [unclassified_since[sha] for sha in first])
-
-
-def _seen_since_sent(session: Session, rows: Sequence[tuple[int, datetime | None]]) -> set[int]:
-    """Images (id, enqueued_at) that had a path recorded after they were last sent."""
-    sent = {image_id: at for image_id, at in rows if at is not None}
-    if not sent:
-        return set()
-    out: set[int] = set()
-    for id_part in chunked(list(sent), CHUNK):
-        for image_id, last_seen in session.execute(
-            select(ImagePath.image_id, ImagePath.last_seen_at).where(
-                ImagePath.image_id.in_(id_part)
-            )
-        ):
-            if as_utc(last_seen) > as_utc(sent[image_id]):
-                out.add(image_id)
-    return out
 
 
 def find_stuck(session: Session, older_than: timedelta, limit: int = 10_000) -> list[WorkItem]:

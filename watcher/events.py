@@ -8,7 +8,9 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Iterable
 from enum import Enum
+from typing import Any, Protocol
 
 from watchdog.events import (
     DirDeletedEvent,
@@ -37,12 +39,26 @@ class Kind(Enum):
     GONE = "gone"  # deleted or moved away
     GONE_TREE = "gone-tree"  # a folder deleted or moved away
     FOLDER_IN = "folder-in"  # a folder moved in whole: its files are complete
+    SCAN_FOLDER = "scan-folder"  # a folder created: its files as a rescan finds them
     SCANNED = "scanned"  # a rescan found it unknown, changed recently: quiet period
     SETTLED = "settled"  # a rescan found it unknown, untouched for a quiet period: complete
     SCAN_DONE = "scan-done"  # a rescan has queued everything it found
 
 
 Event = tuple[Kind, str]
+
+
+class Observing(Protocol):
+    """What the watcher needs of an observer: watchdog's, or its own inotify reader."""
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    @property
+    def emitters(self) -> Iterable[Any]: ...
 
 
 class EventQueue:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -92,7 +93,11 @@ def inspect(path: str | os.PathLike[str], scope: Scope | str | os.PathLike[str])
         return Skip.VANISHED
     # Resolved every time, not only for a symlinked file: a symlinked folder on the way (a
     # polling snapshot follows those) must not lead out of the inbox either.
-    real = os.path.realpath(path)
+    real = (
+        os.path.realpath(path)
+        if stat.S_ISLNK(info.st_mode)
+        else os.path.join(real_folder(os.path.dirname(path)), os.path.basename(path))
+    )
     if not real.startswith(scope.real.rstrip(os.sep) + os.sep):
         return Skip.SYMLINK_OUT
     if scope.own and scope.owns(real):
@@ -105,6 +110,26 @@ def inspect(path: str | os.PathLike[str], scope: Scope | str | os.PathLike[str])
     if not stat.S_ISREG(info.st_mode):
         return Skip.NOT_REGULAR
     return Signature(info.st_size, info.st_mtime_ns)
+
+
+#: Resolved folders, briefly: a burst's files share a few folders, and resolving each file's
+#: whole path again cost the watcher as much as recording it. A folder swapped for a symlink is
+#: seen within REAL_FOLDER_TTL_S.
+REAL_FOLDER_TTL_S = 2.0
+_real_folders: dict[str, tuple[str, float]] = {}
+
+
+def real_folder(folder: str) -> str:
+    """``os.path.realpath(folder)``, remembered for REAL_FOLDER_TTL_S."""
+    now = time.monotonic()
+    found = _real_folders.get(folder)
+    if found is not None and found[1] > now:
+        return found[0]
+    real = os.path.realpath(folder)
+    if len(_real_folders) > 4096:
+        _real_folders.clear()
+    _real_folders[folder] = (real, now + REAL_FOLDER_TTL_S)
+    return real
 
 
 def skip_reason(

@@ -14,6 +14,7 @@ from contract.records import SeenFile
 from contract.settings import Settings
 from watcher.filters import Scope, Signature, Skip, inspect
 from watcher.hashing import NotHashable, hash_file, hash_many, inspect_many
+from watcher.stats import StageClock
 
 #: Paths per task of a hash process: the pickling is paid per chunk.
 PROCESS_CHUNK = 128
@@ -22,7 +23,8 @@ Known = Callable[[list[str]], Mapping[str, Signature]]
 
 
 class Hashers:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: StageClock | None = None) -> None:
+        self._clock = clock or StageClock()
         self._threads = ThreadPoolExecutor(settings.hash_threads, thread_name_prefix="hash")
         # Processes started afresh, never forked from the watcher, whose threads may hold
         # locks at the moment of a fork.
@@ -55,7 +57,7 @@ class Hashers:
             }
             have = known(list(signatures))
             todo = [p for p, signature in signatures.items() if have.get(p) != signature]
-            return zip(todo, self._threads.map(_try_hash, todo), strict=True)
+            return zip(todo, self._threads.map(self._try_hash, todo), strict=True)
         have = known(paths)
         chunks = _chunks(paths)
         results = self._processes.map(
@@ -71,6 +73,13 @@ class Hashers:
             if not isinstance(found, (Skip, str))
         )
 
+    def _try_hash(self, path: str) -> SeenFile | NotHashable:
+        with self._clock.stage("hash"):
+            try:
+                return hash_file(path)
+            except NotHashable as exc:
+                return exc
+
     def shutdown(self) -> None:
         self._threads.shutdown(wait=True)
         if self._processes is not None:
@@ -81,8 +90,4 @@ def _chunks(paths: list[str]) -> list[list[str]]:
     return [list(part) for part in chunked(paths, PROCESS_CHUNK)]
 
 
-def _try_hash(path: str) -> SeenFile | NotHashable:
-    try:
-        return hash_file(path)
-    except NotHashable as exc:
-        return exc
+

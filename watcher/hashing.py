@@ -33,7 +33,9 @@ def hash_file(path: str) -> SeenFile:
     try:
         before = os.fstat(fd)
         digest = hashlib.sha256()
-        buffer = bytearray(CHUNK)
+        # Sized to the file (a byte more, to see the end in one read): a fresh 1 MiB buffer
+        # per small file cost as much as hashing it.
+        buffer = bytearray(min(CHUNK, before.st_size + 1))
         view = memoryview(buffer)
         size = 0
         head = tail = b""

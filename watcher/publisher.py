@@ -13,7 +13,7 @@ import collections
 import itertools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from contract.backoff import Backoff
 from contract.messages import WorkItem
 from pipeline.enqueue import PartlySent, enqueue, mark
+from watcher.stats import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ class Publisher:
         files_per_message: int,
         *,
         backoff: Backoff | None = None,
+        on_idle: Callable[[], None] = lambda: None,
+        clock: StageClock | None = None,
     ) -> None:
+        self._on_idle = on_idle  # called after a flush that left nothing to send
+        self._clock = clock or StageClock()
         self._app = app
         self._sessions = sessions
         self._per_message = files_per_message
@@ -107,8 +112,8 @@ class Publisher:
                 if wait == 0 and self._has_work():
                     self.flush()
                 break
-            if self._backoff.remaining() == 0:
-                self.flush()
+            if self._backoff.remaining() == 0 and self.flush():
+                self._on_idle()
         left = self.unsent + len(self._unmarked)
         if left:
             log.warning(
@@ -119,6 +124,11 @@ class Publisher:
 
     def _has_work(self) -> bool:
         return bool(self.unsent or self._unmarked)
+
+    @property
+    def busy(self) -> bool:
+        """Items wait to be sent or marked."""
+        return self._has_work()
 
     def flush(self) -> bool:
         """Send everything pending and mark it. False (and a backoff) on the first error."""
@@ -148,7 +158,8 @@ class Publisher:
         with self._lock:
             chunk = list(itertools.islice(self._pending, MARK_EVERY))
         try:
-            done = enqueue(self._app, self._sessions, chunk, self._per_message)
+            with self._clock.stage("publish"):
+                done = enqueue(self._app, self._sessions, chunk, self._per_message)
         except PartlySent as exc:
             self._sent(exc.sent, messages=-(-len(exc.sent) // self._per_message))
             if exc.marked:

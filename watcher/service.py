@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
-from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from broker.app import make_celery
@@ -40,12 +40,14 @@ from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.errors import is_transient
 from db.ledger import known_paths, record_files
-from watcher.events import HANDLED_EVENTS, EventQueue, InboxHandler, Kind, make_observer
+from watcher.events import HANDLED_EVENTS, EventQueue, InboxHandler, Kind, Observing, make_observer
 from watcher.filters import Scope, Signature, Skip, inspect, walk
 from watcher.hashers import Hashers
 from watcher.hashing import ChangedWhileReading, NotHashable
+from watcher.inotify import InotifyReader
 from watcher.publisher import Publisher
 from watcher.stability import StabilityTracker
+from watcher.stats import StageClock
 from watcher.unfinished import UnfinishedFiles
 
 log = logging.getLogger(__name__)
@@ -76,15 +78,24 @@ class Watcher:
         self._engine = make_engine(settings.db_url)
         self._sessions: sessionmaker[Session] = make_sessionmaker(self._engine)
         self._app = make_celery(settings)
-        self.publisher = Publisher(self._app, self._sessions, settings.files_per_message)
+        self.clock = StageClock()  # CPU per stage, reported when the watcher goes quiet
+        self.publisher = Publisher(
+            self._app,
+            self._sessions,
+            settings.files_per_message,
+            on_idle=self._maybe_quiet,
+            clock=self.clock,
+        )
+        self._processor_idle = True
         self._unrecorded: list[SeenFile] = []  # hashed, but the ledger was unavailable
         self._refused: set[tuple[str, str]] = set()  # (path, sha256) the ledger would not take
+        self._from_scan: set[str] = set()  # paths a rescan (not an event) handed over
         self._unfinished = UnfinishedFiles(settings.quiet_period_s, settings.rescan_interval_s)
         self._db_backoff = Backoff()
-        self._hashers = Hashers(settings)
+        self._hashers = Hashers(settings, self.clock)
         self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
         self._rescan_now = threading.Event()
-        self._observer: BaseObserver | None = None
+        self._observer: Observing | None = None
         self._started_scan = False
         self._ready: threading.Event | None = None
         self._announced = False  # the start-up rescan is taken in: said so (events.Ready)
@@ -152,6 +163,23 @@ class Watcher:
     # --- the observer --------------------------------------------------------------------------
 
     def _start_observer(self) -> None:
+        if not self.settings.polling and sys.platform.startswith("linux"):
+            try:
+                reader = InotifyReader(self.scope, self._events, self._rescan_now.set)
+            except OSError as exc:
+                log.warning("inotify unavailable (%s); falling back to a polling observer", exc)
+            else:
+                reader.start()
+                self.tracker.close_events = True
+                self._observer = reader
+                log.info(
+                    "watching %s (inotify, close-write events; quiet period %.2fs, rescan every "
+                    "%.0fs)",
+                    self.inbox,
+                    self.settings.quiet_period_s,
+                    self.settings.rescan_interval_s,
+                )
+                return
         handler = InboxHandler(self.inbox, self._events)
         observer, close_events = None, False
         try:
@@ -267,9 +295,10 @@ class Watcher:
         if timeout is None or timeout > 0:
             self._events.wake.wait(timeout)
         self._events.wake.clear()
-        for kind, path in self._events.drain():
-            self._apply(kind, path)
-        self.tracker.check(self._signature)
+        with self.clock.stage("events and stability"):
+            for kind, path in self._events.drain():
+                self._apply(kind, path)
+            self.tracker.check(self._signature)
         if self._db_backoff.remaining() > 0:
             return
         if self._unrecorded:
@@ -280,6 +309,8 @@ class Watcher:
                 self._unrecorded = self._hash(paths)
                 if self._unrecorded:
                     self._record()
+        self._processor_idle = not (len(self.tracker) or self._unrecorded)
+        self._maybe_quiet()
         if (
             not self._announced
             and self._started_scan
@@ -291,6 +322,13 @@ class Watcher:
             if self._ready is not None:
                 self._ready.set()
                 self._ready = None
+
+    def _maybe_quiet(self) -> None:
+        """Report the stages' CPU once nothing is tracked, unrecorded or unsent (any thread)."""
+        if self._processor_idle and not self.publisher.busy:
+            period = self.clock.take()
+            if period is not None:
+                events.emit(period)
 
     def _next_wake(self) -> float | None:
         waits = []
@@ -311,11 +349,14 @@ class Watcher:
                 self.tracker.completed(path)
             case Kind.SCANNED:
                 self.tracker.scanned(path, None)  # its first check takes a fresh signature
+                self._from_scan.add(path)
             case Kind.SETTLED:
                 self.tracker.scanned(path, None, settled=True)
+                self._from_scan.add(path)
             case Kind.GONE:
                 self.tracker.forget(path)
                 self._unfinished.forget(path)
+                self._from_scan.discard(path)
             case Kind.GONE_TREE:
                 self.tracker.forget_tree(path)
                 self._unfinished.forget_tree(path)
@@ -323,6 +364,11 @@ class Watcher:
                 # A folder renamed in: its files were written before; they get no events.
                 for found in walk(path, self.scope):
                     self.tracker.completed(found)
+                    self._from_scan.add(found)
+            case Kind.SCAN_FOLDER:
+                for found in walk(path, self.scope):
+                    self.tracker.scanned(found, None)
+                    self._from_scan.add(found)
             case Kind.SCAN_DONE:
                 self._started_scan = True
 
@@ -337,8 +383,17 @@ class Watcher:
     def _hash(self, paths: list[str]) -> list[SeenFile]:
         """Hash the complete files among ``paths``, skipping those the ledger already has with
         this size and mtime (a rescan's or a late event's duplicate)."""
-        hashed = self._hashers.hash(paths, self.scope, self._known_or_none)
+        with self.clock.stage("hash: ledger lookup"):
+            hashed = self._hashers.hash(paths, self.scope, self._known_scanned)
         return self._settle(hashed)
+
+    def _known_scanned(self, paths: list[str]) -> dict[str, Signature]:
+        """What the ledger has of the paths a rescan found (which it may well have already).
+        A file an event completed was just written or moved in: looking it up first costs
+        more than the hash it would rarely save, and recording is idempotent anyway."""
+        scanned = [p for p in paths if p in self._from_scan]
+        self._from_scan.difference_update(paths)
+        return self._known_or_none(scanned) if scanned else {}
 
     def _known_or_none(self, paths: list[str]) -> dict[str, Signature]:
         try:
@@ -376,7 +431,7 @@ class Watcher:
         started = time.perf_counter()
         read_at = self.publisher.generation()
         try:
-            with transaction(self._sessions) as session:
+            with self.clock.stage("record"), transaction(self._sessions) as session:
                 items = record_files(session, files)
         except Exception as exc:
             if not is_transient(exc):
@@ -394,6 +449,7 @@ class Watcher:
         self._db_backoff.succeeded()
         self._unrecorded = []
         self.recorded += len(files)
+        self.clock.recorded(len(files))
         queued = self.publisher.submit(items, read_at)
         log.info(
             "recorded %d file(s), %d to classify, in %.1f ms",

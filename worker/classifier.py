@@ -98,6 +98,8 @@ class Classifier:
         # a sampler sees the first batches, to build that runner from.
         self.runner: Runner | None = None
         self.sampler: Sampling | None = None
+        # How its precision was chosen (worker.precision_probe), for the log and the record.
+        self.precision_note: str | None = None
 
     @property
     def backend(self) -> str:

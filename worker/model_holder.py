@@ -19,6 +19,7 @@ from db.versions import active_model, base_version_id, ensure_base_model, ensure
 from worker import model_store, modelzoo, null_backend, onnx_backend
 from worker.classifier import Classifier
 from worker.precision import pick_autocast, pick_device
+from worker.precision_probe import cpu_precision
 from worker.serving import Serving
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,17 @@ class ModelHolder:
         self, version_id: int, loaded: modelzoo.LoadedModel, *, trained: bool, weights: str
     ) -> Classifier:
         device = pick_device(self._settings.device)
-        classifier = Classifier(
-            version_id, loaded, device, pick_autocast(device, self._settings.precision)
-        )
+        autocast = pick_autocast(device, self._settings.precision)
+        note = None
+        if device.type == "cpu" and self._settings.precision == "auto" and autocast is not None:
+            # The CPU offers bf16: measured against fp32 on this machine (once, then cached).
+            probe = cpu_precision(
+                loaded.model, loaded.arch, loaded.preprocessing.crop, self._settings.data_dir
+            )
+            autocast = torch.bfloat16 if probe.chosen == "bf16" else None
+            note = f"precision probe: {probe.summary()}"
+        classifier = Classifier(version_id, loaded, device, autocast)
+        classifier.precision_note = note
         folder = model_store.version_dir(self._settings.models_path, version_id)
         self._serving.attach(
             classifier, folder, self._weights_identity(folder, trained, loaded.arch, weights)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract.serving import ServingManifest, ServingRecord
@@ -149,6 +150,8 @@ class Serving:
 
     def _announce(self, classifier: Classifier, why: str) -> None:
         """Say which backend serves, in the log and in the version's record."""
+        if classifier.precision_note and classifier.runner is None:
+            why = f"{why}; {classifier.precision_note}"
         log.info(
             "version %d classifies with %s (%s)", classifier.version_id, classifier.backend, why
         )
@@ -166,7 +169,9 @@ class Serving:
             log.warning("could not record how version %d is served: %s", classifier.version_id, exc)
 
     def _torch_is_faster(self, classifier: Classifier) -> bool:
-        return self._settings.precision in ("auto", "bf16") and native_bf16(classifier.device)
+        """Torch in bf16 beats ONNX Runtime fp32 where bf16 was chosen: by the precision probe
+        (it measured bf16 faster than fp32 on this CPU), or by PRECISION=bf16."""
+        return classifier.autocast == torch.bfloat16 and native_bf16(classifier.device)
 
     def _refuse(self, classifier: Classifier, exc: Exception) -> None:
         if classifier.version_id in self._refused:

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from contract.records import Classified, SeenFile
 from contract.settings import Settings
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import record_files, save_results
+from db.ledger import record_files
 from db.versions import ensure_base_model
 from tests.helpers.images import write_image
 from web.app import create_app

@@ -18,8 +18,9 @@ from contract.messages import WorkItem
 from contract.paths import from_ledger
 from contract.records import Classified, Failed, SeenFile
 from contract.settings import Settings
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import mark_enqueued, record_files, save_results
+from db.ledger import mark_enqueued, record_files
 from db.models import Image, ImageStatus
 from db.versions import ensure_base_model
 from imaging.decode import BadImage, decode

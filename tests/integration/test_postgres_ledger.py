@@ -21,8 +21,9 @@ from contract.filters import ResultFilters
 from contract.messages import WorkItem
 from contract.records import Classified, Failed, SeenFile
 from db import migrate
+from db.batch_write import save_results
 from db.engine import make_engine, make_sessionmaker, transaction
-from db.ledger import count_attempt, find_stuck, mark_enqueued, record_files, save_results
+from db.ledger import count_attempt, find_stuck, mark_enqueued, record_files
 from db.models import Base, Image, ImagePath, ImageStatus, ModelStatus, ModelVersion, Prediction
 from db.queries import glob_to_like, results
 from db.versions import activate, active_model, ensure_base_model

@@ -27,8 +27,8 @@ from broker.app import make_celery
 from contract.queues import TASK_CLASSIFY
 from contract.records import Classified
 from contract.settings import Settings
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import save_results
 from db.models import ModelStatus, ModelVersion
 from db.versions import activate, base_model_name, ensure_base_model
 from inbox_classifier.cli import main

@@ -18,8 +18,8 @@ from contract.failures import FailureKind
 from contract.records import Failed
 from contract.settings import Settings
 from db import versions
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import save_results
 from db.models import Image, ModelStatus, ModelVersion
 from db.versions import ensure_base_model
 from inbox_classifier.redis_server import free_port

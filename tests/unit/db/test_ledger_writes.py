@@ -1,8 +1,9 @@
 from contract.filters import ResultFilters
 from contract.messages import WorkItem
 from contract.records import Classified, SeenFile
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import record_files, save_results
+from db.ledger import record_files
 from db.models import Image, ImageStatus
 from db.queries import results
 from db.versions import ensure_base_model

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from contract.records import Classified, Failed
 from contract.settings import Settings
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import save_results
 from db.versions import ensure_base_model
 from inbox_classifier.cli import main
 from tests.helpers.images import write_images

@@ -20,8 +20,9 @@ from contract.messages import RetrainRequest
 from contract.queues import TASK_CLASSIFY, TASK_RETRAIN
 from contract.records import Classified, SeenFile
 from contract.settings import Settings
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import record_files, save_results
+from db.ledger import record_files
 from db.models import (
     Image,
     ImageStatus,

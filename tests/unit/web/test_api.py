@@ -17,8 +17,9 @@ from sqlalchemy import select
 
 from contract.records import Classified, SeenFile
 from contract.settings import Settings
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import record_files, save_results
+from db.ledger import record_files
 from db.models import Image, Label, RunStatus, TrainingRun
 from db.versions import ensure_base_model
 from tests.helpers.web import CLASSES, client, seed_images, topk

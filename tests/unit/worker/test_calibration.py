@@ -18,8 +18,9 @@ from contract.calibration import Calibration
 from contract.records import Classified, SeenFile
 from contract.settings import Settings
 from db import browse
+from db.batch_write import save_results
 from db.engine import transaction
-from db.ledger import record_files, save_results
+from db.ledger import record_files
 from db.models import Image, ImageStatus, ModelVersion
 from db.versions import active_model, ensure_base_model
 from tests.helpers.pipeline import record, wait_until
