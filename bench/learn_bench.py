@@ -140,6 +140,13 @@ def unseen_figures(data: Path, version_id: int, held: Unseen) -> dict[str, Any]:
         out["unflagged_right"] = (
             round(float(right[unflagged].double().mean()), 4) if unflagged.any() else None
         )
+    confidence, predicted = calibrated.max(1)
+    needed = torch.tensor(
+        [cal.class_thresholds.get(loaded.classes[int(p)], 2.0) for p in predicted]
+    )
+    sure = confidence >= needed
+    out["sure"] = int(sure.sum())
+    out["sure_right"] = round(float(right[sure].double().mean()), 4) if sure.any() else None
     out["int8"] = int8_figures(data / "models" / str(version_id), batch, labels.numpy())
     return out
 

@@ -89,7 +89,11 @@ def fashion_arrays() -> list[np.ndarray]:
         return [data[f"c{c}"] for c in range(10)]
 
 
-def write_fashion(root: Path, labeled: int = 300, unseen_per_class: int = 100) -> Unseen:
+def write_fashion(
+    root: Path, labeled: int = 300, unseen_per_class: int = 100, stored: int = 28
+) -> Unseen:
+    """``stored``: the side the 28 px images are saved at (enlarged, bicubic, as thumbnails,
+    scans and exports often are), the same content whatever it is."""
     unseen: Unseen = []
     rng = np.random.default_rng(0)
     for c, images in enumerate(fashion_arrays()):
@@ -102,7 +106,10 @@ def write_fashion(root: Path, labeled: int = 300, unseen_per_class: int = 100) -
                 path = root / "unseen" / f"{name}-{i:05d}.png"
                 unseen.append((path, name))
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i], "L").save(path)
+            image = Image.fromarray(images[i], "L")
+            if stored != 28:
+                image = image.resize((stored, stored), Image.Resampling.BICUBIC)
+            image.save(path)
     return unseen
 
 
@@ -173,5 +180,8 @@ def write_photos(root: Path, labeled: int = 200, unseen_per_class: int = 100) ->
 DATASETS: dict[str, Callable[[Path], Unseen]] = {
     "digits": write_digits,
     "fashion": write_fashion,
+    "fashion64": lambda root: write_fashion(root, stored=64),
+    "fashion96": lambda root: write_fashion(root, stored=96),
+    "fashion100": lambda root: write_fashion(root, labeled=100),
     "photos": write_photos,
 }

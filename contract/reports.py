@@ -142,6 +142,8 @@ class RecipeReport(TypedDict):
     patience: int
     planned_epochs: int | None  # what the budget held (one-cycle), else None
     seconds_per_epoch: list[float]
+    precision: NotRequired[str]  # what it trained in, and why (measured on a CPU)
+    content_side: NotRequired[int | None]  # px of detail the labeled images carry
 
 
 class ThreadsReport(TypedDict):

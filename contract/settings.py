@@ -411,9 +411,12 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     def to_env(self) -> dict[str, str]:
-        """These settings as environment variables, for child processes."""
+        """The settings that were chosen (by a flag, a variable, ``.env`` or the parent
+        itself) as environment variables, for child processes. Only those: a child then knows,
+        as its parent did, which values a person gave and which are defaults (a training run
+        keeps a person's TRAIN_LR, and picks its own where none was given)."""
         env: dict[str, str] = {}
-        for name, value in self.model_dump().items():
+        for name, value in self.model_dump(include=self.model_fields_set).items():
             if value is None:
                 text = "null"
             elif isinstance(value, SecretStr):

@@ -49,6 +49,20 @@ def has_resnet_stem(model: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and isinstance(getattr(model, "maxpool", None), nn.Module)
 
 
+def use_imagenet_stem(model: nn.Module) -> None:
+    """Give a ResNet-family ``model`` torchvision's own stem again (7x7 stride 2 and a 3x3
+    max-pool, new random weights): the cheapest, for inputs of 128 px and more, or when the
+    budget holds too few epochs of a finer one."""
+    if not has_resnet_stem(model):
+        raise ModelError(f"{type(model).__name__} has no ResNet stem to replace")
+    old = model.conv1
+    assert isinstance(old, nn.Conv2d)
+    conv = nn.Conv2d(old.in_channels, old.out_channels, 7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    model.conv1 = conv
+    model.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+
 def use_small_stem(model: nn.Module, stem: str = SMALL_STEM) -> None:
     """Give a ResNet-family ``model`` a small-input stem (in place, new random weights for
     the first convolution): ImageNet's 7x7 stride-2 convolution and max-pool shrink a 32 px

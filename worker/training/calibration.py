@@ -12,10 +12,16 @@
   probability is at least ``1 - q`` contains the true class with probability >= 1 - alpha
   (for images exchangeable with the validation ones). A set of one class is a confident
   answer; more than one, or none, is an image a person should check.
-- **Per-class precision thresholds**: the lowest confidence above which the images predicted
-  as a class were that class with at least the target precision on validation, for classes
-  with enough such images; the classes with too few share one threshold fitted on all the
-  validation predictions together (pooled), where there are enough of those.
+- **Per-class precision thresholds that hold with confidence** ("sure"): the lowest confidence
+  above which the images predicted as a class were that class often enough that an upper
+  :data:`SURE_CONFIDENCE` confidence bound on their error (Clopper-Pearson) stays within
+  ``1 - target``: not the precision seen on a few hundred validation images, which a new set
+  misses half the time, but one that holds for at least 9 sets in 10. Thresholds are tried
+  from the most confident images down, in a fixed order that stops at the first that fails
+  (fixed-sequence testing, as in Learn-then-Test: no correction for trying several), so a
+  small validation set certifies fewer images or none: at 95 % it takes at least 45 images
+  without an error. Classes that cannot be certified on their own share one threshold
+  certified on all the validation predictions together (pooled), where that is possible.
 
 The temperature is kept only where it helps images it was not fitted on: it must lower the
 negative log-likelihood of the held-out images without raising their calibration error (with
@@ -35,6 +41,9 @@ from contract.reports import CalibrationReport, ReliabilityBin
 
 ECE_BINS = 15
 MIN_CLASS_IMAGES = 20  # validation images predicted as a class before it gets a threshold
+#: How surely the "sure" promise holds: for at least this share of validation sets.
+SURE_CONFIDENCE = 0.9
+MAX_SURE_TESTS = 50  # thresholds tried per class (the fixed sequence's length)
 MIN_CHECK_IMAGES = 10  # held-out images to check a temperature on; fewer: cross-fitting
 
 
@@ -131,15 +140,18 @@ def class_thresholds(
     few: list[str] = []
     for index, name in enumerate(classes):
         mine = predicted == index
-        if int(mine.sum()) < MIN_CLASS_IMAGES:
+        found = (
+            certified_threshold(confidence[mine], labels[mine] == index, target)
+            if int(mine.sum()) >= MIN_CLASS_IMAGES
+            else None
+        )
+        if found is None:  # too few to certify on its own: the pooled threshold, if any
             few.append(name)
-            continue
-        found = _precision_threshold(confidence[mine], labels[mine] == index, target)
-        if found is not None:
+        else:
             out[name] = found
     pooled: list[str] = []
     if few and len(labels) >= MIN_CLASS_IMAGES:
-        shared = _precision_threshold(confidence, predicted == labels, target)
+        shared = certified_threshold(confidence, predicted == labels, target)
         if shared is not None:
             for name in few:
                 out[name] = shared
@@ -147,17 +159,54 @@ def class_thresholds(
     return out, pooled
 
 
-def _precision_threshold(
+def certified_threshold(
     confidence: torch.Tensor, right: torch.Tensor, target: float
 ) -> float | None:
-    conf, order = confidence.sort(descending=True)
-    hits = right[order].double()
-    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.double)
-    ok = (precision >= target).nonzero()
-    if not len(ok):
+    """The lowest confidence whose images, from there up, are certified right at least
+    ``target`` of the time with :data:`SURE_CONFIDENCE` (see the module); None if none is."""
+    delta, alpha = 1 - SURE_CONFIDENCE, 1 - target
+    least = math.ceil(math.log(delta) / math.log(1 - alpha))  # images, none of them wrong
+    count = len(right)
+    if count < least:
         return None
-    # The largest prefix (the lowest threshold) whose precision still meets the target.
-    return round(float(conf[int(ok[-1])]), 6)
+    conf, order = confidence.sort(descending=True)
+    errors = (~right[order].bool()).long().cumsum(0).tolist()
+    tests = min(MAX_SURE_TESTS, count - least + 1)
+    sizes = sorted({round(least + i * (count - least) / max(1, tests - 1)) for i in range(tests)})
+    found = None
+    for size in sizes:  # from the most confident down; the first failure ends the sequence
+        if error_upper_bound(errors[size - 1], size, delta) > alpha:
+            break
+        found = round(float(conf[size - 1]), 6)
+    return found
+
+
+def error_upper_bound(errors: int, n: int, delta: float) -> float:
+    """Clopper-Pearson: the largest error rate p at which ``errors`` or fewer wrong among ``n``
+    still has probability ``delta`` (a one-sided 1 - delta upper confidence bound)."""
+    if errors >= n:
+        return 1.0
+    low, high = errors / n, 1.0
+    for _ in range(40):  # bisection to ~1e-12
+        middle = (low + high) / 2
+        if _binomial_cdf(errors, n, middle) > delta:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0 if k < n else 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    base = math.lgamma(n + 1)
+    return sum(
+        math.exp(base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+        for i in range(k + 1)
+    )
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -271,7 +320,11 @@ def calibrate(
         )
     own = len(thresholds) - len(pooled)
     sure_note = (
-        f"{own} class(es) with their own {target_precision:.0%}-precision threshold"
+        f"sure: at least {target_precision:.0%} right with {SURE_CONFIDENCE:.0%} confidence "
+        f"(a Clopper-Pearson bound on {len(labels)} validation images; at least "
+        f"{math.ceil(math.log(1 - SURE_CONFIDENCE) / math.log(target_precision))} per "
+        "threshold); "
+        f"{own} class(es) with their own threshold"
         + (f", {len(pooled)} with the pooled one" if pooled else "")
         + (
             f"; {len(classes) - len(thresholds)} without (fewer than {MIN_CLASS_IMAGES} "

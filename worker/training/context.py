@@ -48,6 +48,7 @@ class RunContext:
     durations: dict[str, float] = field(default_factory=dict)  # seconds per phase
     augmentation: AugmentationReport | dict[str, Any] = field(default_factory=dict)  # report
     stem_reason: str = ""  # why the network has the stem it has (the plan's, or the probe's)
+    precision_reason: str = ""  # why it trains in the precision it does (measured on a CPU)
 
     @property
     def loaded(self) -> LoadedModel:

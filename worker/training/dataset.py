@@ -28,6 +28,7 @@ from PIL import Image as PILImage
 from contract.labeled import VAL_DIR, class_name_problem, is_image_name
 from contract.paths import shown as shown_path
 from imaging.decode import BadImage, decode
+from worker.training.detail import ContentSize, content_size
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class LabeledSet:
     corrupt: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
     warnings: list[str] = field(default_factory=list)
     typical_shorter_side: int = 0  # the median shorter side of the usable images, in pixels
+    content: ContentSize | None = None  # the detail they carry (worker.training.detail)
 
     def images_per_class(self) -> dict[str, dict[str, int]]:
         train = Counter(s.label for s in self.train)
@@ -158,6 +160,23 @@ def _check(path: Path, max_pixels: int, min_side: int) -> tuple[str | None, str 
     except BadImage as exc:
         return None, str(exc), 0
     return hashlib.sha256(data).hexdigest(), None, shorter
+
+
+CONTENT_SAMPLE = 64  # images the detail estimate looks at
+
+
+def _measure_content(samples: list[Sample]) -> ContentSize | None:
+    """The detail a sample of the images carries (by content hash: the same sample each run)."""
+    chosen = sorted(samples, key=lambda s: s.sha256)[:CONTENT_SAMPLE]
+    images = []
+    for sample in chosen:
+        try:
+            with PILImage.open(sample.path) as image:
+                image.load()
+                images.append(image.copy())
+        except (OSError, ValueError):
+            continue
+    return content_size(images) if images else None
 
 
 def _resolve_conflicts(
@@ -332,6 +351,7 @@ def scan_labeled(
     train.sort(key=lambda s: s.rel)
     val.sort(key=lambda s: s.rel)
     holdout.sort(key=lambda s: s.rel)
+    content = _measure_content(train + val)
     labeled = LabeledSet(
         root=root,
         classes=classes,
@@ -343,6 +363,7 @@ def scan_labeled(
         corrupt=corrupt,
         warnings=warnings,
         typical_shorter_side=int(statistics.median(shorter_sides)) if shorter_sides else 0,
+        content=content,
     )
     counts = labeled.images_per_class()
     short = {

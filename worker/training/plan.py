@@ -6,16 +6,18 @@ in words for the report:
   cached backbone features first (``frozen``), then, when ``TRAIN_BUDGET_S`` leaves time, the
   whole network (``frozen+unfreeze``). On a CPU from random weights nothing is worth
   freezing: ``full``, at the data's own resolution (below).
-- **The input size follows the data when training from scratch**: a multiple of 32 near the
-  labeled images' typical shorter side, within 32-224, so icons, scans and sensor crops are
-  not upscaled to 224 (a 64 px image at 224 costs 12x the compute and learns nothing more).
-  It goes into the model's preprocessing, which travels with each version, so the workers
-  serve at it. Pretrained weights keep their own input size.
-- **The stem follows the input size when training from scratch**: under
-  :data:`SMALL_STEM_BELOW` px a ResNet gets a 3x3 stride-1 first convolution and no max-pool
-  (the CIFAR recipe), so a 32 px image is still 32x32 after the stem instead of 8x8, and 4x4
-  before the head instead of 1x1. The stem is recorded in the version's checkpoint, so
-  loading, ONNX export, int8 and the workers build the same network.
+- **The input size follows the content when training from scratch**: a multiple of 32 near
+  the side at which the labeled images keep their detail (:mod:`worker.training.detail`),
+  within 32-224, whatever size they are stored at: 28 px drawings saved as 64 px PNGs train at
+  32 px, like the same drawings saved at 28 px. It goes into the model's preprocessing, which
+  travels with each version, so the workers serve at it. Pretrained weights keep their own.
+- **The stem follows the input size when training from scratch**, by one rule with no
+  threshold of its own: the cheapest ResNet stem whose last feature map is still at least
+  :data:`FINAL_MAP` px a side (total strides 32, 16 and 8 for the ImageNet stem, a 3x3
+  stride-2 and a 3x3 stride-1 stem without max-pool): stride 1 under 64 px, stride 2 under
+  128 px, ImageNet's from 128 px. Where the budget holds too few epochs of it, the next
+  cheaper one (:mod:`worker.training.adapt`). The stem is recorded in the version's
+  checkpoint, so loading, ONNX export, int8 and the workers build the same network.
 """
 
 from __future__ import annotations
@@ -24,11 +26,20 @@ from dataclasses import dataclass
 
 import torch
 
-from worker.modelzoo import IMAGENET_STEM, SMALL_STEM, has_resnet_stem
+from worker.modelzoo import IMAGENET_STEM, SMALL_STEM, SMALL_STEM_STRIDE2, has_resnet_stem
 from worker.preprocess import Preprocessing
+from worker.training.detail import ContentSize
 
 MIN_SIDE, MAX_SIDE, STEP = 32, 224, 32
-SMALL_STEM_BELOW = 64  # px of input side
+#: The side, in px, of the last feature map a stem must leave for the head to pool over.
+FINAL_MAP = 4
+#: Stems from the finest (most compute) to the cheapest, with the network's total stride.
+STEMS = ((SMALL_STEM, 8), (SMALL_STEM_STRIDE2, 16), (IMAGENET_STEM, 32))
+STEM_WORDS = {
+    SMALL_STEM: "3x3 stride 1, no max-pool",
+    SMALL_STEM_STRIDE2: "3x3 stride 2, no max-pool",
+    IMAGENET_STEM: "7x7 stride 2 and a max-pool",
+}
 
 
 @dataclass(frozen=True)
@@ -48,22 +59,20 @@ def choose_stem(
     """The stem a run trains with, and why."""
     if pretrained:
         return current, f"{current}: the start model's own (its weights were learned with it)"
-    if side >= SMALL_STEM_BELOW:
-        return (
-            IMAGENET_STEM,
-            f"imagenet: {side} px inputs are not small (under {SMALL_STEM_BELOW} px)",
-        )
     if not has_resnet_stem(model):
         return IMAGENET_STEM, f"imagenet: {type(model).__name__} has no ResNet stem to adapt"
-    return SMALL_STEM, (
-        f"small (3x3 stride 1, no max-pool): {side} px inputs would be "
-        f"{max(1, side // 32)}x{max(1, side // 32)} before the head with ImageNet's stem"
+    fitting = [(stem, stride) for stem, stride in STEMS if side // stride >= FINAL_MAP]
+    stem, stride = fitting[-1] if fitting else STEMS[0]  # the cheapest that fits
+    final = max(1, side // stride)
+    return stem, (
+        f"{stem} ({STEM_WORDS[stem]}): the cheapest stem that leaves {side} px inputs a "
+        f"{final}x{final} map before the head (at least {FINAL_MAP}x{FINAL_MAP})"
     )
 
 
-def input_side(typical_shorter_side: int) -> int:
-    """A multiple of 32 near ``typical_shorter_side``, within 32-224."""
-    side = STEP * round(typical_shorter_side / STEP) if typical_shorter_side else MAX_SIDE
+def input_side(content_side: int) -> int:
+    """A multiple of 32 near ``content_side``, within 32-224."""
+    side = STEP * round(content_side / STEP) if content_side else MAX_SIDE
     return max(MIN_SIDE, min(MAX_SIDE, side))
 
 
@@ -72,7 +81,7 @@ def plan(
     device: torch.device,
     pretrained: bool,
     start_preprocessing: Preprocessing,
-    typical_shorter_side: int,
+    content: ContentSize | None,
     budget_s: float | None,
     model: torch.nn.Module | None = None,
     current_stem: str = IMAGENET_STEM,
@@ -107,7 +116,7 @@ def plan(
             current_stem,
             f"{current_stem}: the start model's own (its weights were learned with it)",
         )
-    side = input_side(typical_shorter_side)
+    side = input_side(content.side if content is not None else 0)
     prep = Preprocessing(
         resize=side, crop=side, mean=start_preprocessing.mean, std=start_preprocessing.std
     )
@@ -120,7 +129,7 @@ def plan(
         mode,
         reason,
         prep,
-        f"{side} px, from the labeled images' typical shorter side ({typical_shorter_side} px)",
+        f"{side} px: {content.reason}" if content is not None else f"{side} px (no content seen)",
         stem,
         stem_reason,
         from_scratch=True,

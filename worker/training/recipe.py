@@ -58,6 +58,8 @@ def describe(
     augmentation: AugmentationReport | dict[str, Any],
     planned_epochs: int | None,
     seconds_per_epoch: list[float],
+    precision: str = "",
+    content_side: int | None = None,
 ) -> RecipeReport:
     """The recipe in the report's words: ``stem`` is the stem and why."""
     return RecipeReport(
@@ -79,4 +81,6 @@ def describe(
         patience=config.patience,
         planned_epochs=planned_epochs,
         seconds_per_epoch=seconds_per_epoch,
+        precision=precision,
+        content_side=content_side,
     )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -91,6 +92,9 @@ def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> Train
             augmentation=ctx.augmentation,
             planned_epochs=fitted.result.planned_epochs or None,
             seconds_per_epoch=[round(h["seconds"], 2) for h in fitted.result.history],
+            precision=ctx.precision_reason
+            or ("bf16" if ctx.autocast == torch.bfloat16 else "fp32"),
+            content_side=ctx.labeled.content.side if ctx.labeled.content else None,
         ),
         threads=ctx.threads.summary(),
         created_at=iso(utcnow()) or "",

@@ -233,7 +233,7 @@ class _Run:
             device,
             begin.pretrained,
             begin.loaded.preprocessing,
-            labeled.typical_shorter_side,
+            labeled.content,
             s.train_budget_s,
             begin.loaded.model,
             begin.loaded.stem,

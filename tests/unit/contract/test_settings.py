@@ -35,6 +35,10 @@ def test_round_trip_through_child_environment(
     child = Settings()
     assert child.retrain_interval_s is None and child.batch_wait_ms == 7
     assert child.data_dir == tmp_path.resolve()
+    # Defaults stay defaults in the child: a training run there still picks its own recipe
+    # where the person chose nothing (worker.training.recipe).
+    assert child.model_fields_set == original.model_fields_set
+    assert "train_optimizer" not in child.model_fields_set
 
 
 def test_invalid_values_are_rejected() -> None:

@@ -37,6 +37,7 @@ from worker.training.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
+from worker.training.detail import ContentSize
 from worker.training.plan import input_side, plan
 from worker.training.run import run_training
 
@@ -258,13 +259,14 @@ def test_the_time_budget_stops_a_run_at_its_best_epoch(settings: Settings, sessi
 def test_the_plan_picks_the_mode_and_the_input_size() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     imagenet = Preprocessing(resize=232, crop=224)
-    assert plan("auto", gpu, True, imagenet, 500, None).mode == "full"
-    assert plan("auto", cpu, True, imagenet, 500, None).mode == "frozen"
-    assert plan("auto", cpu, True, imagenet, 500, 600.0).mode == "frozen+unfreeze"
-    assert plan("auto", cpu, False, imagenet, 500, None).mode == "full"
-    assert plan("frozen", gpu, False, imagenet, 500, None).mode == "frozen"
-    assert plan("auto", cpu, True, imagenet, 40, None).preprocessing == imagenet  # its own size
-    scratch = plan("auto", cpu, False, imagenet, 40, None).preprocessing
+    big, small = ContentSize(500, 500, "500 px"), ContentSize(40, 40, "40 px")
+    assert plan("auto", gpu, True, imagenet, big, None).mode == "full"
+    assert plan("auto", cpu, True, imagenet, big, None).mode == "frozen"
+    assert plan("auto", cpu, True, imagenet, big, 600.0).mode == "frozen+unfreeze"
+    assert plan("auto", cpu, False, imagenet, big, None).mode == "full"
+    assert plan("frozen", gpu, False, imagenet, big, None).mode == "frozen"
+    assert plan("auto", cpu, True, imagenet, small, None).preprocessing == imagenet  # its own
+    scratch = plan("auto", cpu, False, imagenet, small, None).preprocessing
     assert (scratch.resize, scratch.crop) == (32, 32)
     assert [input_side(n) for n in (8, 40, 50, 64, 100, 190, 4000)] == [
         32,

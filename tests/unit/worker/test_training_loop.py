@@ -21,8 +21,9 @@ from worker.modelzoo import (
     use_small_stem,
 )
 from worker.preprocess import Preprocessing
+from worker.training.detail import ContentSize
 from worker.training.loop import OneCycle, TrainConfig, fit
-from worker.training.plan import TrainPlan, plan
+from worker.training.plan import FINAL_MAP, STEMS, TrainPlan, plan
 from worker.training.recipe import SCRATCH_PATIENCE, ema_decay_for, recipe_config
 
 
@@ -129,16 +130,36 @@ def test_the_small_stems_keep_the_picture_large(stem: str, stride: int, side_aft
     assert math.prod(after.shape) > 0
 
 
-def test_the_plan_gives_small_inputs_the_small_stem_from_random_weights_only() -> None:
+def _content(side: int) -> ContentSize:
+    return ContentSize(side, side, f"{side} px of detail")
+
+
+@pytest.mark.parametrize(
+    ("content", "stem"),
+    [(28, SMALL_STEM), (40, SMALL_STEM), (64, SMALL_STEM_STRIDE2), (100, SMALL_STEM_STRIDE2),
+     (128, IMAGENET_STEM), (224, IMAGENET_STEM)],
+)
+def test_the_stem_is_the_cheapest_that_leaves_a_four_pixel_map_before_the_head(
+    content: int, stem: str
+) -> None:
     cpu, imagenet = torch.device("cpu"), Preprocessing(resize=232, crop=224)
     resnet = get_model("resnet18", weights=None)
-    small = plan("auto", cpu, False, imagenet, 28, None, resnet, IMAGENET_STEM)
-    assert small.stem == SMALL_STEM and small.from_scratch and "3x3 stride 1" in small.stem_reason
-    large = plan("auto", cpu, False, imagenet, 100, None, resnet, IMAGENET_STEM)
-    assert large.stem == IMAGENET_STEM and "not small" in large.stem_reason
-    pretrained = plan("auto", cpu, True, imagenet, 28, None, resnet, IMAGENET_STEM)
+    chosen = plan("auto", cpu, False, imagenet, _content(content), None, resnet, IMAGENET_STEM)
+    assert chosen.stem == stem and chosen.from_scratch, chosen.stem_reason
+    side = chosen.preprocessing.crop
+    stride = dict(STEMS)[stem]
+    assert side // stride >= FINAL_MAP, "the last map is at least 4x4"
+    cheaper = [s for s, st in STEMS if st > stride]
+    assert all(side // dict(STEMS)[s] < FINAL_MAP for s in cheaper), "and no cheaper stem does"
+
+
+def test_pretrained_weights_and_other_networks_keep_their_stem() -> None:
+    cpu, imagenet = torch.device("cpu"), Preprocessing(resize=232, crop=224)
+    resnet = get_model("resnet18", weights=None)
+    pretrained = plan("auto", cpu, True, imagenet, _content(28), None, resnet, IMAGENET_STEM)
     assert pretrained.stem == IMAGENET_STEM and not pretrained.from_scratch
     other = plan(
-        "auto", cpu, False, imagenet, 28, None, get_model("mobilenet_v3_small"), "imagenet"
+        "auto", cpu, False, imagenet, _content(28), None, get_model("mobilenet_v3_small"),
+        "imagenet",
     )
     assert other.stem == IMAGENET_STEM and "no ResNet stem" in other.stem_reason
