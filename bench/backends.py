@@ -4,7 +4,7 @@
 
 For each model (random init: the speed does not depend on the weights): the worker's uint8 NHWC
 batches through torch fp32 (channels_last, eager), torch bf16 where the CPU runs it natively,
-ONNX Runtime fp32 and ONNX Runtime int8 (worker.onnx_backend: built and checked as a worker
+ONNX Runtime fp32 and ONNX Runtime int8 (worker.model.onnx_backend: built and checked as a worker
 builds them, on the same images). Images/s at batch 1 and 16 for three layouts of the cores:
 one stream per core with its own session ("per-stream", what the worker does), one session run
 by one stream per core ("shared", ONNX Runtime only) and one stream on every core ("1 stream");
@@ -30,11 +30,11 @@ import torch
 
 from bench.harness import machine_info
 from bench.images import generate
-from worker import modelzoo, onnx_backend
-from worker.classifier import Classifier
-from worker.layout import usable_cores
-from worker.precision import native_bf16
-from worker.preprocess import load_for_model
+from worker.model import modelzoo, onnx_backend
+from worker.model.classifier import Classifier
+from worker.model.layout import usable_cores
+from worker.model.precision import native_bf16
+from worker.model.preprocess import load_for_model
 
 RESULTS = Path(__file__).parent / "results"
 Logits = Callable[[np.ndarray], Any]

@@ -1,5 +1,6 @@
-"""The in-process ceiling: the worker's own preprocessing (``worker.preprocess``) and classifier
-(``worker.classifier``) in one process, decode overlapped with inference on threads, batched,
+"""The in-process ceiling: the worker's own preprocessing (``worker.model.preprocess``) and
+classifier
+(``worker.model.classifier``) in one process, decode overlapped with inference on threads, batched,
 with no queue, no broker and no database. The best this hardware does for this model with this
 code; the pipeline is measured against it.
 """
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 
 from imaging.decode import BadImage
-from worker import onnx_backend
-from worker.classifier import Classifier
-from worker.layout import inference_layout
-from worker.modelzoo import build
-from worker.precision import pick_autocast, pick_device
-from worker.preprocess import Preprocessing, load_for_model
+from worker.model import onnx_backend
+from worker.model.classifier import Classifier
+from worker.model.layout import inference_layout
+from worker.model.modelzoo import build
+from worker.model.precision import pick_autocast, pick_device
+from worker.model.preprocess import Preprocessing, load_for_model
 
 MAX_PIXELS = 100_000_000
 

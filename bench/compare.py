@@ -35,9 +35,9 @@ CEILING_SNIPPET = """
 import json, sys
 from bench.images import generate
 from bench.ceiling import make_classifier, run_ceiling
-from worker import batching
+from worker.classify import batching
 try:
-    from worker.layout import inference_layout
+    from worker.model.layout import inference_layout
     auto = inference_layout(None, None, "cpu")
     layout = (auto.threads_per_stream, auto.streams)
 except ImportError:  # a tree from before inference streams

@@ -1,7 +1,8 @@
 """The decode stage and the model on the worker's device, each alone and together, on the same
 images (``bench/gpu_check.sh`` runs them; ``bench.run --device cuda`` the ceiling):
 
-- :func:`decode_alone`: the worker's batched decode (:func:`worker.batch_decode.decode_batch`:
+- :func:`decode_alone`: the worker's batched decode
+(:func:`worker.classify.batch_decode.decode_batch`:
   nvjpeg in one call per batch on a GPU, orientation, resize and crop there) of the JPEGs;
 - :func:`pillow_alone`: the Pillow path (scaled DCT decode, resize, crop) on threads;
 - :func:`model_alone`: the classifier on ready batches, as the worker runs it;
@@ -26,9 +27,9 @@ import torch
 
 from bench.ceiling import MAX_PIXELS, CeilingResult, warm_up
 from imaging.decode import BadImage
-from worker.batch_decode import Encoded, assemble, decode_batch, prepare, probe, stack_on
-from worker.classifier import Classifier
-from worker.preprocess import Preprocessing, load_for_model
+from worker.classify.batch_decode import Encoded, assemble, decode_batch, prepare, probe, stack_on
+from worker.model.classifier import Classifier
+from worker.model.preprocess import Preprocessing, load_for_model
 
 
 def _sync(device: torch.device) -> None:

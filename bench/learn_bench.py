@@ -104,8 +104,8 @@ def train(tree: str, data: Path, values: dict[str, Any], minutes: float) -> dict
 def unseen_figures(data: Path, version_id: int, held: Unseen) -> dict[str, Any]:
     import torch
 
-    from worker import model_store
-    from worker.preprocess import load_for_model
+    from worker.model import model_store
+    from worker.model.preprocess import load_for_model
     from worker.training.calibration import expected_calibration_error
 
     loaded = model_store.load_version(data / "models", version_id)
@@ -154,7 +154,7 @@ def unseen_figures(data: Path, version_id: int, held: Unseen) -> dict[str, Any]:
 def int8_figures(version_dir: Path, batch: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The version's ONNX Runtime fp32 and int8 models on the unseen images, and the int8
     check the training run made on its validation split."""
-    from worker import onnx_backend
+    from worker.model import onnx_backend
 
     manifest = onnx_backend.load_manifest(version_dir)
     if manifest is None:

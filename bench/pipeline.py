@@ -158,7 +158,7 @@ class Pipeline:
 
     def wait_compiled(self, timeout: float) -> list[str]:
         """Each worker's outcome from the log: 'compiled', 'eager', 'onnxruntime int8|fp32'
-        (worker.serving switched it to ONNX Runtime), 'torch (after ONNX)' (it tried and kept
+        (worker.model.serving switched it to ONNX Runtime), 'torch (after ONNX)' (it tried and kept
         torch) or 'unknown'."""
         workers = self.workers or 1
         deadline = time.monotonic() + timeout

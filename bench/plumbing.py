@@ -7,7 +7,8 @@ SQLite and PostgreSQL, with 60 KiB files and with the GPU run's photo-like JPEGs
 
 Per database and mix: end-to-end img/s (first rename to last row committed), the CPU
 microseconds per image of each process (watcher, each worker, Redis, PostgreSQL) and of each
-stage (the watcher's and the workers' own accounts: watcher.stats, worker.batch_stats), medians
+stage (the watcher's and the workers' own accounts: watcher.stats, worker.classify.batch_stats),
+medians
 of ``--runs`` bursts of fresh content into one warm ``up``. The last line printed is one JSON
 object: ``{"sqlite": {"60k": {"img_per_s": ..., "cpu_us_per_image": ...}, "380k": {...}},
 "postgresql": {...}}``; a database that could not be started is absent, and the text says why.

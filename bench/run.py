@@ -6,7 +6,8 @@
 
 On one image set, model and machine it measures, in this order:
 
-1. the in-process ceiling (worker.preprocess + worker.classifier, decode threads overlapped
+1. the in-process ceiling (worker.model.preprocess + worker.model.classifier, decode threads
+overlapped
    with batched inference, no queue, no DB), swept over batch sizes and layouts (one stream
    on all cores, and the worker's automatic streams): the best is the ceiling;
 2. the pipeline, started as users start it (``inbox-classifier up --weights none
@@ -41,11 +42,10 @@ from bench.harness import CpuMeter, GpuSampler, gpu_memory_mib, machine_info, me
 from bench.images import generate
 from bench.naive import NaiveBaseline
 from bench.pipeline import Pipeline
-from worker import onnx_backend
-from worker.classifier import compile_blocker
-from worker.layout import inference_layout, usable_cores
-from worker.model_lease import COMPILE_AFTER_IMAGES
-from worker.precision import pick_autocast, pick_device
+from worker.model import onnx_backend
+from worker.model.classifier import compile_blocker
+from worker.model.layout import inference_layout, usable_cores
+from worker.model.precision import pick_autocast, pick_device
 
 RESULTS = Path(__file__).parent / "results"
 SOAK_IDLE_S = 1.5  # long enough for a worker to end its busy period (0.2 s idle) and trim
@@ -120,7 +120,7 @@ def worker_compiles(device: str, env: dict[str, str]) -> bool:
 
 
 def worker_serves_onnx(device: str, env: dict[str, str]) -> bool:
-    """Whether a worker with these settings serves with ONNX Runtime (worker.serving) here."""
+    """Whether a worker with these settings serves with ONNX Runtime (worker.model.serving) here."""
     backend = env.get("INBOX_CLASSIFIER_INFERENCE_BACKEND", "auto")
     return (
         pick_device(device).type == "cpu"
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     env = settings_env(args.set)
     onnx = worker_serves_onnx(device, env)
     compiles = worker_compiles(device, env) and not onnx
-    warm_count = COMPILE_AFTER_IMAGES + 64 if compiles else 64
+    # A worker compiles its model after it served COMPILE_AFTER_IMAGES (256) images: warm past it.
+    warm_count = 256 + 64 if compiles else 64
     if onnx:  # the worker builds its ONNX artifacts from its first images, then switches
         warm_count = onnx_backend.SAMPLE_IMAGES + 64
     warm = images.files[:warm_count]

@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from contract.settings import Settings  # noqa: E402
 from db import migrate  # noqa: E402
-from worker import modelzoo  # noqa: E402
-from worker.precision import pick_autocast  # noqa: E402
+from worker.model import modelzoo  # noqa: E402
+from worker.model.precision import pick_autocast  # noqa: E402
 from worker.training.dataset import LabeledSet, Sample, scan_labeled  # noqa: E402
 from worker.training.features import get_head, set_head  # noqa: E402
 from worker.training.loop import TrainConfig, autocast_context, make_optimizer  # noqa: E402

@@ -23,7 +23,8 @@ class BusyPeriod:
     failed: int
     seconds: float
     rate: float  # images settled per second
-    # Seconds per stage, summed over the threads that ran it (worker.batch_stats): where the
+    # Seconds per stage, summed over the threads that ran it (worker.classify.batch_stats): where
+    # the
     # time went, for the benchmark's per-stage breakdown.
     stages_s: dict[str, float] = field(default_factory=dict)
 
@@ -61,6 +62,17 @@ class Promoted:
 
 
 @dataclass(frozen=True)
+class RunStarted:
+    """A training run has read its data and starts training."""
+
+    kind: ClassVar[str] = "run_started"
+    run_id: int
+    trigger: str  # contract.messages.Trigger's value: labels, schedule, manual...
+    images: int
+    classes: int
+
+
+@dataclass(frozen=True)
 class RunEnded:
     """A training run ended without a promotion (rejected, skipped, failed, cancelled)."""
 
@@ -79,9 +91,10 @@ class Rescoring:
     images: int
 
 
-Event = BusyPeriod | WatcherPeriod | Ready | Promoted | RunEnded | Rescoring
+Event = BusyPeriod | WatcherPeriod | Ready | Promoted | RunStarted | RunEnded | Rescoring
 KINDS: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (BusyPeriod, WatcherPeriod, Ready, Promoted, RunEnded, Rescoring)
+    cls.kind: cls
+    for cls in (BusyPeriod, WatcherPeriod, Ready, Promoted, RunStarted, RunEnded, Rescoring)
 }
 
 

@@ -49,7 +49,7 @@ class ModelVersion(Base):
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     # contract.calibration.Calibration: temperature, conformal threshold, class thresholds.
     calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # How CPU workers serve it (worker.onnx_backend's manifest summary): backend, precision,
+    # How CPU workers serve it (worker.model.onnx_backend's manifest summary): backend, precision,
     # the int8 agreement check. NULL until its ONNX artifacts are built.
     serving: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     reason: Mapped[str | None] = mapped_column(Text)  # why promoted / rejected

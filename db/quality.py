@@ -88,7 +88,13 @@ def version_quality(session: Session, version_id: int) -> Quality | None:
                 func.count(),
                 func.sum(case((Label.label != Label.model_label, 1), else_=0)),
             )
-            .where(Label.model_version_id == version_id, Label.model_label.is_not(None))
+            # Images, not labeling acts: the current label of each (an undone or replaced
+            # label is no correction any more).
+            .where(
+                Label.model_version_id == version_id,
+                Label.model_label.is_not(None),
+                Label.undone_at.is_(None),
+            )
             .group_by(Label.model_label)
         )
     }

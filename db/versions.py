@@ -154,6 +154,7 @@ class VersionView:
     activated_at: str | None
     calibration: dict[str, Any] | None = None
     serving: ServingRecord | None = None
+    manifest_sha256: str | None = None  # the labeled data it was trained on (training's skip)
 
     @classmethod
     def of(cls, row: ModelVersion) -> VersionView:
@@ -172,6 +173,7 @@ class VersionView:
             iso(row.activated_at),
             dict(row.calibration) if row.calibration else None,
             ServingRecord.from_dict(row.serving),
+            row.manifest_sha256,
         )
 
 

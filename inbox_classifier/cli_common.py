@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -199,9 +200,26 @@ def _shown_url(settings: Settings) -> str:
     return running.mask(settings.db_url) if settings.database_url else settings.db_url
 
 
-def require_broker(settings: Settings) -> Settings:
-    """``settings`` with the broker URL of a running `up` filled in; a clear error if none."""
-    try:
-        return with_broker(settings)
-    except BrokerNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
+#: How long a command waits for an `up` that is starting to have its Redis up.
+STARTING_UP_WAIT_S = 120.0
+
+
+def require_broker(settings: Settings, wait_s: float = STARTING_UP_WAIT_S) -> Settings:
+    """``settings`` with the broker URL of a running `up` filled in; while an `up` in this
+    data dir is still starting, wait for it (saying so); a clear error if none runs."""
+    from inbox_classifier.lifeline import DataDirLock
+
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return with_broker(settings)
+        except BrokerNotFound as exc:
+            if not DataDirLock.held(settings.data_dir) or time.monotonic() > deadline:
+                raise click.ClickException(str(exc)) from exc
+            if not said:
+                click.secho(
+                    f"`up` is starting in {settings.data_dir}; waiting for it...", err=True
+                )
+                said = True
+            time.sleep(0.25)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, cast
 
 import click
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
-from broker.locate import with_broker
-from broker.stats import queue_report
 from contract.filters import ResultFilters
+from contract.running import mask
 from contract.serving import describe_serving
 from contract.settings import Settings
 from db.engine import transaction
@@ -94,7 +95,49 @@ def results(settings: Settings, filters: ResultFilters, limit: int | None, fmt: 
     """Classification results, one row per file path."""
     with ledger(settings) as sessions, transaction(sessions) as session:
         rows = [row.to_dict() for row in result_rows(session, filters, limit)]
+        hint = _empty_hint(session, filters) if not rows else None
     _print_rows(rows, fmt)
+    if hint:
+        click.secho(hint, fg="yellow", err=True)
+
+
+def _empty_hint(session: Session, filters: ResultFilters) -> str | None:
+    """Why a query found nothing, where the ledger can say: the labels it does have (and the
+    one the user may have meant), or a model that flags nothing for review."""
+    import difflib
+
+    from db.browse import label_counts
+    from db.versions import active_model
+
+    if filters.label is not None:
+        labels = [name for name, _ in label_counts(session, limit=50)]
+        if not labels:
+            return "no rows: no image has a label yet"
+        folded = {name.casefold(): name for name in labels}
+        close = [folded[m] for m in difflib.get_close_matches(filters.label.casefold(), folded)]
+        shown = ", ".join(labels[:12]) + (" ..." if len(labels) > 12 else "")
+        meant = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return (
+            f"no rows with label {filters.label!r} (labels are exact).{meant} Labels here: "
+            f"{shown}"
+        )
+    if filters.needs_review:
+        active = active_model(session)
+        if active is not None and not active.calibration:
+            return (
+                f"no rows: {active.name} flags nothing for review; 'needs review' comes from a "
+                "trained version's calibration (teach it your classes and retrain)"
+            )
+    return None
+
+
+def _keep_end(text: str, width: int) -> str:
+    """``text`` cut at its start where longer than ``width``: a path's end names its file."""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def _relative(path: str, here: str) -> str:
+    return path[len(here) :] if path.startswith(here) else path
 
 
 def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
@@ -109,20 +152,36 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(show_lines=False)
-        for name in ("path", "status", "label", "confidence", "model", "error"):
-            table.add_column(name, overflow="fold")
-        for row in rows:
-            confidence = row["confidence"]
-            table.add_row(
-                row["path"],
+        here = os.getcwd() + os.sep
+        cells = [
+            (
+                _relative(str(row["path"]), here),
                 row["status"],
                 row["label"] or "",
-                f"{confidence:.3f}" if confidence is not None else "",
+                f"{row['confidence']:.3f}" if row["confidence"] is not None else "",
                 row["model_version"] or "",
                 row["error"] or "",
             )
-        Console().print(table)
+            for row in rows
+        ]
+        console = Console()
+        short = [
+            min(24, max([len(name), *(len(cell[index]) for cell in cells)]))
+            for index, name in enumerate(("status", "label", "confidence", "model"), start=1)
+        ]
+        # One line per row at any width: the short columns keep their width (up to 24
+        # characters), the path (keeping its end, the file's name) and the error share the
+        # rest, cut with an ellipsis; csv and json have every character.
+        rest = max(20, console.width - sum(short) - 3 * 6 - 1)
+        table = Table(show_lines=False)
+        table.add_column("path", no_wrap=True, overflow="ellipsis", max_width=rest * 2 // 3)
+        for name, width in zip(("status", "label", "confidence", "model"), short, strict=True):
+            table.add_column(name, no_wrap=True, overflow="ellipsis", width=width)
+        table.add_column("error", no_wrap=True, overflow="ellipsis", max_width=rest // 3)
+        path_width = min(rest * 2 // 3, max([4, *(len(cell[0]) for cell in cells)]))
+        for path, *others in cells:
+            table.add_row(_keep_end(path, path_width), *others)
+        console.print(table)
         click.echo(f"{len(rows)} row(s)")
 
 
@@ -144,28 +203,40 @@ Examples:
 )
 def status(settings: Settings, as_json: bool, window: int) -> None:
     """Counts by state, queue depth, workers, the active model and throughput."""
+    from broker.locate import url_file, with_broker
+    from broker.stats import queue_report
+
     with ledger(settings) as sessions, transaction(sessions) as session:
         ledger_part = ledger_status(session, window)
-    queues = queue_report(with_broker(settings, required=False))
+    located = with_broker(settings, required=False)
+    queues = queue_report(located)
+    # No Redis configured and no private one of a running `up`: nothing runs here.
+    stopped = located.redis_url is None
     if as_json:
         report = {
             **ledger_part.to_dict(),
             "queue_depth": queues.depth,
             "workers": queues.workers,
+            "up_running": not stopped if not settings.redis_url else None,
         }
         click.echo(json.dumps(report, indent=2))
         return
     active = ledger_part.active_model
     click.echo("images:   " + "  ".join(f"{k} {v}" for k, v in ledger_part.images.items()))
     depth = queues.depth
-    click.echo(
-        "queue:    "
-        + ("unreachable" if depth is None else "  ".join(f"{k} {v}" for k, v in depth.items()))
-    )
+    if stopped:
+        queue_text = (
+            f"up is not running here (no private Redis in {url_file(settings).parent}); "
+            "start `inbox-classifier up`"
+        )
+    elif depth is None:
+        queue_text = f"unreachable ({mask(located.redis_url or '')})"
+    else:
+        queue_text = "  ".join(f"{k} {v}" for k, v in depth.items())
+    click.echo("queue:    " + queue_text)
     workers = queues.workers
-    click.echo(
-        "workers:  " + ("unreachable" if workers is None else (", ".join(workers) or "none"))
-    )
+    workers_text = "none" if stopped else "unreachable" if workers is None else ", ".join(workers)
+    click.echo("workers:  " + (workers_text or "none"))
     click.echo(
         "model:    "
         + (

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from broker.app import NoBroker, make_celery
-from broker.locate import BrokerNotFound, with_broker
 from contract.messages import Trigger
 from contract.queues import TRAIN_QUEUE
 from contract.reports import ProgressEvent, TrainingReport
@@ -32,6 +30,7 @@ from inbox_classifier.cli_common import (
     MODEL,
     WHERE,
     ledger,
+    require_broker,
     settings_options,
 )
 
@@ -55,7 +54,7 @@ class _Printer:
     PHASES = {
         "scanning": "scanning {labeled}",
         "features": "computing backbone features ({feature_passes} pass(es), cached)",
-        "gate": "scoring {compared_with} on the same validation images",
+        "gate": "scoring {compared_with} on the same held-out images",
         "saving": "saving the model files",
         "serving": "building its ONNX Runtime artifacts (fp32, int8 checked against fp32)",
     }
@@ -71,8 +70,10 @@ class _Printer:
             self.warning = warning
             click.secho(f"  warning: {warning}", fg="yellow", err=True)
         if kind == "epoch":
+            planned = event.get("epochs")
+            of = f"/{planned}" if isinstance(planned, int) and planned >= event["epoch"] else ""
             click.echo(
-                f"  epoch {event['epoch']:>3}/{event['epochs']}  "
+                f"  epoch {event['epoch']:>3}{of}  "
                 f"train loss {event['train_loss']:.4f} acc {event['train_acc']:.3f}  "
                 f"val loss {event['val_loss']:.4f} acc {event['val_acc']:.3f}  "
                 f"({event['seconds']:.1f}s)"
@@ -87,6 +88,8 @@ class _Printer:
                 f"{len(event['classes'])} classes, {event['train_images']} training / "
                 f"{event['val_images']} validation images; mode {event['mode']}"
             )
+        elif phase == "gate" and not event.get("compared_with"):
+            click.echo("scoring the candidate on the held-out images (no trained model to beat)")
         elif phase in self.PHASES:
             try:
                 click.echo(self.PHASES[phase].format(**event))
@@ -108,6 +111,14 @@ def _print_report(report: TrainingReport, settings: Settings) -> None:
         click.echo(f"  {name:<24} {shown}   ({counts['train']} train / {counts['val']} val)")
     if report.get("skipped_corrupt"):
         click.echo(f"  skipped {report['skipped_corrupt']} corrupt image(s)")
+    if report.get("stopped_early"):
+        patience = dict(report.get("config") or {}).get("patience", "?")
+        click.echo(f"stopped early: no better validation accuracy for {patience} epochs")
+    elif report.get("stopped_by_budget"):
+        click.echo(
+            f"stopped by the budget: {report['epochs_run']} epochs fit TRAIN_BUDGET_S "
+            f"({report.get('budget_s')} s)"
+        )
     gate = report["gate"]
     click.echo(f"gate: {gate['reason']}")
     if "id" in version:
@@ -189,11 +200,16 @@ def retrain(
 
 
 def _send_retrain(settings: Settings, force: bool, fresh: bool) -> Requested:
+    from broker.app import NoBroker, make_celery
     from pipeline.retrain import NotSent, request_retrain
 
     try:
-        app = make_celery(with_broker(settings))
-    except (BrokerNotFound, NoBroker) as exc:
+        app = make_celery(require_broker(settings))
+    except click.ClickException as exc:
+        raise click.UsageError(
+            f"{exc.message} (or use --here to train in this process)"
+        ) from exc
+    except NoBroker as exc:
         raise click.UsageError(f"{exc} (or use --here to train in this process)") from exc
     with ledger(settings) as sessions:
         try:
@@ -287,7 +303,7 @@ def _cancel(settings: Settings, run_id: int) -> int:
 
 
 def _train_here(settings: Settings, force: bool, fresh: bool) -> int:
-    from worker.precision import pick_device
+    from worker.model.precision import pick_device
     from worker.training.run import run_training
 
     click.echo("training here, in this process (--here), not on a train worker, with:")

@@ -125,6 +125,16 @@ def render_event(child: str, event: events.Event, tally: Tally | None = None) ->
             return line
         case events.Rescoring():
             return f"{child}: rescoring {_images(event.images)} with {event.version}"
+        case events.RunStarted():
+            why = {
+                "labels": "enough new labels",
+                "schedule": "on its schedule",
+                "manual": "asked for",
+            }.get(event.trigger, event.trigger)
+            return (
+                f"{child}: run {event.run_id} started ({why}): {_images(event.images)}, "
+                f"{event.classes} classes"
+            )
         case events.RunEnded():
             return f"{child}: run {event.run_id} {event.status}: {event.message}"
     return None

@@ -128,6 +128,21 @@ class DataDirLock:
         self.fd = fd
         return fd
 
+    @staticmethod
+    def held(data_dir: Path) -> bool:
+        """Whether an `up` (or one of its children) holds the lock on ``data_dir`` now."""
+        try:
+            fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def release(self) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):

@@ -112,7 +112,7 @@ def check_device(settings: Settings) -> None:
     """For a worker, the process that will run the model: the device must be usable here."""
     if settings.device == "auto" or settings.device == "cpu":
         return
-    from worker.precision import DeviceUnavailable, pick_device
+    from worker.model.precision import DeviceUnavailable, pick_device
 
     try:
         pick_device(settings.device)

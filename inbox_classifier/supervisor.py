@@ -188,7 +188,7 @@ def _run_locked(
     settings = sized_for_machine(settings)  # before the children read it: the watcher too
     output = ChildOutput(Console(), settings.data_dir / "logs")
     route_supervisor_logging(output.console, output.log_path("up"), log.name)
-    from worker.modelzoo import ModelError, ensure_weights
+    from worker.model.modelzoo import ModelError, ensure_weights
 
     try:
         if settings.inference_backend != "null":
@@ -257,18 +257,7 @@ def _supervise(
     except PortError as exc:
         log.error("%s", exc)
         return MISCONFIGURED
-    for child in children:
-        if child.name == "web":
-            log.info("web: %s%s", child.url, child.note)
-    served = [f"{c.name} {c.url}" for c in children if c.name.startswith("worker-")]
-    log.info("metrics: %s", ", ".join(served))
-    log.info(
-        "watching %s; results in %s; logs in %s (%s)",
-        settings.inbox,
-        make_url(settings.db_url).render_as_string(hide_password=True),
-        output.log_dir,
-        ", ".join(output.log_path(name).name for name in ["up", *(c.name for c in children)]),
-    )
+    _announce(settings, children, output)
     started = time.monotonic()
     web_url = next((c.url for c in children if c.name == "web"), None)
     disk = DiskWatch(written_places(settings))
@@ -303,19 +292,40 @@ def _supervise(
                 code = MISCONFIGURED
                 break
     finally:
-        for group in (["watcher"], ["beat"]):
-            for child in children:
-                if child.name in group:
-                    child.stop()
-        threads = [threading.Thread(target=c.stop) for c in children if c.alive()]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        for child in children:
-            if child.reader is not None:
-                child.reader.join(READER_JOIN_S)
+        _stop_all(children)
     return code
+
+
+def _announce(settings: Settings, children: list[Child], output: ChildOutput) -> None:
+    """Where each part can be reached and where its log goes."""
+    for child in children:
+        if child.name == "web":
+            log.info("web: %s%s", child.url, child.note)
+    served = [f"{c.name} {c.url}" for c in children if c.name.startswith("worker-")]
+    log.info("metrics: %s", ", ".join(served))
+    log.info(
+        "watching %s; results in %s; logs in %s (%s)",
+        settings.inbox,
+        make_url(settings.db_url).render_as_string(hide_password=True),
+        output.log_dir,
+        ", ".join(output.log_path(name).name for name in ["up", *(c.name for c in children)]),
+    )
+
+
+def _stop_all(children: list[Child]) -> None:
+    """The watcher first (nothing new comes in), then beat, then the rest together."""
+    for group in (["watcher"], ["beat"]):
+        for child in children:
+            if child.name in group:
+                child.stop()
+    threads = [threading.Thread(target=c.stop) for c in children if c.alive()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for child in children:
+        if child.reader is not None:
+            child.reader.join(READER_JOIN_S)
 
 
 def written_places(settings: Settings) -> list[Path]:
@@ -327,5 +337,3 @@ def written_places(settings: Settings) -> list[Path]:
     if ledger is not None and ledger.parent.resolve() != settings.data_dir.resolve():
         places.append(ledger.parent)
     return places
-
-

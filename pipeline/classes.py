@@ -6,13 +6,12 @@ a class of its own without a word. The web app and ``inbox-classifier label`` bo
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract.labeled import VAL_DIR, class_name_problem, is_image_name
+from contract.labeled import class_name_problem, list_labeled
 from contract.settings import Settings
 from db import labels, versions
 from db.engine import transaction
@@ -26,15 +25,22 @@ class KnownClass:
 
 
 def known_classes(settings: Settings, sessions: sessionmaker[Session]) -> list[KnownClass]:
-    """Every known class, the most labeled first (the review keys go to the first nine), then
-    the rest by name."""
+    """Every known class in an order that does not change between visits (the review page's
+    keys go to the first ten): the classes people labeled, in the order they first used them;
+    then the other folders of labeled/, then the model's own classes, each by name."""
     with transaction(sessions) as session:
         model_classes = _model_classes(session)
-        labeled_by_people = set(labels.human_classes(session))
+        by_people = labels.human_classes(session)  # oldest first
     counts = count_labeled(settings.labeled_path)
-    names = set(counts) | model_classes | labeled_by_people
+    first_use = {name: i for i, name in enumerate(by_people)}
+    names = set(counts) | model_classes | set(by_people)
     found = [KnownClass(n, counts.get(n, 0), n in model_classes) for n in names]
-    return sorted(found, key=lambda c: (-c.labeled_images, c.name.casefold(), c.name))
+
+    def order(c: KnownClass) -> tuple[int, int, str, str]:
+        group = 0 if c.name in first_use else 1 if c.labeled_images else 2
+        return (group, first_use.get(c.name, 0), c.name.casefold(), c.name)
+
+    return sorted(found, key=order)
 
 
 def known_class_names(settings: Settings, session: Session) -> set[str]:
@@ -52,39 +58,21 @@ def _model_classes(session: Session) -> set[str]:
 
 
 def class_folders(root: Path) -> list[str]:
-    """The class folders of labeled/ (and of its validation folder)."""
-    names: list[str] = []
-    for base in (root, root / VAL_DIR):
-        try:
-            names += [
-                e.name
-                for e in os.scandir(base)
-                if e.is_dir(follow_symlinks=False)
-                and e.name != VAL_DIR
-                and class_name_problem(e.name) is None
-            ]
-        except OSError:  # no labeled/ yet
-            continue
-    return names
+    """The class folders of labeled/ (and of its validation folder), as training reads them."""
+    listing = list_labeled(root)
+    names = dict.fromkeys([*listing.class_dirs, *listing.val_dirs])
+    return [n for n in names if class_name_problem(n) is None]
 
 
 def count_labeled(root: Path) -> dict[str, int]:
-    """Image files per class folder of ``root`` (the validation folder's counted in)."""
-    counts: dict[str, int] = {}
-    for base in (root, root / VAL_DIR):
-        try:
-            entries = [e for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
-        except OSError:  # no labeled/ yet
-            continue
-        for entry in entries:
-            if entry.name == VAL_DIR or class_name_problem(entry.name) is not None:
-                continue
-            counts[entry.name] = counts.get(entry.name, 0) + _images_under(entry.path)
+    """Images per class folder of ``root`` (the validation folder's counted in): the images
+    training sees (contract.labeled.list_labeled: the same reader)."""
+    listing = list_labeled(root)
+    counts = dict.fromkeys(class_folders(root), 0)
+    for found in listing.files:
+        if found.class_name in counts:
+            counts[found.class_name] += 1
     return counts
-
-
-def _images_under(folder: str) -> int:
-    return sum(1 for _, _, files in os.walk(folder) for name in files if is_image_name(name))
 
 
 def new_class_problem(label: str, known: set[str]) -> str | None:

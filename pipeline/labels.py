@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 from celery import Celery
@@ -31,23 +30,15 @@ from db.models import ImageStatus
 from imaging.formats import sniff
 from pipeline import retrain
 from pipeline.classes import known_class_names, new_class_problem
+from pipeline.errors import Problem, UseCaseError
 from pipeline.training_copies import follow_ledger, image_lock, place, remove
 
 log = logging.getLogger(__name__)
 
 
-class Problem(IntEnum):
-    """What went wrong, as the HTTP status the API answers with."""
-
-    NOT_FOUND = 404
-    CONFLICT = 409
-    INVALID = 422
-
-
-class LabelError(Exception):
+class LabelError(UseCaseError):
     def __init__(self, problem: Problem, message: str, *, new_class: bool = False) -> None:
-        super().__init__(message)
-        self.problem = problem
+        super().__init__(problem, message)
         self.new_class = new_class  # confirming the label as a new class would take it
 
 

@@ -18,16 +18,13 @@ it, so the reconciler can send it again whatever happens to this process or to R
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
-from watchdog.observers.polling import PollingObserver
 
 from broker.app import make_celery
 from contract import events
@@ -38,14 +35,14 @@ from contract.paths import shown
 from contract.records import SeenFile
 from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
-from db.errors import is_transient
-from db.ledger import known_paths, record_files
-from watcher.events import HANDLED_EVENTS, EventQueue, InboxHandler, Kind, Observing, make_observer
+from db.ledger import known_paths
+from watcher.events import EventQueue, Kind, Observing
 from watcher.filters import Scope, Signature, Skip, inspect, walk
 from watcher.hashers import Hashers
 from watcher.hashing import ChangedWhileReading, NotHashable
-from watcher.inotify import InotifyReader
+from watcher.observing import start_observer
 from watcher.publisher import Publisher
+from watcher.recorder import Recorder
 from watcher.stability import StabilityTracker
 from watcher.stats import StageClock
 from watcher.unfinished import UnfinishedFiles
@@ -88,10 +85,10 @@ class Watcher:
         )
         self._processor_idle = True
         self._unrecorded: list[SeenFile] = []  # hashed, but the ledger was unavailable
-        self._refused: set[tuple[str, str]] = set()  # (path, sha256) the ledger would not take
         self._from_scan: set[str] = set()  # paths a rescan (not an event) handed over
         self._unfinished = UnfinishedFiles(settings.quiet_period_s, settings.rescan_interval_s)
         self._db_backoff = Backoff()
+        self._recorder = Recorder(self._sessions, self.publisher, self.clock, self._db_backoff)
         self._hashers = Hashers(settings, self.clock)
         self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
         self._rescan_now = threading.Event()
@@ -99,7 +96,6 @@ class Watcher:
         self._started_scan = False
         self._ready: threading.Event | None = None
         self._announced = False  # the start-up rescan is taken in: said so (events.Ready)
-        self.recorded = 0  # files recorded in the ledger by this run
         self.scans = 0  # rescans completed
 
     # --- counters for logs and tests -----------------------------------------------------------
@@ -108,6 +104,11 @@ class Watcher:
     def sent(self) -> int:
         """Work items accepted by the broker."""
         return self.publisher.sent_items
+
+    @property
+    def recorded(self) -> int:
+        """Files recorded in the ledger by this run."""
+        return self._recorder.recorded
 
     @property
     def unsent(self) -> int:
@@ -163,53 +164,11 @@ class Watcher:
     # --- the observer --------------------------------------------------------------------------
 
     def _start_observer(self) -> None:
-        if not self.settings.polling and sys.platform.startswith("linux"):
-            try:
-                reader = InotifyReader(self.scope, self._events, self._rescan_now.set)
-            except OSError as exc:
-                log.warning("inotify unavailable (%s); falling back to a polling observer", exc)
-            else:
-                reader.start()
-                self.tracker.close_events = True
-                self._observer = reader
-                log.info(
-                    "watching %s (inotify, close-write events; quiet period %.2fs, rescan every "
-                    "%.0fs)",
-                    self.inbox,
-                    self.settings.quiet_period_s,
-                    self.settings.rescan_interval_s,
-                )
-                return
-        handler = InboxHandler(self.inbox, self._events)
-        observer, close_events = None, False
-        try:
-            observer, close_events = make_observer(
-                self.settings.polling, self.settings.poll_interval_s
-            )
-            observer.schedule(handler, self.inbox, recursive=True, event_filter=HANDLED_EVENTS)
-            observer.start()
-        except OSError as exc:
-            if self.settings.polling:
-                raise
-            # inotify limits (max_user_watches, max_user_instances): polling still works.
-            log.warning("inotify unavailable (%s); falling back to a polling observer", exc)
-            if observer is not None:
-                with contextlib.suppress(Exception):
-                    observer.stop()
-            observer = PollingObserver(timeout=self.settings.poll_interval_s)
-            close_events = False
-            observer.schedule(handler, self.inbox, recursive=True, event_filter=HANDLED_EVENTS)
-            observer.start()
+        observer, close_events = start_observer(
+            self.settings, self.scope, self._events, self._rescan_now.set
+        )
         self.tracker.close_events = close_events
         self._observer = observer
-        log.info(
-            "watching %s (%s, %s; quiet period %.2fs, rescan every %.0fs)",
-            self.inbox,
-            type(observer).__name__,
-            "close-write events" if close_events else "no close events",
-            self.settings.quiet_period_s,
-            self.settings.rescan_interval_s,
-        )
 
     def _stop_observer(self) -> None:
         if self._observer is not None:
@@ -423,70 +382,8 @@ class Watcher:
         return {path: Signature(*signature) for path, signature in known.items()}
 
     def _record(self) -> None:
-        """Record the hashed files in one transaction and hand their work items on. A burst
-        the ledger refuses for a reason other than being unavailable (a bug, a value it
-        cannot store) is recorded file by file, so one bad entry fails alone, once, and the
-        rest go on."""
-        files = self._unrecorded
-        started = time.perf_counter()
-        read_at = self.publisher.generation()
-        try:
-            with self.clock.stage("record"), transaction(self._sessions) as session:
-                items = record_files(session, files)
-        except Exception as exc:
-            if not is_transient(exc):
-                self._record_one_by_one(files, read_at)
-                return
-            delay = self._db_backoff.failed()
-            log.error(
-                "could not record %d file(s) (%s: %s); retrying in %.1fs",
-                len(files),
-                type(exc).__name__,
-                exc,
-                delay,
-            )
-            return
-        self._db_backoff.succeeded()
-        self._unrecorded = []
-        self.recorded += len(files)
-        self.clock.recorded(len(files))
-        queued = self.publisher.submit(items, read_at)
-        log.info(
-            "recorded %d file(s), %d to classify, in %.1f ms",
-            len(files),
-            queued,
-            (time.perf_counter() - started) * 1000,
-        )
-
-    def _record_one_by_one(self, files: list[SeenFile], read_at: int) -> None:
-        items = []
-        for index, seen in enumerate(files):
-            try:
-                with transaction(self._sessions) as session:
-                    items += record_files(session, [seen])
-            except Exception as exc:
-                if is_transient(exc):  # the ledger went away meanwhile: the rest wait
-                    self._unrecorded = files[index:]
-                    self._db_backoff.failed()
-                    break
-                # Logged once per content; a later rescan tries again, quietly.
-                level = (
-                    logging.DEBUG if (seen.path, seen.sha256) in self._refused else logging.ERROR
-                )
-                self._refused.add((seen.path, seen.sha256))
-                log.log(
-                    level,
-                    "could not record %s (%s: %s); the other files go on",
-                    shown(seen.path),
-                    type(exc).__name__,
-                    exc,
-                )
-                continue
-            self.recorded += 1
-        else:
-            self._unrecorded = []
-        if items:
-            self.publisher.submit(items, read_at)
+        self._recorder.record(self._unrecorded)
+        self._unrecorded = self._recorder.pending
 
 
 def run_watcher(

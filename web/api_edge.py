@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Path, Query, Request
+from fastapi import HTTPException, Path, Query, Request
 
 from db.browse import MAX_CURSOR, MAX_ID
 from db.queries import ResultRow
+from pipeline.errors import Problem, UseCaseError
 from web import schemas
 from web.state import WebState
 
@@ -47,6 +48,15 @@ def binary(*media_types: str, description: str) -> dict[int | str, dict[str, Any
 
 
 IMMUTABLE = "public, max-age=31536000, immutable"  # content-addressed: never changes
+
+
+#: The one place a use case's problem becomes an HTTP status.
+STATUS_OF = {Problem.NOT_FOUND: 404, Problem.CONFLICT: 409, Problem.INVALID: 422}
+
+
+def http_error(error: UseCaseError) -> HTTPException:
+    """A use case's error (pipeline.errors) as the HTTP error the API answers with."""
+    return HTTPException(STATUS_OF[error.problem], str(error))
 
 
 def state(request: Request) -> WebState:

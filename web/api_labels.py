@@ -14,11 +14,11 @@ from pipeline.classes import known_classes
 from pipeline.labels import LabelError, apply_label, remove_label
 from web import schemas
 from web.api import image_out
-from web.api_edge import ERRORS, Cursor, Sha256, item, state
+from web.api_edge import ERRORS, STATUS_OF, Cursor, Sha256, http_error, item, state
 from web.state import REVIEW_COUNT_CAP, WebState
 
 router = APIRouter(prefix="/api", responses=ERRORS)
-REVIEW_KEYS = 9  # classes 1-9 on the keyboard
+REVIEW_KEYS = 10  # classes on the keyboard: Shift+1 ... Shift+9, then Shift+0
 
 
 @router.get("/review", response_model=schemas.ReviewPage, summary="The next images to review")
@@ -47,12 +47,13 @@ def review(
 @router.get(
     "/classes",
     response_model=schemas.ClassesOut,
-    summary="The classes a label can name, the most labeled first",
+    summary="The classes a label can name, in a stable order (people's first)",
 )
 def classes(request: Request) -> schemas.ClassesOut:
     """Every class folder of labeled/, every class of the active model's head and every label
-    people gave, the most labeled first; the first nine get the review page's keys 1-9. A
-    label outside them needs ``new_class: true``."""
+    people gave, in an order that does not change between visits: the classes people labeled,
+    by first use, then the rest by name; the first ten get the review page's keys (1-9, then
+    0). A label outside them needs ``new_class: true``."""
     web = state(request)
     found = known_classes(web.settings, web.sessions)
     return schemas.ClassesOut(
@@ -61,11 +62,16 @@ def classes(request: Request) -> schemas.ClassesOut:
                 name=c.name,
                 labeled_images=c.labeled_images,
                 in_model=c.in_model,
-                key=i + 1 if i < REVIEW_KEYS else None,
+                key=(i + 1) % 10 if i < REVIEW_KEYS else None,
             )
             for i, c in enumerate(found)
         ]
     )
+
+
+#: How the API says a label would start a new class; the pages point at their checkbox instead.
+NEW_CLASS_HINT = "send new_class: true to start it"
+PAGE_NEW_CLASS_HINT = "tick “a new class” beside the class box to start it"
 
 
 def _label(
@@ -77,8 +83,8 @@ def _label(
             web.settings, web.sessions, sha256, label, reviewer, web.celery, new_class=new_class
         )
     except LabelError as exc:
-        hint = "; send new_class: true to start it" if exc.new_class else ""
-        raise HTTPException(int(exc.problem), f"{exc}{hint}") from None
+        hint = f"; {NEW_CLASS_HINT}" if exc.new_class else ""
+        raise HTTPException(STATUS_OF[exc.problem], f"{exc}{hint}") from None
     return done.retrain_run
 
 
@@ -87,14 +93,18 @@ def _spent(web: WebState) -> None:
     web.review_backlog.clear()
 
 
-@router.post("/labels", status_code=201, response_model=schemas.ImageOut, summary="Label an image")
-def add_label(request: Request, body: schemas.LabelRequest) -> schemas.ImageOut:
+@router.post(
+    "/labels", status_code=201, response_model=schemas.LabeledOut, summary="Label an image"
+)
+def add_label(request: Request, body: schemas.LabelRequest) -> schemas.LabeledOut:
     """The label becomes the image's truth and a training example in labeled/<label>/. Only
-    for images that decoded (a failed one answers 422 and stays out of labeled/)."""
+    for images that decoded (a failed one answers 422 and stays out of labeled/). The label
+    that completes RETRAIN_AFTER_LABELS starts a training run: ``retrain_run``."""
     web = state(request)
-    _label(web, body.sha256, body.label, body.reviewer, body.new_class)
+    run = _label(web, body.sha256, body.label, body.reviewer, body.new_class)
     _spent(web)
-    return image_out(web, body.sha256)
+    image = image_out(web, body.sha256)
+    return schemas.LabeledOut(**image.model_dump(), retrain_run=run)
 
 
 @router.post(
@@ -134,6 +144,6 @@ def undo_label(request: Request, sha256: Sha256) -> schemas.ImageOut:
     try:
         remove_label(web.settings, web.sessions, sha256)
     except LabelError as exc:
-        raise HTTPException(int(exc.problem), str(exc)) from None
+        raise http_error(exc) from None
     _spent(web)
     return image_out(web, sha256)

@@ -14,9 +14,11 @@ from broker.app import NoBroker
 from contract.serving import describe_serving
 from db import quality, runs, versions
 from db.engine import transaction
+from pipeline import models as model_rules
+from pipeline.errors import UseCaseError
 from pipeline.retrain import NotSent, request_retrain
 from web import schemas
-from web.api_edge import ERRORS, IMMUTABLE, RowId, binary, state
+from web.api_edge import ERRORS, IMMUTABLE, RowId, binary, http_error, state
 from web.state import WebState
 
 router = APIRouter(prefix="/api", responses=ERRORS)
@@ -103,17 +105,11 @@ def model_picture(
 
 
 def _switch(web: WebState, version_id: int | None, verb: str) -> schemas.SwitchOut:
-    with transaction(web.sessions) as session:
-        try:
-            target = versions.switch_target(session, version_id)
-        except versions.NoSuchVersion as exc:
-            raise HTTPException(404, str(exc)) from None
-        if target.already_active:
-            return schemas.SwitchOut(active=target.name, previous=target.name)
-        if target.trained and not FilePath(target.weights).is_file():
-            raise HTTPException(409, f"{target.name} cannot be loaded: {target.weights} is missing")
-        previous = versions.activate_by_hand(session, target.id, verb)
-    return schemas.SwitchOut(active=target.name, previous=previous)
+    try:
+        switched = model_rules.switch(web.sessions, version_id, verb)
+    except UseCaseError as exc:
+        raise http_error(exc) from None
+    return schemas.SwitchOut(active=switched.active, previous=switched.previous or "")
 
 
 @router.post(
@@ -179,7 +175,8 @@ def cancel_run(request: Request, run_id: RowId) -> schemas.RunOut:
     """As `retrain --cancel RUN`: a queued run is cancelled at once, a running one stops at its
     next epoch (``cancel_requested`` until then); nothing from it is promoted."""
     web = state(request)
-    with transaction(web.sessions) as session:
-        if runs.request_cancel(session, run_id) is None:
-            raise HTTPException(404, f"no training run {run_id}")
+    try:
+        model_rules.cancel(web.sessions, run_id)
+    except UseCaseError as exc:
+        raise http_error(exc) from None
     return _run(web, run_id)

@@ -79,6 +79,15 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
             headers={"Cache-Control": "public, max-age=86400"},
         )
 
+    _answer_errors(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # outermost: before anything reads
+    return app
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error as a message a person can act on: a page for a browser, JSON otherwise; a
+    database that refuses is a 503 with Retry-After, not a 500."""
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
         # One message a person can act on per bad field, not pydantic's internals.
@@ -125,9 +134,6 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
         if response.status_code < 500:
             outage.answered()
         return response
-
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # outermost: before anything reads
-    return app
 
 
 #: What a 503 from a refusing database asks a client to wait.

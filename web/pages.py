@@ -5,20 +5,21 @@ own for the keyboard. Models and runs are in :mod:`web.pages_models`."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from contract.failures import FailureKind
 from contract.filters import ResultFilters
-from db import browse, runs
+from db import browse, runs, versions
 from db.browse import Sort
 from db.engine import transaction
 from db.models import ImageStatus
 from web import api, api_edge, api_labels, schemas
-from web.rendering import Done, error_page, render, submit
+from web.rendering import Done, back, error_page, render, submit
 from web.security import COOKIE, token_matches
 
 router = APIRouter(include_in_schema=False)
@@ -37,7 +38,19 @@ def overview(request: Request) -> HTMLResponse:
     with transaction(web.sessions) as session:
         work = browse.work_per_minute(session, 60)
         recent = runs.recent(session, 5)
-    return render(request, "overview.html", "/api/status", status=status, work=work, runs=recent)
+        scores = versions.latest_scores(versions.score_history(session))
+    active = status.active_model
+    # The accuracy every promotion line quotes: on the held-out images, not on validation.
+    held_out = next((s for s in scores if active and s.version_id == active.id), None)
+    return render(
+        request,
+        "overview.html",
+        "/api/status",
+        status=status,
+        work=work,
+        runs=recent,
+        held_out=held_out,
+    )
 
 
 @router.get("/browse", response_class=HTMLResponse)
@@ -62,7 +75,8 @@ def browse_page(
         return "/browse?" + urlencode({**query, "cursor": page_cursor}) if page_cursor else None
 
     here = "/browse?" + urlencode({**query, **({"cursor": cursor} if cursor else {})})
-    return render(
+    kept = _kept_form(request)
+    response = render(
         request,
         "browse.html",
         "/api/results?" + urlencode({**query, **({"cursor": cursor} if cursor else {})}),
@@ -79,7 +93,10 @@ def browse_page(
         here=here,
         classes=api_labels.classes(request).items,
         filtered=bool(filters.active()),
+        kept=kept,
     )
+    response.delete_cookie(KEPT_COOKIE, path="/")
+    return response
 
 
 BulkAction = Literal["confirm", "relabel", "retry"]
@@ -114,6 +131,13 @@ def bulk_form(
             new_class=new_class,
         )
         done = api_labels.add_labels(request, request_body)
+        refused_new = [r for r in done.refused if api_labels.NEW_CLASS_HINT in r.detail]
+        if refused_new and not done.labeled:
+            raise KeepForm(
+                refused_new[0].detail.replace(
+                    api_labels.NEW_CLASS_HINT, api_labels.PAGE_NEW_CLASS_HINT
+                )
+            )
         what = f"as “{label.strip()}”" if action == "relabel" else "(the model's label confirmed)"
         text = f"Labeled {done.labeled} image(s) {what}"
         if done.refused:
@@ -123,7 +147,37 @@ def bulk_form(
             text += f"; that queued training run {done.retrain_run}"
         return text, bool(done.refused)
 
-    return submit(request, act, "/browse")
+    try:
+        return submit(request, act, "/browse")
+    except KeepForm as exc:
+        # Said as a warning on the page, which keeps what was ticked and typed.
+        response = back(request, "/browse", str(exc), warn=True)
+        kept = json.dumps({"ticked": chosen[:500], "label": label[:100], "new_class": new_class})
+        response.set_cookie(KEPT_COOKIE, quote(kept), max_age=60, path="/", samesite="strict")
+        return response
+
+
+class KeepForm(Exception):
+    """A bulk action refused for something the person can fix on the same form."""
+
+
+KEPT_COOKIE = "bulk_form"
+
+
+def _kept_form(request: Request) -> dict[str, Any]:
+    """What the Browse form held when its action was refused (ticks, class), once."""
+    raw = request.cookies.get(KEPT_COOKIE)
+    if not raw:
+        return {"ticked": [], "label": "", "new_class": False}
+    try:
+        data = json.loads(unquote(raw))
+        return {
+            "ticked": [str(s) for s in data.get("ticked", [])][:500],
+            "label": str(data.get("label", ""))[:100],
+            "new_class": bool(data.get("new_class", False)),
+        }
+    except (ValueError, AttributeError):
+        return {"ticked": [], "label": "", "new_class": False}
 
 
 @router.get("/images/{sha256}", response_class=HTMLResponse)
@@ -147,7 +201,13 @@ def label_form(
 ) -> Response:
     def act() -> Done:
         body = schemas.LabelRequest(sha256=sha256, label=label.strip(), new_class=new_class)
-        done = api_labels.add_label(request, body)
+        try:
+            done = api_labels.add_label(request, body)
+        except HTTPException as exc:
+            detail = str(exc.detail).replace(
+                api_labels.NEW_CLASS_HINT, api_labels.PAGE_NEW_CLASS_HINT
+            )
+            raise HTTPException(exc.status_code, detail) from None
         return f"Labeled “{done.label}”: a training example in labeled/{done.label}/"
 
     return submit(request, act, f"/images/{sha256}")
@@ -197,12 +257,29 @@ def failed_page(
 
 
 @router.post("/failed/retry")
-def retry_form(request: Request, kind: Annotated[FailureKind, Form()]) -> Response:
+def retry_form(
+    request: Request,
+    kind: Annotated[FailureKind | None, Form()] = None,
+    sha256: Annotated[api_edge.Sha256 | None, Form()] = None,
+) -> Response:
+    """The Failed page's retries: one image, every image of a kind, or (neither given) every
+    failed image."""
+
     def act() -> Done:
-        sent = api.retry_failed(request, schemas.RetryRequest(kind=kind))
-        if not sent.queued:
-            return f"No “{kind.value}” image to retry", True
-        return f"{sent.queued} “{kind.value}” image(s) sent to be classified again"
+        if sha256 is not None:
+            sent = api.retry_failed(request, schemas.RetryRequest(sha256s=[sha256]))
+            if not sent.queued:
+                return "That image is not failed any more", True
+            return "Sent to be classified again"
+        kinds = [kind] if kind is not None else [g.kind for g in api.failure_kinds(request).items]
+        queued = sum(
+            api.retry_failed(request, schemas.RetryRequest(kind=FailureKind(k))).queued
+            for k in kinds
+        )
+        what = f"“{kind.value}” " if kind is not None else "failed "
+        if not queued:
+            return f"No {what}image to retry", True
+        return f"{queued} {what}image(s) sent to be classified again"
 
     return submit(request, act, "/failed")
 

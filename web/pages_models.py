@@ -99,6 +99,14 @@ def _settled(request: Request, run_id: int, wait_s: float) -> schemas.RunOut | N
     return None
 
 
+@router.get("/runs/{run_id:int}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: api_edge.RowId) -> HTMLResponse:
+    """One training run: its progress while it runs (the page refreshes itself, no script
+    needed), its epochs and its outcome after."""
+    run = api_models.run(request, run_id)
+    return render(request, "run.html", f"/api/runs/{run_id}", nav="models", run=run)
+
+
 @router.post("/runs/{run_id:int}/cancel")
 def cancel_run_form(request: Request, run_id: api_edge.RowId) -> Response:
     def act() -> Done:

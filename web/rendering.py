@@ -7,6 +7,7 @@ short-lived cookie and is shown once."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,21 @@ from urllib.parse import quote, unquote
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from pydantic import ValidationError
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+_CODE = re.compile(r"``([^`]+)``|`([^`]+)`")
+
+
+def prose(text: str | None) -> Markup:
+    """A docstring's sentence as HTML: escaped, with its ``code`` and `code` spans as
+    <code> (the API reference shows the endpoints' own descriptions)."""
+    escaped = str(escape(text or ""))
+    return Markup(_CODE.sub(lambda m: f"<code>{m.group(1) or m.group(2)}</code>", escaped))
+
+
+TEMPLATES.env.filters["prose"] = prose
 FLASH_COOKIE = "inbox_classifier_flash"
 MAX_FLASH = 600  # characters: a cookie holds about 4 kB, and a flash is one sentence
 

@@ -159,7 +159,9 @@ class ClassOut(BaseModel):
     name: str
     labeled_images: int = Field(description="image files in labeled/<name>/")
     in_model: bool = Field(description="the active model's head has this class")
-    key: int | None = Field(description="its key (1-9) on the review page")
+    key: int | None = Field(
+        description="its key on the review page (Shift+1 ... Shift+9, Shift+0 for the tenth)"
+    )
 
 
 class ClassesOut(BaseModel):
@@ -196,6 +198,13 @@ class ImageOut(ResultItem):
     paths: list[SeenAtOut]
     predictions: list[PredictionOut]
     labels: list[LabelActOut]
+
+
+class LabeledOut(ImageOut):
+    """The image after a label, and the training run that label started, if it completed
+    RETRAIN_AFTER_LABELS."""
+
+    retrain_run: int | None = Field(default=None, description="the run this label queued")
 
 
 class LabelCount(BaseModel):

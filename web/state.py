@@ -85,7 +85,7 @@ class WebState:
             return browse.review_backlog(session, cap=REVIEW_COUNT_CAP)
 
     def _queue_report(self) -> QueueReport:
-        return queue_report(self.broker_settings(), ping_timeout_s=0.5)
+        return queue_report(self.broker_settings())
 
     def close(self) -> None:
         with self._lock:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import warnings
 from collections.abc import Collection
 
+from celery import Celery
+
+from broker import heartbeat
 from contract import running
 from contract.queues import CLASSIFY_QUEUE
 from contract.settings import Settings
@@ -16,9 +20,9 @@ from contract.sizing import sized_for_machine
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
 from db.versions import RealModelsHere
-from worker import modelzoo
-from worker.layout import worker_concurrency
-from worker.model_holder import register_base_model
+from worker.classify.model_holder import register_base_model
+from worker.model import modelzoo
+from worker.model.layout import worker_concurrency
 from worker.tasks import create_worker_app
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,10 @@ def run_worker(
     warnings.filterwarnings(
         "ignore", message=r"(?s).*worker_cancel_long_running_tasks_on_connection_loss"
     )
+    # torch says "No CUDA runtime is found, using CUDA_HOME=..." when a CPU machine has a CUDA
+    # toolkit folder and something loads its C++ extension helpers (the ONNX export does):
+    # about CUDA on a machine that has none, so nothing a person needs to read.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     migrate.upgrade(settings.db_url)
     if CLASSIFY_QUEUE in queues:
         try:
@@ -59,20 +67,34 @@ def run_worker(
     app = create_worker_app(settings)
     wanted = ",".join(sorted(queues))
     node = name or f"{'+'.join(sorted(queues))}.{os.getpid()}@{socket.gethostname()}"
+    alive = threading.Event()
+    assert settings.redis_url  # the CLI filled it in (require_broker)
+    # Its key in Redis says it is alive (status, the reconciler); Celery expands %h itself.
+    heartbeat.beat(
+        settings.redis_url, node.replace("%h", socket.gethostname()), sorted(queues), alive
+    )
     with running.recorded(settings, "worker-" + "+".join(sorted(queues))):
-        app.worker_main(
-            [
-                "worker",
-                "--pool=threads",  # one process owns the model; threads feed its batches
-                f"--concurrency={concurrency}",
-                f"--queues={wanted}",
-                f"--hostname={node}",
-                "--prefetch-multiplier=1",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel=INFO",
-            ]
-        )
+        try:
+            _serve(app, concurrency, wanted, node)
+        finally:
+            alive.set()
+
+
+def _serve(app: Celery, concurrency: int, wanted: str, node: str) -> None:
+    """Celery's loop, until it stops."""
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",  # one process owns the model; threads feed its batches
+            f"--concurrency={concurrency}",
+            f"--queues={wanted}",
+            f"--hostname={node}",
+            "--prefetch-multiplier=1",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+        ]
+    )
 
 
 def _register_base_model(settings: Settings) -> None:

@@ -1,13 +1,16 @@
-"""Task definitions, bound to an app and its settings: classify and reconcile (queue
-``classify``), retrain (queue ``train``)."""
+"""Where a worker is assembled (with worker.main): the task definitions, bound to an app and its
+settings (classify and reconcile on queue ``classify``, retrain on queue ``train``), and the
+per-process state they share (:class:`WorkerRuntime`)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_init, worker_ready, worker_shutdown
+from sqlalchemy.orm import Session, sessionmaker
 
 from broker.app import make_celery
 from contract import events
@@ -15,14 +18,54 @@ from contract.backoff import backoff_delay
 from contract.messages import BadMessage, decode_classify
 from contract.queues import TASK_CLASSIFY, TASK_RECONCILE
 from contract.settings import Settings
-from worker.drift import DriftWatch
-from worker.memory import limit_arenas
-from worker.metrics import serve_metrics
-from worker.reconcile import reconcile
-from worker.runtime import WorkerRuntime
+from db.engine import LazySessions
+from worker.classify.batching import BatchEngine
+from worker.classify.drift import DriftWatch
+from worker.classify.memory import limit_arenas
+from worker.classify.metrics import WorkerMetrics, serve_metrics
+from worker.classify.model_holder import ModelHolder
+from worker.classify.reconcile import reconcile
 from worker.training.task import register_training_task
 
 log = logging.getLogger(__name__)
+
+
+# Per-process state of a worker, created lazily on first use in the process that runs the
+# tasks (never at import, never in a parent that forks): engine, model, batch engine. Its
+# metrics exist from the start (empty until the first batch), so they can be served at once.
+class WorkerRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._sessions = LazySessions(settings.db_url)
+        self._batcher: BatchEngine | None = None
+        self.metrics = WorkerMetrics()
+
+    def sessions(self) -> sessionmaker[Session]:
+        return self._sessions.get()
+
+    def batcher(self) -> BatchEngine:
+        sessions = self.sessions()
+        with self._lock:
+            if self._batcher is None:
+                holder = ModelHolder(self.settings, sessions)
+                self._batcher = BatchEngine(self.settings, holder, sessions, self.metrics)
+            return self._batcher
+
+    def in_flight(self) -> frozenset[str]:
+        """Hashes of the images this worker holds (received, not yet committed); none before
+        its first classify task (the model is not loaded for this)."""
+        with self._lock:
+            batcher = self._batcher
+        return batcher.in_flight() if batcher is not None else frozenset()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._batcher is not None:
+                self._batcher.stop()
+                self._batcher = None
+        self._sessions.close()
+        self.metrics.close()
 
 MAX_TASK_RETRIES = 10
 MAX_TASK_RETRY_DELAY_S = 60.0

@@ -4,7 +4,7 @@ file is retried for ever.
 
 Three levels:
 
-* unit: each file kind through ``worker.preprocess`` (what the worker's decode threads run);
+* unit: each file kind through ``worker.model.preprocess`` (what the worker's decode threads run);
 * worker: the file kinds through a real ``inbox-classifier worker`` process, all in the same
   batches as good images;
 * end to end: the whole corpus (file kinds plus what only the watcher can meet: symlinks out of
@@ -57,7 +57,7 @@ from tests.helpers.faults import (
     wait_for,
 )
 from tests.helpers.images import random_image
-from worker.preprocess import Preprocessing, load_for_model
+from worker.model.preprocess import Preprocessing, load_for_model
 
 pytestmark = pytest.mark.timeout(300)
 

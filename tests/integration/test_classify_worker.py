@@ -23,8 +23,8 @@ from db.models import Image, ImageStatus, ModelStatus, ModelVersion, Prediction
 from db.versions import activate
 from tests.helpers.images import write_image, write_images
 from tests.helpers.pipeline import count, record, wait_until
-from worker import model_store, modelzoo
-from worker.layout import worker_concurrency
+from worker.model import model_store, modelzoo
+from worker.model.layout import worker_concurrency
 from worker.tasks import create_worker_app
 
 

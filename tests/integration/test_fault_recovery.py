@@ -416,7 +416,7 @@ def _models_invariants(s: Settings, sessions) -> None:  # type: ignore[no-untype
     """No visible version directory without its model.pt; the active row's file exists and
     loads (weights_only); only hidden .tmp-* leftovers may remain from a killed save."""
     from db.versions import active_model
-    from worker import model_store
+    from worker.model import model_store
 
     if s.models_path.exists():
         for entry in s.models_path.iterdir():
@@ -443,7 +443,7 @@ def test_disk_full_while_writing_a_model_version_keeps_the_old_model_active(
     from db.versions import active_model
     from tests.helpers.faults import enospc, small_filesystem
     from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
-    from worker.model_holder import ModelHolder
+    from worker.classify.model_holder import ModelHolder
     from worker.training.run import run_training
 
     s = training_settings(settings)
@@ -453,7 +453,7 @@ def test_disk_full_while_writing_a_model_version_keeps_the_old_model_active(
         assert first.status == RunStatus.PROMOTED, first.message
         write_class(s.labeled_path / "blue", COLOURS["blue"], 2, start=500)  # new data
         if how == "none":
-            import worker.model_store as store
+            import worker.model.model_store as store
 
             def partial_then_enospc(obj, target, *a, **k):  # type: ignore[no-untyped-def]
                 if hasattr(target, "write"):

@@ -25,7 +25,7 @@ from db.models import Image, ImageStatus
 from db.versions import ensure_base_model
 from imaging.decode import BadImage, decode
 from tests.helpers.faults import _message_items
-from worker.reconcile import reconcile
+from worker.classify.reconcile import reconcile
 
 A, B = "a" * 64, "b" * 64
 

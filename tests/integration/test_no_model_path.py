@@ -1,4 +1,5 @@
-"""The no-model path (INFERENCE_BACKEND=null, worker.null_backend): everything a worker does but
+"""The no-model path (INFERENCE_BACKEND=null, worker.model.null_backend): everything a worker does
+but
 the model, through the real roles; its guard; and the plumbing benchmark's smoke run."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from inbox_classifier.cli import main
 from tests.helpers.faults import enqueue, roles, start_worker, status_counts, wait_for
 from tests.helpers.images import write_image, write_images
 from tests.helpers.pipeline import record
-from worker import model_store, modelzoo
+from worker.model import model_store, modelzoo
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -125,7 +125,7 @@ def _register_trained(sessions, settings: Settings, marker: Path) -> int:  # typ
 def test_a_running_worker_stays_on_its_model_when_the_new_one_is_tampered(
     settings: Settings, session_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.model_holder import ModelHolder
+    from worker.classify.model_holder import ModelHolder
 
     s = settings.model_copy(update={"model_check_interval_s": 0.1})
     holder = ModelHolder(s, session_factory)
@@ -148,7 +148,7 @@ def test_a_worker_starting_on_a_tampered_active_model_uses_and_records_the_base(
 ) -> None:
     """The fallback classifies with the base model, so its results must be recorded under the
     base model's version, not under the refused one."""
-    from worker.model_holder import ModelHolder
+    from worker.classify.model_holder import ModelHolder
 
     marker = tmp_path / "pwned"
     with transaction(session_factory) as session:
@@ -223,7 +223,7 @@ def test_cli_filters_are_bound_parameters(
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == []
+    assert json.loads(result.stdout) == []
     assert status_counts(session_factory)["done"] == 2  # nothing dropped or deleted
 
 

@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 
 from contract.settings import Settings
 from tests.helpers.training import COLOURS, training_settings, write_class
-from worker import model_store, onnx_backend
-from worker.layout import usable_cores
-from worker.preprocess import load_for_model
+from worker.model import model_store, onnx_backend
+from worker.model.layout import usable_cores
+from worker.model.preprocess import load_for_model
 from worker.training.augment import decide_flip
 from worker.training.run import run_training
 from worker.training.threads import ThreadChooser

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from broker.app import make_celery
 from contract.clock import utcnow
-from contract.labeled import class_name_problem
+from contract.labeled import class_name_problem, manifest_sha256
 from contract.messages import RetrainRequest
 from contract.queues import TASK_RETRAIN
 from contract.settings import Settings
@@ -28,13 +28,12 @@ from db.engine import transaction
 from db.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
 from db.versions import active_model
 from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
-from worker import model_store
-from worker.classifier import Classifier
-from worker.preprocess import load_for_model
+from worker.model import model_store
+from worker.model.classifier import Classifier
+from worker.model.preprocess import load_for_model
 from worker.training.dataset import (
     TrainingRefused,
     list_labeled,
-    manifest_sha256,
     scan_labeled,
     split_score,
 )

@@ -49,7 +49,9 @@ def formatted(level: int, logger: str, message: str) -> str:
 
 
 def test_a_busy_period_is_read_from_its_event_not_its_sentence() -> None:
-    from worker.batch_stats import BatchStats  # the real event, so the two cannot drift apart
+    from worker.classify.batch_stats import (
+        BatchStats,  # the real event, so the two cannot drift apart
+    )
 
     stats = BatchStats(images=120, failed=2, first_results=100, batches=4)
     stats.start()
@@ -61,7 +63,7 @@ def test_a_busy_period_is_read_from_its_event_not_its_sentence() -> None:
     assert shown.endswith("): 100 classified, 18 rescored, 2 failed")
     assert (tally.classified, tally.rescored, tally.failed) == (100, 18, 2)
     # The worker's own sentence in its log says the same in words, and is not parsed.
-    sentence = formatted(logging.INFO, "worker.batching", stats.line())
+    sentence = formatted(logging.INFO, "worker.classify.batching", stats.line())
     assert console_line("worker-cpu0", sentence) is None
 
     one = events.BusyPeriod(classified=0, rescored=0, failed=1, seconds=0.14, rate=7.1)
@@ -95,9 +97,9 @@ def test_ready_promoted_and_rescoring_events_are_shown_and_up_says_ready_once() 
 
 
 def test_warnings_and_errors_are_shown_info_and_banners_are_not() -> None:
-    warning = formatted(logging.WARNING, "worker.reconcile", "re-sent 3 stuck image(s)")
+    warning = formatted(logging.WARNING, "worker.classify.reconcile", "re-sent 3 stuck image(s)")
     assert console_line("worker-cpu0", warning) == (
-        "worker-cpu0: WARNING worker.reconcile: re-sent 3 stuck image(s)"
+        "worker-cpu0: WARNING worker.classify.reconcile: re-sent 3 stuck image(s)"
     )
     error = formatted(logging.ERROR, "watcher.service", "Redis is down")
     assert console_line("watcher", error) == "watcher: ERROR watcher.service: Redis is down"
@@ -112,7 +114,7 @@ def test_warnings_and_errors_are_shown_info_and_banners_are_not() -> None:
         formatted(logging.INFO, "celery.worker.consumer.connection", "Connected to redis://"),
         formatted(logging.INFO, "celery.beat", "Scheduler: Sending due task reconcile"),
         formatted(logging.INFO, "worker.tasks", "malloc arenas limited to 2"),
-        formatted(logging.DEBUG, "worker.batching", "anything"),
+        formatted(logging.DEBUG, "worker.classify.batching", "anything"),
         "[2026-12-02 10:11:12,345: INFO/MainProcess] celery@host ready.",
         " -------------- celery@host v5.7.0 (recovery)",
         "--- ***** ----- ",
@@ -133,11 +135,11 @@ def test_a_shown_records_traceback_stays_in_the_log_with_one_pointer() -> None:
     fed = [
         formatted(logging.INFO, "celery", "starting"),
         "  continuation of an INFO record",
-        formatted(logging.ERROR, "worker.batching", "batch of 4 failed"),
+        formatted(logging.ERROR, "worker.classify.batching", "batch of 4 failed"),
         "Traceback (most recent call last):",
         '  File "x.py", line 1, in <module>',
         "RuntimeError: boom",
-        formatted(logging.INFO, "worker.batching", "next"),
+        formatted(logging.INFO, "worker.classify.batching", "next"),
         "  more INFO continuation",
         formatted(
             logging.INFO,
@@ -148,7 +150,7 @@ def test_a_shown_records_traceback_stays_in_the_log_with_one_pointer() -> None:
     ]
     shown = [s for s in map(lines.feed, fed) if s is not None]
     assert shown == [
-        "worker-cpu0: ERROR worker.batching: batch of 4 failed",
+        "worker-cpu0: ERROR worker.classify.batching: batch of 4 failed",
         f"worker-cpu0:   (more in {log_path})",
         "worker-cpu0: 2 images in 0.5 s (4.0 img/s): 2 classified, 0 failed",
     ]

@@ -281,7 +281,7 @@ def test_one_file_the_ledger_refuses_fails_alone(
     """A burst the ledger refuses for a reason other than being unavailable is recorded file
     by file: the bad one is logged, once, and the rest are recorded and sent."""
     import db.ledger
-    import watcher.service
+    import watcher.recorder
 
     real = db.ledger.record_files
 
@@ -290,7 +290,7 @@ def test_one_file_the_ledger_refuses_fails_alone(
             raise ValueError("this value cannot be stored")
         return real(session, files)
 
-    monkeypatch.setattr(watcher.service, "record_files", refuse_one)
+    monkeypatch.setattr(watcher.recorder, "record_files", refuse_one)
     write_image(settings.inbox / "poison.jpg", 1)
     write_images(settings.inbox / "fine", 4, start_seed=30)
     with watching(settings):

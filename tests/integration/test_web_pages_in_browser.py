@@ -20,7 +20,7 @@ from contract.settings import Settings
 from db import versions
 from db.batch_write import save_results
 from db.engine import transaction
-from db.models import Image, ModelStatus, ModelVersion
+from db.models import Image, ModelStatus, ModelVersion, TrainingRun
 from db.versions import ensure_base_model
 from inbox_classifier.redis_server import free_port
 from tests.helpers.browser import CHROMIUM, FLAGS, SHOTS, needs_browser
@@ -93,13 +93,41 @@ def seed(settings: Settings, session_factory) -> dict[str, str]:  # type: ignore
         other = _trained_version(session, "v3")
         versions.record_score(session, ten.id, None, 100, 66)
         versions.record_score(session, other.id, None, 100, 71)
+        runs = _runs(session, ten.id)
     for name in ("cat", "dog"):
         write_image(settings.labeled_path / name / f"{name}_0.png", 300 + len(name))
     return {
         "cat": next(s.sha256 for s in seeded if s.label == "cat"),
         "failed": broken.sha256,
         "version": str(ten.id),
+        "run": str(runs[0]),
+        "running": str(runs[1]),
     }
+
+
+def _runs(session, version_id: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """A finished run with a long message, and one still running, with their epochs."""
+    epochs = [
+        {"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + e / 40, "val_loss": 1.1 / e,
+         "val_acc": 0.45 + e / 40, "seconds": 12.5, "planned_epochs": 12}
+        for e in range(1, 9)
+    ]
+    done = TrainingRun(
+        status="promoted",
+        trigger="labels",
+        model_version_id=version_id,
+        message="v2 promoted (held-out accuracy 0.710 vs 0.660 for v1 on 100 images): "
+        "it does at least as well on the held-out images, so it replaces the active model",
+        progress={"phase": "done", "epochs": 12, "epoch_log": epochs},
+    )
+    going = TrainingRun(
+        status="running",
+        trigger="manual",
+        progress={"phase": "training", "epochs": 12, "epoch_log": epochs[:3]},
+    )
+    session.add_all([done, going])
+    session.flush()
+    return [done.id, going.id]
 
 
 def _trained_version(session, name: str) -> ModelVersion:  # type: ignore[no-untyped-def]
@@ -214,10 +242,13 @@ def test_review_asks_before_a_new_class_and_lists_its_keys(
     seed(settings, session_factory)
     with serving(settings, tmp_path) as base, browser_page(WIDE) as page:
         page.goto(f"{base}/review")
-        # Every known class is offered (labeled/ folders and the model's head), keys by frequency.
+        # Every known class is offered (labeled/ folders and the model's head), in a stable
+        # order: the folders of labeled/ first, then the model's classes, each by name.
         expect(page.locator("#class-count")).to_have_text(f"{len(CLASSES)} known")
-        first = page.locator("#classes li").first
-        expect(first).to_contain_text("⇧1")
+        keys = page.locator("#classes li")
+        expect(keys.first).to_contain_text("⇧1")
+        expect(keys.first).to_contain_text("cat")
+        order = keys.all_inner_texts()
         page.keyboard.press("?")
         expect(page.locator("#keys-help")).to_be_visible()
         page.keyboard.press("Escape")
@@ -243,9 +274,43 @@ def test_review_asks_before_a_new_class_and_lists_its_keys(
         _wait_for_change(page, second)
         wait_until(lambda: (settings.labeled_path / "lynx").is_dir(), 20, "labeled/lynx")
         expect(page.locator("#class-count")).to_have_text(f"{len(CLASSES) + 1} known")
+        # A later visit keeps the keys where they were: cat (labeled first) then lynx.
+        page.goto(f"{base}/review")
+        again = page.locator("#classes li").all_inner_texts()
+        assert again[0].endswith("cat") and again[1].endswith("lynx"), again
+        assert [k.split()[-1] for k in again[2:]] == [
+            k.split()[-1] for k in order if k.split()[-1] != "cat"
+        ], (order, again)
+        shown = _shown(page)
+        page.keyboard.press("Shift+Digit2")  # lynx
+        _wait_for_change(page, shown)
+        wait_until(lambda: _human_labels(session_factory).get(shown) == "lynx", 20, "⇧2")
 
 
 PAGES = ("/", "/browse", "/review", "/failed", "/models", "/docs")
+
+
+def test_a_run_has_its_page_and_failed_files_are_retried_from_the_failed_page(
+    settings: Settings, session_factory, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    ids = seed(settings, session_factory)
+    with serving(settings, tmp_path) as base, browser_page(WIDE) as page:
+        page.goto(base + "/")
+        page.click(f"a[href='/runs/{ids['running']}'] >> nth=0")
+        expect(page.locator("h1")).to_contain_text(f"Training run {ids['running']}")
+        expect(page.locator("table.epochs tbody tr")).to_have_count(3)
+        assert page.locator("meta[http-equiv=refresh]").count() == 1  # it follows itself
+        page.goto(f"{base}/runs/{ids['run']}")
+        expect(page.locator(".message")).to_contain_text("v2 promoted")
+        assert page.locator("meta[http-equiv=refresh]").count() == 0
+        page.goto(f"{base}/failed")
+        page.locator("table.failed button", has_text="retry").first.click()
+        expect(page.locator("#flash")).to_contain_text("classified again")
+    with transaction(session_factory) as session:
+        failed = session.scalar(select(Image).where(Image.sha256 == ids["failed"]))
+        assert failed is not None and failed.status == "queued"
 
 
 def test_no_page_is_wider_than_its_viewport_at_1280_and_390_px(
@@ -254,7 +319,12 @@ def test_no_page_is_wider_than_its_viewport_at_1280_and_390_px(
     from playwright.sync_api import expect
 
     ids = seed(settings, session_factory)
-    paths = [*PAGES, f"/images/{ids['cat']}", f"/models?version={ids['version']}"]
+    paths = [
+        *PAGES,
+        f"/images/{ids['cat']}",
+        f"/models?version={ids['version']}",
+        f"/runs/{ids['run']}",
+    ]
     SHOTS.mkdir(parents=True, exist_ok=True)
     with serving(settings, tmp_path) as base:
         for size in (WIDE, NARROW):

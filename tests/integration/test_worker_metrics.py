@@ -27,8 +27,8 @@ from db.models import ImageStatus, ModelStatus, ModelVersion
 from inbox_classifier.redis_server import free_port
 from tests.helpers.images import write_images
 from tests.helpers.pipeline import count, record, wait_until
-from worker.layout import worker_concurrency
-from worker.metrics import WorkerMetrics, serve_metrics
+from worker.classify.metrics import WorkerMetrics, serve_metrics
+from worker.model.layout import worker_concurrency
 from worker.tasks import create_worker_app
 
 pytestmark = pytest.mark.timeout(300)
@@ -138,7 +138,8 @@ def test_a_worker_whose_metrics_port_is_taken_still_classifies(
         squatter.listen()
         port = squatter.getsockname()[1]
         settings = settings.model_copy(update={"metrics_port": port})
-        with caplog.at_level(logging.ERROR, logger="worker.metrics"), worker(settings) as app:
+        quiet = caplog.at_level(logging.ERROR, logger="worker.classify.metrics")
+        with quiet, worker(settings) as app:
             send_classify(app, record(session_factory, write_images(settings.inbox, 3)), 3)
             wait_until(lambda: count(session_factory, ImageStatus.DONE) == 3, 120, "3 done")
     assert f"cannot listen on 127.0.0.1:{port}" in caplog.text

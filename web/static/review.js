@@ -11,7 +11,7 @@
     queue: [], at: 0, cursor: null, exhausted: false, fetching: null,
     history: [], reviewed: 0, remaining: Number($("remaining").textContent.replace(/[,+]/g, "")),
     lowerBound: $("remaining").textContent.endsWith("+"),
-    // Every known class, the most labeled first: [{name, labeled_images, in_model, key}].
+    // Every known class, in the server's stable order: [{name, labeled_images, in_model, key}].
     classes: JSON.parse(root.dataset.classes || "[]").map((c) => c.name),
   };
   state.known = new Set(state.classes);
@@ -78,10 +78,12 @@
     $("reviewed").textContent = state.reviewed.toLocaleString();
     $("remaining").textContent =
       Math.max(0, state.remaining).toLocaleString() + (state.lowerBound ? "+" : "");
-    $("classes").replaceChildren(...state.classes.slice(0, 9).map((c, i) => {
-      const li = row(`⇧${i + 1}`, c); li.dataset.label = c; return li;
+    $("classes").replaceChildren(...state.classes.slice(0, 10).map((c, i) => {
+      const li = row(`⇧${(i + 1) % 10}`, c); li.dataset.label = c; return li;
     }));
-    $("class-count").textContent = `${state.classes.length} known`;
+    const rest = Math.max(0, state.classes.length - 10);
+    $("class-count").textContent =
+      `${state.classes.length} known` + (rest ? `: ${rest} more by typing ( / )` : "");
     if (!item) {
       $("review-image").hidden = true; $("review-empty").hidden = false;
       $("topk").replaceChildren(); $("review-meta").textContent = "";
@@ -97,6 +99,15 @@
     }));
     $("details").href = `/images/${item.sha256}`;
     prefetch();
+  }
+
+  // The label that completed RETRAIN_AFTER_LABELS started a training run: say so, with its page.
+  function showRun(runId) {
+    const box = $("review-run");
+    const link = document.createElement("a");
+    link.href = `/runs/${runId}`; link.textContent = "follow it";
+    box.replaceChildren(`Enough new labels: training run ${runId} started · `, link);
+    box.hidden = false;
   }
 
   function showError(error) {
@@ -179,7 +190,10 @@
     const body = { sha256: item.sha256, label: name };
     if (newClass) body.new_class = true;
     entry.request = send("POST", "/api/labels", body)
-      .then(() => { entry.sent = true; })
+      .then((result) => {
+        entry.sent = true;
+        if (result && result.retrain_run) showRun(result.retrain_run);
+      })
       .catch((error) => {
         // Put it back where it was: nothing is lost, the person sees why.
         state.history.splice(state.history.indexOf(entry), 1);
@@ -238,10 +252,10 @@
     if (!$("confirm-new").hidden) return; // the confirm's own buttons take the keys
     if (event.key === "?") { toggleKeys(); event.preventDefault(); return; }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
-    const digit = /^Digit([1-9])$/.exec(event.code);
+    const digit = /^Digit([0-9])$/.exec(event.code);
     let handled = true;
     if (digit && event.shiftKey) {
-      const name = state.classes[Number(digit[1]) - 1];
+      const name = state.classes[(Number(digit[1]) + 9) % 10]; // 1-9, then 0 for the tenth
       if (name) label(name);
     } else if (digit) {
       const item = current();

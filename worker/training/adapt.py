@@ -23,7 +23,7 @@ import time
 import torch
 
 from contract.reports import AugmentationReport
-from worker.modelzoo import (
+from worker.model.modelzoo import (
     IMAGENET_STEM,
     LoadedModel,
     use_imagenet_stem,

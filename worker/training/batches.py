@@ -1,7 +1,8 @@
 """Labeled images to uint8 batches, decoded in a small thread pool (no DataLoader worker
 processes: a Celery prefork child may not start children of its own).
 
-Evaluation uses exactly the inference preprocessing (:func:`worker.preprocess.load_for_model`);
+Evaluation uses exactly the inference preprocessing
+(:func:`worker.model.preprocess.load_for_model`);
 training images are augmented as :mod:`worker.training.augment` chooses from the data. Both give
 uint8 CHW; :class:`Normalizer` turns a batch into the model's float input on its device, the
 same way the inference worker does.
@@ -22,7 +23,7 @@ from torchvision.transforms import v2
 
 from contract.chunks import chunked
 from imaging.decode import BadImage, decode
-from worker.preprocess import Preprocessing, load_for_model
+from worker.model.preprocess import Preprocessing, load_for_model
 from worker.training.augment import training_transform
 from worker.training.dataset import Sample
 

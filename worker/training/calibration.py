@@ -264,6 +264,63 @@ def confidence_histogram(confidence: torch.Tensor, bins: int = 10) -> list[float
     return [round(float(c), 6) for c in counts / len(confidence)]
 
 
+def _uncalibrated(
+    coverage: float, target_precision: float
+) -> tuple[Calibration, CalibrationReport]:
+    note = "no validation images: uncalibrated (T = 1, no prediction sets)"
+    return Calibration(note=note), CalibrationReport(
+        temperature=1.0,
+        ece_before=None,
+        ece_after=None,
+        reliability_before=[],
+        reliability_after=[],
+        coverage_target=coverage,
+        set_threshold=None,
+        val_coverage=None,
+        val_needs_review=None,
+        mean_set_size=None,
+        class_thresholds={},
+        target_precision=target_precision,
+        val_confidence_histogram=[],
+        note=note,
+    )
+
+
+def _coverage_note(coverage: float, threshold: float | None, images: int, classes: int) -> str:
+    needed = math.ceil(coverage / (1 - coverage))
+    if threshold is None:
+        return (
+            f"coverage not guaranteed: {images} validation images, {needed} needed for "
+            f"{coverage:.0%} prediction sets (no image is flagged needs review)"
+        )
+    return (
+        f"{coverage:.0%} prediction sets from {images} validation images "
+        f"({needed} needed); per class it is a promise on average, not for each class "
+        f"({images / max(1, classes):.0f} validation images per class)"
+    )
+
+
+def _sure_note(
+    target: float, images: int, classes: list[str], thresholds: dict[str, float], pooled: list[str]
+) -> str:
+    """On how many images the sure promise rests, and which classes have a threshold."""
+    least = math.ceil(math.log(1 - SURE_CONFIDENCE) / math.log(target))
+    own = len(thresholds) - len(pooled)
+    note = (
+        f"sure: at least {target:.0%} right with {SURE_CONFIDENCE:.0%} confidence "
+        f"(a Clopper-Pearson bound on {images} validation images; at least {least} per "
+        f"threshold); {own} class(es) with their own threshold"
+    )
+    if pooled:
+        note += f", {len(pooled)} with the pooled one"
+    if len(thresholds) < len(classes):
+        note += (
+            f"; {len(classes) - len(thresholds)} without (fewer than {MIN_CLASS_IMAGES} "
+            "validation images predicted as them, and too few to pool)"
+        )
+    return note
+
+
 def calibrate(
     logits: torch.Tensor | None,
     labels: torch.Tensor,
@@ -276,23 +333,7 @@ def calibrate(
     """Fit the calibration of a trained model on its validation logits, check its temperature
     on the held-out ones (``check_*``), and say how it did."""
     if logits is None or len(labels) == 0:
-        note = "no validation images: uncalibrated (T = 1, no prediction sets)"
-        return Calibration(note=note), CalibrationReport(
-            temperature=1.0,
-            ece_before=None,
-            ece_after=None,
-            reliability_before=[],
-            reliability_after=[],
-            coverage_target=coverage,
-            set_threshold=None,
-            val_coverage=None,
-            val_needs_review=None,
-            mean_set_size=None,
-            class_thresholds={},
-            target_precision=target_precision,
-            val_confidence_histogram=[],
-            note=note,
-        )
+        return _uncalibrated(coverage, target_precision)
     labels = labels.long()
     raw = logits.softmax(dim=1)
     fitted = fit_temperature(logits, labels)
@@ -306,33 +347,8 @@ def calibrate(
     sets = prediction_sets(probs, threshold) if threshold is not None else None
     sizes = sets.sum(dim=1) if sets is not None else None
     thresholds, pooled = class_thresholds(probs, labels, classes, target_precision)
-    needed = math.ceil(coverage / (1 - coverage))
-    if threshold is None:
-        coverage_note = (
-            f"coverage not guaranteed: {len(labels)} validation images, {needed} needed for "
-            f"{coverage:.0%} prediction sets (no image is flagged needs review)"
-        )
-    else:
-        coverage_note = (
-            f"{coverage:.0%} prediction sets from {len(labels)} validation images "
-            f"({needed} needed); per class it is a promise on average, not for each class "
-            f"({len(labels) / max(1, len(classes)):.0f} validation images per class)"
-        )
-    own = len(thresholds) - len(pooled)
-    sure_note = (
-        f"sure: at least {target_precision:.0%} right with {SURE_CONFIDENCE:.0%} confidence "
-        f"(a Clopper-Pearson bound on {len(labels)} validation images; at least "
-        f"{math.ceil(math.log(1 - SURE_CONFIDENCE) / math.log(target_precision))} per "
-        "threshold); "
-        f"{own} class(es) with their own threshold"
-        + (f", {len(pooled)} with the pooled one" if pooled else "")
-        + (
-            f"; {len(classes) - len(thresholds)} without (fewer than {MIN_CLASS_IMAGES} "
-            "validation images predicted as them, and too few to pool)"
-            if len(thresholds) < len(classes)
-            else ""
-        )
-    )
+    coverage_note = _coverage_note(coverage, threshold, len(labels), len(classes))
+    sure_note = _sure_note(target_precision, len(labels), classes, thresholds, pooled)
     notes = [temperature_check, coverage_note]
     calibration = Calibration(
         temperature=temperature,

@@ -14,7 +14,7 @@ import torch
 from contract.messages import Trigger
 from contract.reports import AugmentationReport, EpochRecord
 from contract.settings import Settings
-from worker.modelzoo import LoadedModel
+from worker.model.modelzoo import LoadedModel
 from worker.training.batches import EvalSet, ImageSource
 from worker.training.dataset import LabeledSet
 from worker.training.loop import TrainConfig

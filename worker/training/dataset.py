@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Mapping
@@ -25,8 +24,14 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 
-from contract.labeled import VAL_DIR, class_name_problem, is_image_name
-from contract.paths import shown as shown_path
+from contract.labeled import (
+    VAL_DIR,
+    ListedFile,
+    Listing,
+    class_name_problem,
+    manifest_sha256,
+)
+from contract.labeled import list_labeled as read_listing
 from imaging.decode import BadImage, decode
 from worker.training.detail import ContentSize, content_size
 
@@ -37,73 +42,15 @@ class TrainingRefused(Exception):
     """The labeled data cannot train a model; the message says what to fix."""
 
 
-@dataclass(frozen=True, slots=True)
-class ListedFile:
-    path: Path
-    rel: str  # relative to the labeled root, '/'-separated
-    class_name: str
-    is_val: bool
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class Listing:
-    root: Path
-    files: list[ListedFile]
-    class_dirs: list[str]  # every candidate class folder, safe or not, sorted
-    val_dirs: list[str]  # class folders under _val/
-    has_val_dir: bool
-    loose_files: int  # images directly in labeled/, outside any class folder
-
-
-def _walk_images(class_dir: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
-    return found
-
-
-def _subdirs(folder: Path) -> list[str]:
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-
-
 def list_labeled(root: Path) -> Listing:
-    """Every candidate image under ``root`` with its size and mtime (``stat`` only)."""
+    """Every candidate image under ``root`` (contract.labeled.list_labeled), or
+    :class:`TrainingRefused` when there is no labeled folder at all."""
     if not root.is_dir():
         raise TrainingRefused(
             f"no labeled folder at {root}: create {root}/<class>/ folders with example images "
             "(or set --labeled-dir)"
         )
-    class_dirs = [d for d in _subdirs(root) if d != VAL_DIR]
-    val_root = root / VAL_DIR
-    has_val = val_root.is_dir()
-    val_dirs = _subdirs(val_root) if has_val else []
-    files: list[ListedFile] = []
-    for folder, names, is_val in ((root, class_dirs, False), (val_root, val_dirs, True)):
-        for name in names:
-            for path in _walk_images(folder / name):
-                try:
-                    st = path.stat()
-                except OSError:  # vanished or a dangling link: not part of the data
-                    continue
-                # As text any report can hold, whatever bytes the name is (contract.paths).
-                rel = shown_path(path.relative_to(root).as_posix())
-                files.append(ListedFile(path, rel, name, is_val, st.st_size, st.st_mtime_ns))
-    with os.scandir(root) as entries:
-        loose = sum(1 for e in entries if e.is_file() and is_image_name(e.name))
-    return Listing(root, files, class_dirs, val_dirs, has_val, loose)
-
-
-def manifest_sha256(listing: Listing) -> str:
-    """Hash of (path, size, mtime) of every labeled image: changes when the data may have."""
-    digest = hashlib.sha256()
-    for f in sorted(listing.files, key=lambda f: f.rel):
-        digest.update(os.fsencode(f.rel) + b"\0")
-        digest.update(f"{f.size}\0{f.mtime_ns}\n".encode())
-    return digest.hexdigest()
+    return read_listing(root)
 
 
 # --- the scan and the split ---------------------------------------------------------------------
@@ -241,6 +188,45 @@ def scan_labeled(
         else:
             log.warning("%s", message)
 
+    _refuse_unsafe_names(root, listing, note)
+    found = _read_all(listing, max_pixels, min_side, threads, note)
+    classes = _classes_with_images(root, listing, found.files_per_class, note)
+    conflicting = _in_several_classes(found.usable, classes)
+    if conflicting:
+        _resolve_conflicts(found.usable, classes, conflicting, human_labels, note)
+    train, val, holdout = _split(
+        found.usable, classes, listing.has_val_dir, val_fraction, holdout_fraction
+    )
+    labeled = LabeledSet(
+        root=root,
+        classes=classes,
+        train=train,
+        val=val,
+        holdout=holdout,
+        manifest_sha256=manifest_sha256(listing),
+        explicit_val=listing.has_val_dir,
+        corrupt=found.corrupt,
+        warnings=warnings,
+        typical_shorter_side=(
+            int(statistics.median(found.shorter_sides)) if found.shorter_sides else 0
+        ),
+        content=_measure_content(train + val),
+    )
+    _refuse_too_few(labeled, min_images_per_class, note)
+    return labeled
+
+
+@dataclass
+class _Read:
+    """Every listed file read once: the usable ones by (class, validation folder) and hash."""
+
+    usable: dict[tuple[str, bool], dict[str, ListedFile]]
+    corrupt: list[dict[str, str]]  # {"path", "error"}
+    files_per_class: Counter[str]
+    shorter_sides: list[int]
+
+
+def _refuse_unsafe_names(root: Path, listing: Listing, note: Callable[[str], None]) -> None:
     bad_names = {
         n: p
         for n in listing.class_dirs + listing.val_dirs
@@ -254,34 +240,41 @@ def scan_labeled(
             f"{listing.loose_files} image(s) directly in {root} ignored: put them in a class folder"
         )
 
+
+def _read_all(
+    listing: Listing, max_pixels: int, min_side: int, threads: int, note: Callable[[str], None]
+) -> _Read:
+    """Read, hash and decode-check every file once, on ``threads`` threads."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         checks = list(pool.map(lambda f: _check(f.path, max_pixels, min_side), listing.files))
-
-    corrupt: list[dict[str, str]] = []
-    usable: dict[tuple[str, bool], dict[str, ListedFile]] = defaultdict(dict)  # by sha256
-    files_per_class: Counter[str] = Counter()
+    found = _Read(defaultdict(dict), [], Counter(), [])
     duplicates = 0
-    shorter_sides: list[int] = []
     for f, (sha, error, shorter) in zip(listing.files, checks, strict=True):
         if not f.is_val:
-            files_per_class[f.class_name] += 1
+            found.files_per_class[f.class_name] += 1
         if sha is None:
-            corrupt.append({"path": f.rel, "error": error or "unusable"})
+            found.corrupt.append({"path": f.rel, "error": error or "unusable"})
             continue
-        shorter_sides.append(shorter)
-        bucket = usable[(f.class_name, f.is_val)]
+        found.shorter_sides.append(shorter)
+        bucket = found.usable[(f.class_name, f.is_val)]
         if sha in bucket:
             duplicates += 1
         else:
             bucket[sha] = f
-    if corrupt:
+    if found.corrupt:
+        first = found.corrupt[0]
         note(
-            f"{len(corrupt)} corrupt or unreadable image(s) skipped, e.g. {corrupt[0]['path']}: "
-            f"{corrupt[0]['error']}"
+            f"{len(found.corrupt)} corrupt or unreadable image(s) skipped, e.g. "
+            f"{first['path']}: {first['error']}"
         )
     if duplicates:
         note(f"{duplicates} duplicate image(s) (same content in one class) counted once")
+    return found
 
+
+def _classes_with_images(
+    root: Path, listing: Listing, files_per_class: Counter[str], note: Callable[[str], None]
+) -> list[str]:
     classes = [name for name in listing.class_dirs if files_per_class[name]]
     empty = [name for name in listing.class_dirs if not files_per_class[name]]
     if empty:  # one line per run, however many: an undone label can leave many behind
@@ -297,16 +290,25 @@ def scan_labeled(
     if unmatched:
         shown = ", ".join(repr(n) for n in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
         note(f"{len(unmatched)} {VAL_DIR}/ folder(s) without a training class ignored: {shown}")
+    return classes
 
+
+def _in_several_classes(
+    usable: dict[tuple[str, bool], dict[str, ListedFile]], classes: list[str]
+) -> set[str]:
+    counted: Counter[str] = Counter(sha for c in classes for sha in usable[(c, False)])
+    return {sha for sha, n in counted.items() if n > 1}
+
+
+def _split(
+    usable: dict[tuple[str, bool], dict[str, ListedFile]],
+    classes: list[str],
+    explicit_val: bool,
+    val_fraction: float,
+    holdout_fraction: float,
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Train, validation and held-out images, by content hash (see the module)."""
     index = {c: i for i, c in enumerate(classes)}
-    by_class_sha: dict[str, set[str]] = defaultdict(set)
-    for c in classes:
-        by_class_sha[c].update(usable[(c, False)])
-    all_shas: Counter[str] = Counter(s for c in classes for s in by_class_sha[c])
-    conflicting = {s for s, n in all_shas.items() if n > 1}
-    if conflicting:
-        _resolve_conflicts(usable, classes, conflicting, human_labels, note)
-
     train: list[Sample] = []
     val: list[Sample] = []
     # The held-out set: by content hash alone, so an image stays in it (or out of it) however
@@ -318,7 +320,7 @@ def scan_labeled(
         if split_score(sha) < holdout_fraction
     ]
     held = {s.sha256 for s in holdout}
-    if listing.has_val_dir:
+    if explicit_val:
         val_shas = {sha for c in classes for sha in usable[(c, True)]}
         for c in classes:
             val += [Sample(f.path, f.rel, index[c], sha) for sha, f in usable[(c, True)].items()]
@@ -347,24 +349,14 @@ def scan_labeled(
                 cls_train.append(pick)
             train += cls_train
             val += cls_val
+    for part in (train, val, holdout):
+        part.sort(key=lambda s: s.rel)
+    return train, val, holdout
 
-    train.sort(key=lambda s: s.rel)
-    val.sort(key=lambda s: s.rel)
-    holdout.sort(key=lambda s: s.rel)
-    content = _measure_content(train + val)
-    labeled = LabeledSet(
-        root=root,
-        classes=classes,
-        train=train,
-        val=val,
-        holdout=holdout,
-        manifest_sha256=manifest_sha256(listing),
-        explicit_val=listing.has_val_dir,
-        corrupt=corrupt,
-        warnings=warnings,
-        typical_shorter_side=int(statistics.median(shorter_sides)) if shorter_sides else 0,
-        content=content,
-    )
+
+def _refuse_too_few(
+    labeled: LabeledSet, min_images_per_class: int, note: Callable[[str], None]
+) -> None:
     counts = labeled.images_per_class()
     short = {
         c: sum(n.values()) for c, n in counts.items() if sum(n.values()) < min_images_per_class
@@ -377,9 +369,8 @@ def scan_labeled(
     empty_train = [c for c, n in counts.items() if n["train"] == 0]
     if empty_train:
         raise TrainingRefused(f"no training images left for class(es) {empty_train}")
-    if not val:
+    if not labeled.val:
         raise TrainingRefused("no validation images: add images (or labeled/_val/<class>/)")
     missing_val = [c for c, n in counts.items() if n["val"] == 0]
     if missing_val:
         note(f"class(es) {missing_val} have no validation image: their accuracy is unknown")
-    return labeled

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from worker.modelzoo import head_name
+from worker.model.modelzoo import head_name
 from worker.training.batches import Batch, Normalizer
 from worker.training.loop import BatchIterable, autocast_context
 

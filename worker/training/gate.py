@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from contract.reports import GateReport
-from worker import model_store
-from worker.preprocess import Preprocessing
+from worker.model import model_store
+from worker.model.preprocess import Preprocessing
 from worker.training.batches import Batch, EvalSet, ImageSource, Normalizer
 from worker.training.context import RunContext
 from worker.training.loop import autocast_context
@@ -50,7 +50,7 @@ class Scored:
         return (correct / len(pairs) if pairs else None), correct, len(pairs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GateVerdict:
     promote: bool
     reason: str
@@ -104,12 +104,12 @@ def judge(ctx: RunContext) -> GateVerdict:
             else (f"the active model {active.name} is an untrained base model")
         )
         return GateVerdict(
-            True,
-            why,
-            margin,
-            on,
-            active.id if active else None,
-            active.name if active else None,
+            promote=True,
+            reason=why,
+            margin=margin,
+            on=on,
+            active_version_id=active.id if active else None,
+            active_name=active.name if active else None,
             images=own_images,
             candidate_accuracy=own_acc,
             candidate=candidate,
@@ -122,17 +122,16 @@ def judge(ctx: RunContext) -> GateVerdict:
     except Exception as exc:
         log.exception("could not score the active model %s", active.name)
         return GateVerdict(
-            True,
-            f"the active model {active.name} could not be evaluated ({exc})",
-            margin,
-            on,
-            active.id,
-            active.name,
-            tuple(shared),
-            images,
-            cand_acc,
-            None,
-            candidate,
+            promote=True,
+            reason=f"the active model {active.name} could not be evaluated ({exc})",
+            margin=margin,
+            on=on,
+            active_version_id=active.id,
+            active_name=active.name,
+            shared_classes=tuple(shared),
+            images=images,
+            candidate_accuracy=cand_acc,
+            candidate=candidate,
             candidate_correct=cand_correct,
         )
     active_acc, active_correct, _ = theirs.accuracy_on(set(shared))
@@ -147,19 +146,19 @@ def judge(ctx: RunContext) -> GateVerdict:
         promote = cand_acc + 1e-9 >= active_acc - margin
         reason = f"{'passed' if promote else 'rejected by'} the gate: {comparison}"
     return GateVerdict(
-        promote,
-        reason,
-        margin,
-        on,
-        active.id,
-        active.name,
-        tuple(shared),
-        images,
-        cand_acc,
-        active_acc,
-        candidate,
-        active_correct,
-        cand_correct,
+        promote=promote,
+        reason=reason,
+        margin=margin,
+        on=on,
+        active_version_id=active.id,
+        active_name=active.name,
+        shared_classes=tuple(shared),
+        images=images,
+        candidate_accuracy=cand_acc,
+        active_accuracy=active_acc,
+        candidate=candidate,
+        active_correct=active_correct,
+        candidate_correct=cand_correct,
     )
 
 

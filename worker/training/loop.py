@@ -26,6 +26,7 @@ from torch import nn
 
 from contract.reports import EpochRecord
 from contract.settings import Settings
+from worker.training.schedule import EpochPlan, one_cycle_for
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
 BatchIterable = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -87,35 +88,6 @@ def make_optimizer(
         )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     return optimizer, scheduler
-
-
-class OneCycle:
-    """A per-step learning-rate factor: linear warm-up over the first epoch from 1/25, then
-    cosine to 1/1000 over the steps :meth:`plan` sets once the first epoch is timed."""
-
-    START, END = 1 / 25, 1 / 1000
-
-    def __init__(self, optimizer: torch.optim.Optimizer, warm_steps: int, total_steps: int | None):
-        self.warm = max(1, warm_steps)
-        self.total = total_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
-
-    def factor(self, step: int) -> float:
-        if step < self.warm:
-            return self.START + (1 - self.START) * step / self.warm
-        if self.total is None:
-            return 1.0
-        done = min(1.0, (step - self.warm) / max(1, self.total - self.warm))
-        return self.END + (1 - self.END) * 0.5 * (1 + math.cos(math.pi * done))
-
-    def plan(self, total_steps: int) -> None:
-        self.total = total_steps
-
-    def step(self) -> None:
-        self.scheduler.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"warm": self.warm, "total": self.total, "last": self.scheduler.last_epoch}
 
 
 @dataclass
@@ -251,6 +223,18 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def _weight_average(
+    model: nn.Module, cfg: TrainConfig
+) -> torch.optim.swa_utils.AveragedModel | None:
+    if not cfg.ema_decay:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model,
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+        use_buffers=True,
+    )
+
+
 def fit(
     model: nn.Module,
     cfg: TrainConfig,
@@ -276,24 +260,8 @@ def fit(
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     trainable = list(params if params is not None else model.parameters())
     optimizer, step_lr = make_optimizer(trainable, cfg)
-    one_cycle = (
-        OneCycle(
-            optimizer,
-            steps_per_epoch or 1,
-            None if deadline else (steps_per_epoch or 1) * cfg.epochs,
-        )
-        if cfg.schedule == "onecycle"
-        else None
-    )
-    ema = (
-        torch.optim.swa_utils.AveragedModel(
-            model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
-            use_buffers=True,
-        )
-        if cfg.ema_decay
-        else None
-    )
+    one_cycle = one_cycle_for(optimizer, cfg, steps_per_epoch, deadline)
+    ema = _weight_average(model, cfg)
 
     def after_step() -> None:
         if one_cycle is not None:
@@ -302,13 +270,13 @@ def fit(
             ema.update_parameters(model)
 
     judged: nn.Module = ema.module if ema is not None else model
-    sized_by_budget = one_cycle is not None and one_cycle.total is None
+    plan = EpochPlan(
+        cfg.epochs, cfg.epochs, deadline, one_cycle is not None and one_cycle.total is None
+    )
     result = FitResult()
     best_key = (-1.0, -math.inf)
     flat = 0
-    planned = cfg.epochs
-    last = first_epoch + planned - 1
-    for epoch in range(first_epoch, last + 1):
+    for epoch in range(first_epoch, first_epoch + cfg.epochs):
         epoch_started = time.monotonic()
         threads = before_epoch() if before_epoch is not None else None
         stats = train_one_epoch(
@@ -324,18 +292,9 @@ def fit(
         val = evaluate(judged, criterion, val_batches(), prepare_val, device, autocast)
         if one_cycle is None:
             step_lr.step()
-        took = time.monotonic() - epoch_started
-        done = epoch - first_epoch + 1
-        if sized_by_budget and one_cycle is not None and done <= 2 and done < planned:
-            # Epochs are timed: plan the rest to end within the deadline, after the first
-            # and again after the second (the first pays for warming up; the cosine has
-            # hardly begun, so moving its end changes little).
-            # To the nearest epoch: the last may end up to half an epoch past the deadline.
-            left = (deadline or 0) - time.monotonic()
-            planned = max(2, min(cfg.epochs, done + round(left / max(took, 1e-3))))
-            last = first_epoch + planned - 1
-            one_cycle.plan(planned * max(1, stats.steps))
-            result.stopped_by_budget = planned < cfg.epochs  # the budget sized the run
+        if plan.timed(time.monotonic() - epoch_started) and one_cycle is not None:
+            one_cycle.plan(plan.epochs * max(1, stats.steps))
+            result.stopped_by_budget = plan.epochs < cfg.epochs  # the budget sized the run
         record = EpochRecord(
             epoch=epoch,
             train_loss=stats.loss,
@@ -347,10 +306,9 @@ def fit(
         )
         if threads is not None:
             record["threads"] = threads
-        record["planned_epochs"] = planned
-        key = (val.accuracy, -val.loss)
-        if key > best_key:
-            best_key = key
+        record["planned_epochs"] = plan.epochs
+        if (val.accuracy, -val.loss) > best_key:
+            best_key = (val.accuracy, -val.loss)
             flat = 0
             result.best = {
                 "model": _snapshot(judged),
@@ -365,20 +323,17 @@ def fit(
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if epoch >= last:
+        done = epoch - first_epoch + 1
+        if done >= plan.epochs:
             break
         # Early stopping waits out the first third of the plan: a schedule that is still
         # warming up or at its highest rate is no plateau.
-        if flat >= cfg.patience and epoch - first_epoch + 1 > planned / 3:
+        if flat >= cfg.patience and done > plan.epochs / 3:
             result.stopped_early = True
             break
-        # A planned schedule runs to its end (planned to the nearest epoch, it ends within
-        # about half an epoch of the deadline; cut short it would skip its lowest rates)
-        # unless the deadline has passed; otherwise no epoch starts that would end late.
-        slack = took if sized_by_budget else 0.0
-        if deadline is not None and time.monotonic() + took > deadline + slack:
+        if plan.out_of_time():
             result.stopped_by_budget = True
             break
-    result.planned_epochs = planned
+    result.planned_epochs = plan.epochs
     model.load_state_dict(result.best["model"])
     return result

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from worker.modelzoo import IMAGENET_STEM, SMALL_STEM, SMALL_STEM_STRIDE2, has_resnet_stem
-from worker.preprocess import Preprocessing
+from worker.model.modelzoo import IMAGENET_STEM, SMALL_STEM, SMALL_STEM_STRIDE2, has_resnet_stem
+from worker.model.preprocess import Preprocessing
 from worker.training.detail import ContentSize
 
 MIN_SIDE, MAX_SIDE, STEP = 32, 224, 32

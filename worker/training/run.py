@@ -8,7 +8,7 @@ Called by the Celery task (:mod:`worker.training.task`) and by ``inbox-classifie
 state machine is :mod:`db.runs`. The ledger records everything: a ``training_runs`` row
 (running -> promoted / rejected / skipped / failed, with progress and a message) and, for a
 trained model, a ``model_versions`` row (candidate -> active / rejected) created before its
-files are written. Files are written atomically (:func:`worker.model_store.save_version`),
+files are written. Files are written atomically (:func:`worker.model.model_store.save_version`),
 so a killed run leaves nothing half-written; the next run marks the dead run failed.
 """
 
@@ -24,38 +24,29 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract import events
+from contract.labeled import Listing, manifest_sha256
 from contract.messages import Trigger
 from contract.reports import CalibrationReport, EpochRecord, TrainingReport
 from contract.settings import Settings
 from db import labels, runs, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
-from worker.precision import pick_autocast, pick_device
-from worker.training.adapt import adapt_to_data, set_stem
+from worker.training.adapt import adapt_to_data
 from worker.training.backfill import backfill
-from worker.training.batches import DecodedCache, EvalSet, ImageSource
+from worker.training.batches import DecodedCache
 from worker.training.calibration import calibrate
 from worker.training.context import RunContext
-from worker.training.dataset import (
-    Listing,
-    TrainingRefused,
-    list_labeled,
-    manifest_sha256,
-    scan_labeled,
-)
-from worker.training.features import remap_head
+from worker.training.dataset import TrainingRefused, list_labeled
 from worker.training.fit import Fitted, fit_model
 from worker.training.gate import GateVerdict, judge
 from worker.training.lock import LOCK_TIMEOUT_S, TrainingLock
 from worker.training.loop import TrainConfig
-from worker.training.plan import plan
+from worker.training.prepare import prepare_context
 from worker.training.progress import Progress, RunCancelled, RunOutcome, RunRecorder
-from worker.training.recipe import recipe_config
 from worker.training.report import GRID_MAX, build_report
 from worker.training.save import ValGrid, save_and_settle, serving_builder
 from worker.training.skip import has_class_dirs, unchanged_reason
-from worker.training.start import ActiveInfo, start_model
-from worker.training.threads import ThreadChooser
+from worker.training.start import ActiveInfo
 
 log = logging.getLogger(__name__)
 
@@ -209,74 +200,19 @@ class _Run:
         return listing
 
     def _prepare(self, listing: Listing) -> RunContext:
-        """Split (every image read once, hashed and decode-checked), choose the start model
-        (the active one to fine-tune, or the base, with a head for these classes) and how to
-        train it here, decode the validation images: the run's context."""
-        s, rec = self.s, self.rec
-        labeled = scan_labeled(
-            s.labeled_path,
-            val_fraction=s.val_fraction,
-            holdout_fraction=s.holdout_fraction,
-            min_images_per_class=s.min_images_per_class,
-            max_pixels=s.max_image_pixels,
-            threads=s.decode_threads,
-            listing=listing,
-            warn=rec.warn,
+        """The run's context (worker.training.prepare)."""
+        return prepare_context(
+            self.s,
+            self.rec,
+            listing,
+            self.active,
+            fresh=self.fresh,
+            config=self.cfg,
+            use_recipe=self.use_recipe,
+            autocast_spec=self.autocast_spec,
             human_labels=self._human_labels,
-        )
-        begin = start_model(s, self.active, labeled.classes, self.fresh)
-        kept_rows = remap_head(begin.loaded.model, begin.loaded.classes, labeled.classes)
-        begin.loaded.classes = list(labeled.classes)
-        device = pick_device(s.device)
-        how = plan(
-            s.train_mode,
-            device,
-            begin.pretrained,
-            begin.loaded.preprocessing,
-            labeled.content,
-            s.train_budget_s,
-            begin.loaded.model,
-            begin.loaded.stem,
-        )
-        begin.loaded.preprocessing = how.preprocessing
-        if how.stem != begin.loaded.stem:
-            set_stem(begin.loaded, how.stem, self.cfg.seed)
-        config = recipe_config(s, how, self.cfg) if self.use_recipe else self.cfg
-        rec.phase(
-            "preparing",
-            classes=labeled.classes,
-            train_images=len(labeled.train),
-            val_images=len(labeled.val),
-            holdout_images=len(labeled.holdout),
-            mode=how.mode,
-        )
-        source = ImageSource(how.preprocessing, s.max_image_pixels, s.decode_threads)
-        t0 = time.perf_counter()
-        eval_set = EvalSet(source, labeled.val, config.batch_size)
-        holdout_set = EvalSet(source, labeled.holdout, config.batch_size)
-        return RunContext(
-            settings=s,
-            run_id=rec.run_id,
-            trigger=rec.trigger,
-            labeled=labeled,
-            manifest_sha256=manifest_sha256(listing),
-            active=self.active,
-            start=begin,
-            head_rows_kept=kept_rows,
-            plan=how,
-            device=device,
-            autocast=pick_autocast(device, self.autocast_spec, training=True),
-            config=config,
-            threads=ThreadChooser(s.torch_threads, device),
-            source=source,
-            eval_set=eval_set,
-            holdout_set=holdout_set,
-            on_phase=rec.phase,
             on_epoch=self._on_epoch,
             check=self._check_running,
-            deadline=time.monotonic() + s.train_budget_s if s.train_budget_s else None,
-            durations={"decode": time.perf_counter() - t0},
-            stem_reason=how.stem_reason,
         )
 
     def _fit(self, ctx: RunContext) -> Fitted:
@@ -422,7 +358,8 @@ class _Run:
 
     def _on_epoch(self, record: EpochRecord) -> None:
         self._check_lock()
-        epochs = self.cfg.epochs
+        # What the budget planned, once it has (after the first epochs), else the most it may run.
+        epochs = int(record.get("planned_epochs") or self.cfg.epochs)
         self.rec.emit(
             "epoch", write=record["epoch"] == epochs, phase="training", epochs=epochs, **record
         )
@@ -436,7 +373,7 @@ class _Run:
     def _active(self) -> ActiveInfo | None:
         with transaction(self.sessions) as session:
             row = versions.active_model(session)
-            return ActiveInfo.of(row) if row is not None else None
+            return versions.VersionView.of(row) if row is not None else None
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Saving a trained version and settling it: its ledger row first (so a crash leaves a
 candidate to reap, never files without a row), then its files, written atomically, then its
-ONNX artifacts (worker.onnx_backend), then the gate's verdict: promoted (workers switch to it)
+ONNX artifacts (worker.model.onnx_backend), then the gate's verdict: promoted (workers switch to it)
 or rejected (kept for a manual promote)."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from contract.reports import TrainingReport, VersionRef
 from contract.serving import ServingRecord
 from db import versions
 from db.engine import transaction
-from worker import model_store, modelzoo, onnx_backend
-from worker.layout import usable_cores
-from worker.serving import torch_reason
+from worker.model import model_store, modelzoo, onnx_backend
+from worker.model.layout import usable_cores
+from worker.model.serving import torch_reason
 from worker.training.context import RunContext
 from worker.training.gate import GateVerdict
 from worker.training.report import curves_png, reliability_png, report_json, val_grid_png

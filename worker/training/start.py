@@ -6,33 +6,14 @@ import logging
 from dataclasses import dataclass
 
 from contract.settings import Settings
-from db.models import ModelVersion
-from worker import model_store, modelzoo
+from db.versions import VersionView
+from worker.model import model_store, modelzoo
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ActiveInfo:
-    """What a run needs to know of the active version, read once at its start."""
-
-    id: int
-    name: str
-    arch: str
-    classes: list[str]
-    trained: bool
-    manifest_sha256: str | None
-
-    @classmethod
-    def of(cls, row: ModelVersion) -> ActiveInfo:
-        return cls(
-            row.id,
-            row.name,
-            row.arch,
-            [str(c) for c in row.classes],
-            row.trained,
-            row.manifest_sha256,
-        )
+#: What a run knows of the active version: the ledger's own view of it (one view per version).
+ActiveInfo = VersionView
 
 
 @dataclass

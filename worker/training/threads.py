@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from contract.reports import ThreadsReport
-from worker.layout import usable_cores
+from worker.model.layout import usable_cores
 
 SAMPLE_S = 0.25  # how long each look at the machine takes
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from broker.app import beat_schedule
 from contract.messages import RetrainRequest
 from contract.settings import Settings
-from worker.layout import worker_concurrency
+from worker.model.layout import worker_concurrency
 
 
 def test_env_prefix_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

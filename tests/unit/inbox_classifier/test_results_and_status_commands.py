@@ -45,7 +45,7 @@ def _run(settings: Settings, *args: str) -> str:
         main, [*args, "--database-url", settings.db_url], catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_results_json_filters(settings: Settings, session_factory) -> None:
@@ -115,3 +115,43 @@ def test_status_counts_queue_and_model(settings: Settings, session_factory) -> N
     assert out["workers"] == []
     assert out["active_model"]["name"] == "base:resnet18:none"
     assert out["images_per_second"] > 0
+
+
+def test_no_rows_say_why_and_offer_the_labels_the_ledger_has(
+    settings: Settings, session_factory
+) -> None:
+    _populate(settings, session_factory)
+    result = CliRunner().invoke(
+        main, ["results", "--label", "Tabby", "--database-url", settings.db_url]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Did you mean 'tabby'?" in result.output and "Labels here: " in result.output
+    reviewing = CliRunner().invoke(
+        main, ["results", "--needs-review", "--database-url", settings.db_url]
+    )
+    assert "flags nothing for review" in reviewing.output, reviewing.output
+
+
+def test_status_says_up_is_not_running_instead_of_unreachable(
+    settings: Settings, session_factory
+) -> None:
+    _populate(settings, session_factory)
+    result = CliRunner().invoke(
+        main,
+        ["status", "--data-dir", str(settings.data_dir), "--database-url", settings.db_url],
+        env={"INBOX_CLASSIFIER_REDIS_URL": ""},
+    )
+    assert result.exit_code == 0, result.output
+    assert "up is not running here" in result.output and "unreachable" not in result.output
+
+
+def test_a_table_row_stays_on_one_line_at_80_columns(settings: Settings, session_factory) -> None:
+    deep = settings.inbox / "a" / "very" / "long" / "path" / "that" / "wraps" / "at" / "eighty"
+    write_images(deep, 1)
+    _populate(settings, session_factory)
+    result = CliRunner().invoke(
+        main, ["results", "--database-url", settings.db_url], env={"COLUMNS": "80"}
+    )
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert len(rows) == 4, result.output  # one line per row, however long its path
+    assert all(len(line) <= 80 for line in rows)

@@ -33,8 +33,8 @@ from db.models import (
     TrainingRun,
 )
 from db.versions import active_model, ensure_base_model
+from inbox_classifier.cli_models import models, reclassify
 from inbox_classifier.cli_retrain import retrain
-from inbox_classifier.cli_training import models, reclassify
 from tests.helpers.training import make_labeled, training_settings
 from worker.training.run import run_training
 
@@ -309,7 +309,7 @@ def test_label_from_the_terminal_counts_towards_the_retrain_threshold(
 ) -> None:
     """`inbox-classifier label` goes through the same use case as the web app: the label that
     completes RETRAIN_AFTER_LABELS queues one `labels` run, and no second while it is open."""
-    from inbox_classifier.cli_training import label
+    from inbox_classifier.cli_labels import label
     from tests.helpers.web import seed_images
 
     s = settings.model_copy(update={"retrain_after_labels": 3})

@@ -20,7 +20,7 @@ def pages(settings: Settings):  # type: ignore[no-untyped-def]
 def test_every_page_renders_with_its_json_twin(settings: Settings, session_factory, pages) -> None:
     seeded = seed_images(settings, session_factory, [("cat", 0.9), ("dog", 0.52), ("cat", 0.7)])
     for path, twin, text in (
-        ("/", "/api/status", "to review"),
+        ("/", "/api/status", "without a person's label"),
         ("/browse", "/api/results", "img_00001.png"),
         ("/browse?label=cat&sort=-confidence", "/api/results?label=cat", "cat"),
         (f"/images/{seeded[0].sha256}", f"/api/images/{seeded[0].sha256}", "Seen at"),

@@ -1,4 +1,5 @@
-"""Batched device decode (``GPU_DECODE``, worker.batch_decode) on the CPU, where torchvision
+"""Batched device decode (``GPU_DECODE``, worker.classify.batch_decode) on the CPU, where
+torchvision
 decodes with the same call it makes on a GPU: EXIF orientation for all 8 tags, the resize and
 crop against the Pillow path within the stated tolerance, the fallback of every non-JPEG kind
 inside one batch of the real BatchEngine, and the bad-input corpus through this path. The
@@ -25,7 +26,7 @@ from db.models import ImagePath
 from imaging.decode import BadImage
 from tests.helpers.corpus import CONTENT_CASES, DONE, LIMIT
 from tests.helpers.pipeline import record
-from worker.batch_decode import (
+from worker.classify.batch_decode import (
     assemble,
     decode_batch,
     decode_files,
@@ -34,9 +35,9 @@ from worker.batch_decode import (
     prepare,
     probe,
 )
-from worker.batching import BatchEngine
-from worker.model_holder import ModelHolder
-from worker.preprocess import Preprocessing, load_for_model
+from worker.classify.batching import BatchEngine
+from worker.classify.model_holder import ModelHolder
+from worker.model.preprocess import Preprocessing, load_for_model
 
 CPU = torch.device("cpu")
 PREP = Preprocessing()
@@ -252,7 +253,7 @@ def test_every_kind_falls_back_alone_inside_one_device_batch(
 def test_the_device_path_gives_the_labels_the_pillow_path_gives(
     settings: Settings, session_factory: sessionmaker[Session], engine: BatchEngine
 ) -> None:
-    from worker.classifier import Classifier
+    from worker.model.classifier import Classifier
 
     holder = ModelHolder(settings, session_factory)
     classifier: Classifier = holder.current()
@@ -316,7 +317,7 @@ def test_a_broken_device_decoder_hands_over_to_pillow_for_good(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from worker import batch_decode
+    from worker.classify import batch_decode
 
     calls = []
 

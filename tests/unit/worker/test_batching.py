@@ -1,4 +1,5 @@
-"""The batching rule (worker.pending) on its own, then the real BatchEngine (a real resnet18,
+"""The batching rule (worker.classify.pending) on its own, then the real BatchEngine (a real
+resnet18,
 real files, real SQLite): an idle model never waits to fill a batch, a busy one does."""
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from db.engine import transaction
 from db.models import Image, ImageStatus
 from tests.helpers.images import write_images
 from tests.helpers.pipeline import record, wait_until
-from worker import model_lease
-from worker.batching import BatchEngine
-from worker.layout import InferenceLayout, inference_layout
-from worker.model_holder import ModelHolder
-from worker.pending import Empty, PendingQueue
+from worker.classify import model_lease
+from worker.classify.batching import BatchEngine
+from worker.classify.model_holder import ModelHolder
+from worker.classify.pending import Empty, PendingQueue
+from worker.model.layout import InferenceLayout, inference_layout
 
 
 def put_later(queue: PendingQueue[int], items: list[int], delay: float) -> threading.Thread:
@@ -198,7 +199,7 @@ def test_with_compile_off_a_worker_says_so_at_its_first_batch_and_stays_eager(
         settings.model_copy(update={"torch_compile": "off", "inference_backend": "torch"})
     )
     first, *rest = write_images(settings.inbox, 1 + model_lease.COMPILE_AFTER_IMAGES // 16)
-    with caplog.at_level("INFO", logger="worker.classifier"):
+    with caplog.at_level("INFO", logger="worker.model.classifier"):
         engine.submit(record(session_factory, [first])).result(timeout=120)
     classifier = engine._holder.current()
     assert classifier.compile_state == "off"

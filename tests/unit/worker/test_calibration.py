@@ -25,10 +25,10 @@ from db.models import Image, ImageStatus, ModelVersion
 from db.versions import active_model, ensure_base_model
 from tests.helpers.pipeline import record, wait_until
 from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
-from worker import model_store
-from worker.layout import worker_concurrency
-from worker.model_holder import ModelHolder
-from worker.preprocess import Preprocessing
+from worker.classify.model_holder import ModelHolder
+from worker.model import model_store
+from worker.model.layout import worker_concurrency
+from worker.model.preprocess import Preprocessing
 from worker.tasks import create_worker_app
 from worker.training.calibration import (
     calibrate,

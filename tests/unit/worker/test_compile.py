@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from worker.classifier import Classifier, compile_blocker
-from worker.modelzoo import LoadedModel
-from worker.preprocess import Preprocessing
+from worker.model.classifier import Classifier, compile_blocker
+from worker.model.modelzoo import LoadedModel
+from worker.model.preprocess import Preprocessing
 
 CPU = torch.device("cpu")
 

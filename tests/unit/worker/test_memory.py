@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker.memory import release_free_memory
+from worker.classify.memory import release_free_memory
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 
@@ -34,7 +34,7 @@ def test_free_pages_below_a_live_block_go_back_to_the_os() -> None:
 
 ARENAS_PROBE = """
 import ctypes, sys, tempfile, threading
-from worker.memory import limit_arenas
+from worker.classify.memory import limit_arenas
 if sys.argv[1] != "default":
     assert limit_arenas(int(sys.argv[1]))
 held, start = [], threading.Barrier(8)

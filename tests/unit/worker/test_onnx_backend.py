@@ -25,11 +25,11 @@ from tests.helpers.images import write_images
 from tests.helpers.pipeline import record, wait_until
 from tests.helpers.training import COLOURS, make_labeled, training_settings, write_class
 from tests.helpers.web import client as web_client
-from worker import model_store, modelzoo, onnx_backend, serving
-from worker.batching import BatchEngine
-from worker.classifier import Classifier
-from worker.model_holder import ModelHolder
-from worker.preprocess import load_for_model
+from worker.classify.batching import BatchEngine
+from worker.classify.model_holder import ModelHolder
+from worker.model import model_store, modelzoo, onnx_backend, serving
+from worker.model.classifier import Classifier
+from worker.model.preprocess import load_for_model
 from worker.training.run import run_training
 
 #: int8 confidences stay this close to fp32's (docs/architecture.md states it; measured far below).
@@ -126,7 +126,7 @@ def test_artifacts_tampered_with_or_for_other_weights_are_refused_and_torch_serv
         onnx_backend.load_manifest(folder)
 
     chooser = serving.Serving(settings, session_factory)
-    with caplog.at_level(logging.INFO, logger="worker.serving"):
+    with caplog.at_level(logging.INFO, logger="worker.model.serving"):
         for _ in range(2):  # a second load of the same version does not log it again
             classifier = Classifier(1, resnet18, torch_device(), None)
             chooser.attach(classifier, folder, "test")
@@ -152,7 +152,7 @@ def test_auto_without_onnxruntime_serves_with_torch_and_says_why(
 ) -> None:
     monkeypatch.setattr(onnx_backend, "unavailable", lambda: "onnxruntime is not installed")
     classifier = Classifier(1, resnet18, torch_device(), None)
-    with caplog.at_level(logging.INFO, logger="worker.serving"):
+    with caplog.at_level(logging.INFO, logger="worker.model.serving"):
         serving.Serving(settings, session_factory).attach(classifier, tmp_path, "test")
     assert classifier.runner is None and classifier.sampler is None
     assert any(
@@ -170,7 +170,8 @@ def test_auto_prefers_torch_bf16_to_onnxruntime_fp32_only_where_bf16_was_chosen(
 ) -> None:
     folder = tmp_path / "v"
     build(resnet18, folder, model_inputs(write_images(tmp_path / "in", 8), resnet18))
-    # bf16 is chosen only where the precision probe measured it faster (worker.precision_probe)
+    # bf16 is chosen only where the precision probe measured it faster
+    # (worker.model.precision_probe)
     monkeypatch.setattr(serving, "native_bf16", lambda _device: True)
     for autocast, expected in ((torch.bfloat16, "torch"), (None, "onnxruntime fp32")):
         classifier = Classifier(1, resnet18, torch_device(), autocast)
@@ -288,7 +289,7 @@ def test_a_runner_that_fails_on_a_batch_hands_over_to_torch_for_good(
     reference = Classifier(1, resnet18, torch_device(), None).score(images, topk=3)
     classifier = Classifier(1, resnet18, torch_device(), None)
     classifier.use_runner(Broken())
-    with caplog.at_level(logging.ERROR, logger="worker.classifier"):
+    with caplog.at_level(logging.ERROR, logger="worker.model.classifier"):
         got = classifier.score(images, topk=3)
     assert [g.topk for g in got] == [r.topk for r in reference]
     assert classifier.runner is None and classifier.backend == "torch fp32"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker import precision_probe
-from worker.precision_probe import MARGIN, Probe, cpu_precision, measure
+from worker.model import precision_probe
+from worker.model.precision_probe import MARGIN, Probe, cpu_precision, measure
 
 
 def _tiny() -> torch.nn.Module:

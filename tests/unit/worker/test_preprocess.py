@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from imaging.decode import BadImage, decode, to_rgb
-from worker.preprocess import Preprocessing, load_for_model, resize_crop
+from worker.model.preprocess import Preprocessing, load_for_model, resize_crop
 
 PREP = Preprocessing()
 LIMIT = 100_000_000

@@ -13,18 +13,19 @@ import torch
 from torch import nn
 
 from contract.settings import Settings
-from worker.modelzoo import (
+from worker.model.modelzoo import (
     IMAGENET_STEM,
     SMALL_STEM,
     SMALL_STEM_STRIDE2,
     get_model,
     use_small_stem,
 )
-from worker.preprocess import Preprocessing
+from worker.model.preprocess import Preprocessing
 from worker.training.detail import ContentSize
-from worker.training.loop import OneCycle, TrainConfig, fit
+from worker.training.loop import TrainConfig, fit
 from worker.training.plan import FINAL_MAP, STEMS, TrainPlan, plan
 from worker.training.recipe import SCRATCH_PATIENCE, ema_decay_for, recipe_config
+from worker.training.schedule import OneCycle
 
 
 def batches(seed: int, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -136,8 +137,14 @@ def _content(side: int) -> ContentSize:
 
 @pytest.mark.parametrize(
     ("content", "stem"),
-    [(28, SMALL_STEM), (40, SMALL_STEM), (64, SMALL_STEM_STRIDE2), (100, SMALL_STEM_STRIDE2),
-     (128, IMAGENET_STEM), (224, IMAGENET_STEM)],
+    [
+        (28, SMALL_STEM),
+        (40, SMALL_STEM),
+        (64, SMALL_STEM_STRIDE2),
+        (100, SMALL_STEM_STRIDE2),
+        (128, IMAGENET_STEM),
+        (224, IMAGENET_STEM),
+    ],
 )
 def test_the_stem_is_the_cheapest_that_leaves_a_four_pixel_map_before_the_head(
     content: int, stem: str
@@ -159,7 +166,13 @@ def test_pretrained_weights_and_other_networks_keep_their_stem() -> None:
     pretrained = plan("auto", cpu, True, imagenet, _content(28), None, resnet, IMAGENET_STEM)
     assert pretrained.stem == IMAGENET_STEM and not pretrained.from_scratch
     other = plan(
-        "auto", cpu, False, imagenet, _content(28), None, get_model("mobilenet_v3_small"),
+        "auto",
+        cpu,
+        False,
+        imagenet,
+        _content(28),
+        None,
+        get_model("mobilenet_v3_small"),
         "imagenet",
     )
     assert other.stem == IMAGENET_STEM and "no ResNet stem" in other.stem_reason

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from contract.records import LabelScore
-from worker.modelzoo import LoadedModel
+from worker.model.modelzoo import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def compile_blocker(mode: str, device: torch.device, autocast: torch.dtype | Non
 
 
 class Runner(Protocol):
-    """Another backend's logits for the same uint8 NHWC batches (worker.onnx_backend)."""
+    """Another backend's logits for the same uint8 NHWC batches (worker.model.onnx_backend)."""
 
     precision: str
 
@@ -94,11 +94,11 @@ class Classifier:
         self._compile_lock = threading.Lock()
         self.compile_state = CompileState.EAGER
         self.served = 0  # images classified with this instance (callers may count here)
-        # Set by worker.serving: an ONNX Runtime runner replaces torch from the next batch;
+        # Set by worker.model.serving: an ONNX Runtime runner replaces torch from the next batch;
         # a sampler sees the first batches, to build that runner from.
         self.runner: Runner | None = None
         self.sampler: Sampling | None = None
-        # How its precision was chosen (worker.precision_probe), for the log and the record.
+        # How its precision was chosen (worker.model.precision_probe), for the log and the record.
         self.precision_note: str | None = None
 
     @property

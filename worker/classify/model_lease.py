@@ -1,4 +1,4 @@
-"""Which classifier each inference stream runs, beside the :class:`~worker.model_holder.
+"""Which classifier each inference stream runs, beside the :class:`~worker.classify.model_holder.
 ModelHolder` that decides which is current: a stream leases the current one for a batch, a
 model swapped out while streams still run it is let go once the last one returns it (dropping
 its compiled code), and a busy model is compiled in the background once it has earned it."""
@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
-from worker.classifier import Classifier, CompileState, compile_blocker
-from worker.model_holder import ModelHolder
+from worker.classify.model_holder import ModelHolder
+from worker.model.classifier import Classifier, CompileState, compile_blocker
 
 log = logging.getLogger(__name__)
 

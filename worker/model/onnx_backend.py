@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from contract.serving import Artifact, Int8Check, ServingManifest
-from worker.modelzoo import LoadedModel
-from worker.onnx_int8 import (
+from worker.model.modelzoo import LoadedModel
+from worker.model.onnx_int8 import (
     CONFIDENCE_TOLERANCE,
     Int8Limits,
     check_int8,

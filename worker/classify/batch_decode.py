@@ -3,7 +3,7 @@
 done there too, so on a GPU worker a batch never visits host memory.
 
 What the batched decoder does not take falls back per file to the Pillow path
-(:mod:`worker.preprocess`), in the same batch:
+(:mod:`worker.model.preprocess`), in the same batch:
 
 - :func:`probe` (run on the decode threads, header only) sends everything that is not a plain
   baseline/progressive RGB or greyscale JPEG under the pixel limit to Pillow: PNG, WebP, GIF,
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.preprocess import Preprocessing, load_for_model
+from worker.model.preprocess import Preprocessing, load_for_model
 
 #: Most decoded pixels one ``decode_jpeg`` call holds on the device (a batch of 256 12-Mpx
 #: photos would otherwise be 9 GB of RGB at once).

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from contract.failures import FailureKind, Unusable
-from worker.modelzoo import LoadedModel
-from worker.preprocess import Preprocessing
+from worker.model.modelzoo import LoadedModel
+from worker.model.preprocess import Preprocessing
 
 NULL_ARCH = "null"
 NULL_WEIGHTS = "null"
@@ -65,7 +65,7 @@ def check(data: bytes) -> np.ndarray:
 
 
 class NullRunner:
-    """Stands where ONNX Runtime would (:class:`worker.classifier.Runner`)."""
+    """Stands where ONNX Runtime would (:class:`worker.model.classifier.Runner`)."""
 
     precision = "null (no model)"
 

@@ -7,7 +7,7 @@ threads at every layer, so a second thread adds far less than a second stream (f
 docs/architecture.md, "Batching and inference streams"). So ``auto`` runs one stream per core, up to
 :data:`MAX_AUTO_STREAMS`; beyond that the cores are shared out as threads. A GPU runs
 :data:`GPU_STREAMS`, each on its own CUDA stream: while one runs its batch through the model,
-the other decodes and copies the next (``worker.batching``).
+the other decodes and copies the next (``worker.classify.batching``).
 """
 
 from __future__ import annotations

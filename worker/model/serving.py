@@ -1,5 +1,5 @@
 """Which backend serves a classifier (``INFERENCE_BACKEND``): torch, or ONNX Runtime at int8 or
-fp32 from the version's artifacts (``worker.onnx_backend``).
+fp32 from the version's artifacts (``worker.model.onnx_backend``).
 
 ``auto`` on a CPU: int8 where the version's int8 model passed its agreement check; else ONNX
 Runtime fp32, except on a CPU that runs bf16 natively, where torch's bf16 measured faster than
@@ -27,10 +27,10 @@ from contract.serving import ServingManifest, ServingRecord
 from contract.settings import Settings
 from db import versions
 from db.engine import transaction
-from worker import onnx_backend
-from worker.classifier import Classifier, CompileState
-from worker.layout import inference_layout
-from worker.precision import native_bf16
+from worker.model import onnx_backend
+from worker.model.classifier import Classifier, CompileState
+from worker.model.layout import inference_layout
+from worker.model.precision import native_bf16
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from contract.records import Classified, Failed
 from db.batch_write import SavedBatch, save_batch
 from db.engine import transaction
 from db.errors import is_transient
-from worker import jobs
-from worker.batch_stats import BatchStats
-from worker.jobs import Held, Pending
-from worker.metrics import WorkerMetrics
+from worker.classify import jobs
+from worker.classify.batch_stats import BatchStats
+from worker.classify.jobs import Held, Pending
+from worker.classify.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

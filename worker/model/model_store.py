@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from worker.modelzoo import LoadedModel, ModelError, checkpoint_dict, load_file
+from worker.model.modelzoo import LoadedModel, ModelError, checkpoint_dict, load_file
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"

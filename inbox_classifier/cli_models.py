@@ -1,14 +1,13 @@
-"""CLI for the learning loop: ``models`` (list / promote / rollback), ``reclassify`` and
-``label`` (``retrain`` is in :mod:`inbox_classifier.cli_retrain`). Registered on the main
-``inbox-classifier`` group by inbox_classifier.cli.
+"""CLI for the model versions: ``models`` (list / promote / rollback) and ``reclassify``
+(``retrain`` is in :mod:`inbox_classifier.cli_retrain`, ``label`` in
+:mod:`inbox_classifier.cli_labels`). Registered on the main ``inbox-classifier`` group by
+inbox_classifier.cli.
 
 Importing this module imports no torch: training code loads only when a command needs it.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,6 @@ from broker.app import NoBroker, make_celery
 from broker.locate import BrokerNotFound, with_broker
 from contract.calibration import Calibration
 from contract.clock import as_utc
-from contract.paths import shown
 from contract.serving import ServingRecord, describe_serving
 from contract.settings import Settings
 from db import quality, versions
@@ -27,7 +25,6 @@ from db.engine import transaction
 from db.models import ModelStatus, ModelVersion
 from inbox_classifier.cli_common import (
     BROKER,
-    LABELED,
     NO_MODEL_YET,
     WHERE,
     Since,
@@ -208,39 +205,22 @@ def list_models(ctx: click.Context, settings: Settings, long_: bool) -> None:
     _list_versions(_merged(ctx, settings), long_)
 
 
-def _check_loadable(settings: Settings, version_id: int, name: str) -> None:
-    from worker import model_store
-    from worker.modelzoo import ModelError
-
-    try:
-        model_store.load_version(settings.models_path, version_id)
-    except ModelError as exc:
-        raise click.ClickException(f"{name} cannot be loaded: {exc}") from exc
-
-
 def _switch(settings: Settings, version_id: int | None, verb: str) -> None:
+    """A promote or a rollback, by the rules the web app uses too (pipeline.models)."""
+    from pipeline.errors import UseCaseError
+    from pipeline.models import switch
+
     with ledger(settings) as sessions:
-        with transaction(sessions) as session:
-            current = versions.active_model(session)
-            if version_id is None:  # rollback: the version active before the current one
-                target = versions.previously_active(session)
-                if target is None:
-                    raise click.ClickException("no previously active model version to go back to")
-            else:
-                target = versions.get(session, version_id)
-                if target is None:
-                    raise click.ClickException(f"no model version {version_id}")
-            if current is not None and current.id == target.id:
-                click.echo(f"{target.name} is already active")
-                return
-            target_id, name, trained = target.id, target.name, target.trained
-        if trained:  # a base model is built from arch + weights spec by the workers
-            _check_loadable(settings, target_id, name)
-        with transaction(sessions) as session:
-            previous = versions.activate_by_hand(session, target_id, verb)
+        try:
+            switched = switch(sessions, version_id, verb)
+        except UseCaseError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if not switched.changed:
+        click.echo(f"{switched.active} is already active")
+        return
     click.echo(
-        f"{name} is now active (was {previous}); workers switch to it within "
-        f"{settings.model_check_interval_s:g}s"
+        f"{switched.active} is now active (was {switched.previous}); workers switch to it "
+        f"within {settings.model_check_interval_s:g}s"
     )
 
 
@@ -329,73 +309,3 @@ def reclassify(
 
 
 # --- label -------------------------------------------------------------------------------------
-
-
-@click.command(
-    "label",
-    epilog="""\b
-Examples:
-  inbox-classifier label inbox/2026/img_0042.jpg tabby
-  inbox-classifier label inbox/2026/img_0043.jpg lynx --new-class
-  inbox-classifier label inbox/2026/img_0042.jpg --undo
-""",
-)
-@click.argument("image")
-@click.argument("class_name", metavar="CLASS", required=False)
-@click.option("--undo", is_flag=True, help="Remove IMAGE's human label instead.")
-@click.option("--reviewer", default=None, help="Who labeled it (kept in the label history).")
-@click.option(
-    "--new-class",
-    is_flag=True,
-    help="CLASS is meant to start a new class (a label that is no known class is refused "
-    "without it: a typo would otherwise become a class).",
-)
-@settings_options(only=(*WHERE, *BROKER, *LABELED))
-def label(
-    settings: Settings,
-    image: str,
-    class_name: str | None,
-    undo: bool,
-    reviewer: str | None,
-    new_class: bool,
-) -> None:
-    """Give IMAGE (a path in the inbox, or a sha256) the label CLASS, as the web app does: the
-    label wins over the model's, the image becomes a training example in labeled/CLASS/, and
-    the label that completes RETRAIN_AFTER_LABELS queues a retrain."""
-    from db import labels
-    from pipeline.labels import LabelError, apply_label, remove_label
-
-    if class_name is None and not undo:
-        raise click.UsageError("say which class: `inbox-classifier label IMAGE CLASS`")
-    with ledger(settings) as sessions:
-        sha = image.lower() if re.fullmatch(r"[0-9a-fA-F]{64}", image) else None
-        if sha is None:
-            with transaction(sessions) as session:
-                sha = labels.sha_for_path(session, os.path.abspath(image))
-            if sha is None:
-                raise click.ClickException(f"{shown(image)}: not a path the ledger has seen")
-        try:
-            if undo or class_name is None:
-                remove_label(settings, sessions, sha)
-            else:
-                done = apply_label(
-                    settings,
-                    sessions,
-                    sha,
-                    class_name,
-                    reviewer,
-                    broker=lambda: make_celery(with_broker(settings)),
-                    new_class=new_class,
-                )
-        except LabelError as exc:
-            hint = "; add --new-class to start it" if exc.new_class else ""
-            raise click.ClickException(f"{exc}{hint}") from exc
-    if undo:
-        click.echo(f"{sha[:12]}: label removed")
-        return
-    click.echo(f"{sha[:12]}: labeled {done.label!r}; training copy {done.file}")
-    if done.retrain_run is not None:
-        click.echo(
-            f"{settings.retrain_after_labels} new labels: training run {done.retrain_run} "
-            f"queued (`inbox-classifier retrain --follow {done.retrain_run}`)"
-        )

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
 from contract.calibration import Calibration
-from worker.preprocess import Preprocessing
+from worker.model.preprocess import Preprocessing
 
 CHECKPOINT_FORMAT = 1
 NONE_SEED = 0

@@ -3,17 +3,18 @@
 Celery hands each message (a few files) to a task thread; the task submits its files here and
 waits. Files from all in-flight messages are pooled into batches of up to ``batch_size``. A
 batch that finds the model idle runs at once with what is there; one that finds files already
-queued (the system is busy) waits up to ``batch_wait_ms`` to fill (``worker.pending``).
+queued (the system is busy) waits up to ``batch_wait_ms`` to fill (``worker.classify.pending``).
 Decoding runs on its own threads as soon as a file is submitted, so it overlaps inference of
-the previous batch. Where batched device decode is on (``GPU_DECODE``, :mod:`worker.batch_decode`)
-those threads only read, verify and probe each file; its JPEGs are decoded on the device as the
-batch is taken, on the stream's own CUDA stream, while the other stream runs its batch.
+the previous batch. Where batched device decode is on (``GPU_DECODE``,
+:mod:`worker.classify.batch_decode`) those threads only read, verify and probe each file; its
+JPEGs are decoded on the device as the batch is taken, on the stream's own CUDA stream, while
+the other stream runs its batch.
 
-The pieces, each in its own module: the files held (:mod:`worker.jobs`), the stream's lease on
-the current model and the compile trigger (:mod:`worker.model_lease`), the writer thread that
-commits each batch (:mod:`worker.batch_writer`), the busy period's figures
-(:mod:`worker.batch_stats`). Threads: ``decode_threads`` decoders, one inference thread per
-stream (``worker.layout``), one writer.
+The pieces, each in its own module: the files held (:mod:`worker.classify.jobs`), the stream's
+lease on the current model and the compile trigger (:mod:`worker.classify.model_lease`), the
+writer thread that commits each batch (:mod:`worker.classify.batch_writer`), the busy period's
+figures (:mod:`worker.classify.batch_stats`). Threads: ``decode_threads`` decoders, one
+inference thread per stream (``worker.model.layout``), one writer.
 """
 
 from __future__ import annotations
@@ -35,20 +36,21 @@ from contract.messages import WorkItem
 from contract.paths import from_ledger
 from contract.records import Classified, Failed
 from contract.settings import Settings
-from worker import jobs, null_backend
-from worker.batch_decode import Encoded, assemble, device_decode_wanted, prepare, stack_on
-from worker.batch_stats import BatchStats
-from worker.batch_writer import BatchWriter, Write
-from worker.classifier import Classifier
-from worker.jobs import Held, Job, Pending
-from worker.layout import inference_layout
-from worker.memory import release_free_memory
-from worker.metrics import WorkerMetrics
-from worker.model_holder import ModelHolder
-from worker.model_lease import ModelLease
-from worker.pending import Empty, PendingQueue
-from worker.precision import pick_device
-from worker.preprocess import Preprocessing, load_for_model
+from worker.classify import jobs
+from worker.classify.batch_decode import Encoded, assemble, device_decode_wanted, prepare, stack_on
+from worker.classify.batch_stats import BatchStats
+from worker.classify.batch_writer import BatchWriter, Write
+from worker.classify.jobs import Held, Job, Pending
+from worker.classify.memory import release_free_memory
+from worker.classify.metrics import WorkerMetrics
+from worker.classify.model_holder import ModelHolder
+from worker.classify.model_lease import ModelLease
+from worker.classify.pending import Empty, PendingQueue
+from worker.model import null_backend
+from worker.model.classifier import Classifier
+from worker.model.layout import inference_layout
+from worker.model.precision import pick_device
+from worker.model.preprocess import Preprocessing, load_for_model
 
 log = logging.getLogger(__name__)
 

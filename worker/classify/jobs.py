@@ -16,8 +16,8 @@ from contract.failures import FailureKind, Unusable
 from contract.messages import WorkItem
 from contract.paths import shown
 from contract.records import Failed
-from worker.batch_decode import Encoded
-from worker.preprocess import Preprocessing
+from worker.classify.batch_decode import Encoded
+from worker.model.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 

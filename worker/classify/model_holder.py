@@ -16,11 +16,11 @@ from contract.settings import Settings
 from db.engine import transaction
 from db.models import ModelVersion
 from db.versions import active_model, base_version_id, ensure_base_model, ensure_null_model
-from worker import model_store, modelzoo, null_backend, onnx_backend
-from worker.classifier import Classifier
-from worker.precision import pick_autocast, pick_device
-from worker.precision_probe import cpu_precision
-from worker.serving import Serving
+from worker.model import model_store, modelzoo, null_backend, onnx_backend
+from worker.model.classifier import Classifier
+from worker.model.precision import pick_autocast, pick_device
+from worker.model.precision_probe import cpu_precision
+from worker.model.serving import Serving
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ModelHolder:
             return self._wrap(self._base_version_id(), base, trained=False, weights=s.weights)
 
     def _null(self) -> Classifier:
-        """The no-model backend (worker.null_backend): never swapped for another version."""
+        """The no-model backend (worker.model.null_backend): never swapped for another version."""
         version_id, _ = self._register_base(null_backend.NULL_CLASSES)
         classifier = Classifier(version_id, null_backend.null_loaded(), torch.device("cpu"), None)
         classifier.use_runner(null_backend.NullRunner())
