@@ -44,6 +44,14 @@ class ResultFilters(BaseModel):
     sure: bool | None = Field(
         None, description="at or above its class's TARGET_PRECISION threshold"
     )
+    near_duplicates: bool | None = Field(
+        None,
+        description="in a group of near-duplicates (the same picture under other bytes), as "
+        "the last grouping pass found them",
+    )
+    dup_group: int | None = Field(
+        None, ge=1, description="one group of near-duplicates, by its first image's id"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -130,3 +130,20 @@ def manifest_sha256(listing: Listing) -> str:
         digest.update(os.fsencode(f.rel) + b"\0")
         digest.update(f"{f.size}\0{f.mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledSeen:
+    """One labeled image as a training run saw it (``db.models.LabeledImage``): where it is
+    under labeled/, its label and split, its perceptual hash, and how much a model that did
+    not train on it doubts the label: ``score`` in [0, 1] (1 - the probability it gives the
+    label; higher is more suspect) and the class it ``suggested``."""
+
+    sha256: str
+    path: str
+    label: str
+    split: str  # train | val | holdout
+    phash: bytes | None
+    suggested: str | None = None
+    given_probability: float | None = None
+    score: float | None = None

@@ -36,6 +36,8 @@ class Classified:
     needs_review: bool | None = None
     # At or above the class's target-precision threshold; None where the class has none.
     sure: bool | None = None
+    # The pixels' 256-bit perceptual hash (imaging.perceptual); None where the device decoded.
+    phash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,6 +152,20 @@ class ThreadsReport(TypedDict):
     reasons: list[str]
 
 
+class LeakReport(TypedDict):
+    held_out_left_out: int  # held-out images with a near-twin among the training images
+    examples: list[str]  # a few of them (paths under labeled/)
+    threshold_bits: int
+    threshold: str  # how the threshold was found (imaging.perceptual.calibrated_threshold)
+
+
+class SuspectsReport(TypedDict):
+    method: str
+    images: int  # labeled images scored
+    doubted: int  # of them, where the model's best guess is another class
+    seconds: float
+
+
 class TrainingReport(TypedDict):
     run_id: int | None
     trigger: str
@@ -194,5 +208,9 @@ class TrainingReport(TypedDict):
     # The trainer's threads: cores, threads per epoch, and the reasons (worker.training.threads).
     threads: NotRequired[ThreadsReport]
     calibration: NotRequired[CalibrationReport]
+    # Held-out images left out of the gate's scoring: near-twins of training images.
+    leak_guard: NotRequired[LeakReport]
+    # The labels the model doubts (worker.training.suspects): how they were found.
+    suspects: NotRequired[SuspectsReport]
     created_at: str
     version: NotRequired[VersionRef]

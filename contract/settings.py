@@ -194,9 +194,7 @@ class Settings(BaseSettings):
         "work puts on threads.",
     )
     polling: bool = Field(False, description="Use a polling observer (network mounts).")
-    poll_interval_s: float = Field(
-        1.0, ge=0.01, le=HOUR_S, description="Polling observer period."
-    )
+    poll_interval_s: float = Field(1.0, ge=0.01, le=HOUR_S, description="Polling observer period.")
 
     # --- reliability ---------------------------------------------------------------------------
     requeue_after_s: float = Field(

@@ -191,7 +191,7 @@ def _write_results(
     results = [
         (
             c.label, c.confidence, topk, margin(c), c.needs_review, c.sure, review_score(c),
-            model_version_id, stamp, stamp, image_id,
+            model_version_id, stamp, stamp, c.phash, image_id,
         )
         for c, image_id, topk in zip(known, image_ids, topks, strict=True)
     ]
@@ -204,6 +204,6 @@ def _write_results(
     assignments = ", ".join(f"{name} = {mark}" for name in _RESULT_COLUMNS)
     connection.exec_driver_sql(
         f"UPDATE images SET status = '{ImageStatus.DONE.value}', error = NULL, "
-        f"error_kind = NULL, {assignments} WHERE id = {mark}",
+        f"error_kind = NULL, {assignments}, phash = COALESCE({mark}, phash) WHERE id = {mark}",
         results,
     )

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Integer, case, cast, func, select, text, tuple_
+from sqlalchemy import Integer, case, cast, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from contract.clock import iso, utcnow
@@ -178,15 +178,35 @@ def _latest_path() -> Any:
     )
 
 
+def _first_of_its_group() -> Any:
+    """An image in no near-duplicate group, or its group's first in the review queue: one
+    decision on a picture teaches as much as one on each of its copies, so the queue shows
+    one copy at a time (the next once that one is labeled)."""
+    other = aliased(Image)
+    earlier = (
+        select(other.id)
+        .where(
+            other.dup_group == Image.dup_group,
+            other.status == ImageStatus.DONE,
+            other.human_label.is_(None),
+            tuple_(other.review_score, other.id) < tuple_(Image.review_score, Image.id),
+        )
+        .correlate(Image)
+        .exists()
+    )
+    return or_(Image.dup_group.is_(None), ~earlier)
+
+
 def review_page(session: Session, cursor: str | None = None, limit: int = 20) -> Page:
     """Unreviewed results, the ones a person should see first first: those whose conformal
     prediction set is not a single class (``needs_review``), then the rest; each group by the
-    smallest margin between the model's two best classes."""
+    smallest margin between the model's two best classes. Of a group of near-duplicates, only
+    the first in that order."""
     limit = max(1, min(limit, MAX_PAGE))
     query = (
         result_columns()
         .add_columns(Image.review_score, _latest_path().label("path"))
-        .where(_IN_REVIEW_QUEUE)
+        .where(_IN_REVIEW_QUEUE, _first_of_its_group())
     )
     if cursor:  # an empty one (a form's empty field) is the first page
         score, image_id = decode_cursor(cursor, "review", (float | int, int))  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -86,6 +87,7 @@ class Image(Base):
             postgresql_where=text("status = 'done' AND human_label IS NULL"),
         ),
         Index("ix_images_failed_kind", "status", "error_kind", "id"),
+        Index("ix_images_dup_group_id", "dup_group", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -118,6 +120,11 @@ class Image(Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The 256-bit perceptual hash (imaging.perceptual) of its pixels, for near-duplicates.
+    phash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    # The id of the first image of its near-duplicate group, as the last grouping pass found
+    # it (pipeline.near_duplicates); None: in no group.
+    dup_group: Mapped[int | None] = mapped_column(Integer)
 
     paths: Mapped[list[ImagePath]] = relationship(back_populates="image", lazy="selectin")
     model_version: Mapped[ModelVersion | None] = relationship(lazy="joined")
@@ -208,3 +215,43 @@ class VersionScore(Base):
     correct: Mapped[int] = mapped_column(Integer)
     accuracy: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabeledImage(Base):
+    """One labeled image as a training run saw it: where it was, its label and split, its
+    perceptual hash, and (after the run) how much a model that never trained on it doubts
+    the label (``score``, higher is more suspect) and what it suggests instead."""
+
+    __tablename__ = "labeled_images"
+    __table_args__ = (Index("ix_labeled_images_run_score", "run_id", "score"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to labeled/
+    label: Mapped[str] = mapped_column(String(255))
+    split: Mapped[str] = mapped_column(String(8))  # train | val | holdout
+    phash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    suggested: Mapped[str | None] = mapped_column(String(255))
+    given_probability: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+
+
+class SuspectDecision(Base):
+    """A person's decision on a suspect label: kept, relabeled or removed from training; the
+    current one has no ``undone_at``. ``moved_from``/``moved_to`` (relative to the data dir)
+    say where its file went, to undo it."""
+
+    __tablename__ = "suspect_decisions"
+    __table_args__ = (Index("ix_suspect_decisions_sha256_label", "sha256", "label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(255))
+    decision: Mapped[str] = mapped_column(String(16))  # kept | relabeled | removed
+    new_label: Mapped[str | None] = mapped_column(String(255))
+    moved_from: Mapped[str | None] = mapped_column(Text)
+    moved_to: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

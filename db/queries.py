@@ -62,6 +62,11 @@ def apply_filters(
         query = query.where(Image.needs_review.is_(f.needs_review))
     if f.sure is not None:
         query = query.where(Image.sure.is_(f.sure))
+    if f.near_duplicates is not None:
+        grouped = Image.dup_group.is_not(None)
+        query = query.where(grouped if f.near_duplicates else ~grouped)
+    if f.dup_group is not None:
+        query = query.where(Image.dup_group == f.dup_group)
     return query
 
 
@@ -98,6 +103,7 @@ class ResultRow:
     classified_at: str | None
     needs_review: bool | None = None  # the conformal set is not one class (None: uncalibrated)
     sure: bool | None = None  # at or above the class's target-precision threshold
+    dup_group: int | None = None  # its near-duplicate group (the first image's id), if any
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -120,6 +126,7 @@ class ResultRow:
             classified_at=iso(r.classified_at),
             needs_review=r.needs_review,
             sure=r.sure,
+            dup_group=r.dup_group,
         )
 
 
@@ -145,6 +152,7 @@ def result_columns() -> Select[Any]:
         Image.classified_at,
         Image.needs_review,
         Image.sure,
+        Image.dup_group,
         ModelVersion.name.label("version_name"),
     ).outerjoin(ModelVersion, ModelVersion.id == Image.model_version_id)
 

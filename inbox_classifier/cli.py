@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("inbox_classifier.cli_labels:label", "Give an image a human label (or --undo)."),
     "retrain": ("inbox_classifier.cli_retrain:retrain", "Train on labeled/ now; --wait to watch."),
     "models": ("inbox_classifier.cli_models:models", "Model versions: list, promote, rollback."),
+    "suspects": ("inbox_classifier.cli_mistakes:suspects", "Labels in labeled/ the model doubts."),
+    "near-duplicates": (
+        "inbox_classifier.cli_mistakes:near_duplicates",
+        "Groups of the same picture under other bytes.",
+    ),
     "reclassify": (
         "inbox_classifier.cli_models:reclassify",
         "Classify images again with the active model.",

@@ -62,6 +62,13 @@ class UnfinishedFiles:
         ):
             tracker.unfinished(found.path, signature)
             return False
+        # The writer may have written and closed it between the hash and that look at the
+        # writers: what was hashed is then not the file any more, and must not be recorded.
+        now_there = _signature(found.path)
+        if now_there is not None and now_there != signature:
+            self._held[found.path] = (now_there, now)
+            tracker.unfinished(found.path, now_there)
+            return False
         return True
 
     def forget(self, path: str) -> None:
@@ -74,3 +81,11 @@ class UnfinishedFiles:
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+def _signature(path: str) -> Signature | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return Signature(stat.st_size, stat.st_mtime_ns)

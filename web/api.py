@@ -72,9 +72,14 @@ def results(
     limit: Annotated[int, Query(ge=1, le=browse.MAX_PAGE)] = 100,
 ) -> schemas.ResultsPage:
     """One row per (image, path). ``cursor`` is a page's ``next_cursor`` or ``prev_cursor``;
-    ``total`` counts the matching rows up to 10,000."""
+    ``total`` counts the matching rows up to 10,000. Filtering by near-duplicates goes by the
+    groups of the last grouping pass, and starts one in the background where images were
+    classified since."""
+    web = state(request)
+    if filters.near_duplicates is not None or filters.dup_group is not None:
+        web.regroup_soon()
     try:
-        with transaction(state(request).sessions) as session:
+        with transaction(web.sessions) as session:
             page = browse.result_page(session, filters, sort, cursor, limit)
             total = browse.count_results(session, filters)
     except BadCursor as exc:

@@ -28,8 +28,11 @@ def review(
     cursor: Cursor = None,
 ) -> schemas.ReviewPage:
     """Those whose set of likely classes is not one class first, then the rest; each group by
-    the smallest margin between the model's two best classes."""
+    the smallest margin between the model's two best classes. Of near-duplicates (the same
+    picture under other bytes), one at a time."""
     web = state(request)
+    if not cursor:  # a new walk of the queue: group the copies classified since the last one
+        web.regroup_soon()
     try:
         with transaction(web.sessions) as session:
             page = browse.review_page(session, cursor, limit)

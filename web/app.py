@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.settings import Settings
 from db.errors import DATABASE_ERRORS, unavailable_reason
-from web import api, api_labels, api_models, pages, pages_models
+from web import api, api_labels, api_models, api_suspects, pages, pages_mistakes, pages_models
 from web.limits import MAX_BODY_BYTES, BodyLimit
 from web.metrics import make_registry, render
 from web.rendering import error_page
@@ -60,8 +60,10 @@ def create_app(settings: Settings, host: str | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api_labels.router)
     app.include_router(api_models.router)
+    app.include_router(api_suspects.router)
     app.include_router(pages.router)
     app.include_router(pages_models.router)
+    app.include_router(pages_mistakes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     registry = make_registry(web)

@@ -18,11 +18,12 @@ from db import browse, runs, versions
 from db.browse import Sort
 from db.engine import transaction
 from db.models import ImageStatus
-from web import api, api_edge, api_labels, schemas
+from web import api, api_edge, api_labels, api_suspects, schemas
 from web.rendering import Done, back, error_page, render, submit
 from web.security import COOKIE, token_matches
 
 router = APIRouter(include_in_schema=False)
+MAX_TWINS_SHOWN = 12
 SORT_NAMES = {
     "newest": "newest first",
     "oldest": "oldest first",
@@ -183,12 +184,17 @@ def _kept_form(request: Request) -> dict[str, Any]:
 @router.get("/images/{sha256}", response_class=HTMLResponse)
 def image_page(request: Request, sha256: api_edge.Sha256) -> HTMLResponse:
     detail = api.image(request, sha256)
+    try:
+        twins = api_suspects.similar(request, sha256).items
+    except HTTPException:  # no hash yet (classified before hashes were kept): no twins shown
+        twins = []
     return render(
         request,
         "image.html",
         f"/api/images/{sha256}",
         image=detail,
         classes=api_labels.classes(request).items,
+        twins=twins[:MAX_TWINS_SHOWN],
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -74,6 +74,11 @@ class ResultItem(BaseModel):
         default=None,
         description="confidence at or above its class's TARGET_PRECISION threshold "
         "(null: the class has none)",
+    )
+    dup_group: int | None = Field(
+        default=None,
+        description="its group of near-duplicates (the first image's id; "
+        "/browse?dup_group=ID shows them all), null: in none",
     )
 
 
@@ -323,3 +328,66 @@ class QualityOut(BaseModel):
     corrections: dict[str, CorrectionOut]
     drift_warn: float
     drifted: bool
+
+
+class SuspectOut(BaseModel):
+    sha256: str
+    path: str = Field(description="the file, under labeled/")
+    label: str = Field(description="the label it was given (its class folder)")
+    suggested: str | None = Field(description="the class the model would give it instead")
+    score: float = Field(
+        description="how much the model doubts the label: 1 - the probability it gives the "
+        "label, from a head that never trained on this image (higher: more suspect)"
+    )
+    given_probability: float | None
+    split: str = Field(description="train | val | holdout, in the run that scored it")
+    run_id: int = Field(description="the training run that scored it")
+
+
+class SuspectsOut(BaseModel):
+    items: list[SuspectOut]
+    remaining: int = Field(description="suspects not yet decided, these included")
+    run_id: int | None = Field(description="the run whose scores these are (null: none yet)")
+
+
+class SuspectDecisionIn(Request):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"decision": "relabel", "new_label": "dog"}]},
+    )
+
+    decision: Literal["keep", "relabel", "remove"] = Field(
+        description="keep the label, relabel the image (new_label), or remove it from training "
+        "(its file moves to <data_dir>/removed/; undo brings it back)"
+    )
+    new_label: str | None = Field(default=None, min_length=1, max_length=MAX_CLASS_NAME)
+    reviewer: str | None = Field(default=None, max_length=255)
+
+
+class SuspectDecidedOut(BaseModel):
+    sha256: str
+    decision: str = Field(description="kept | relabeled | removed | undone")
+    label: str = Field(description="the label it was given")
+    new_label: str | None
+    path: str | None = Field(description="where its file is now, under labeled/ (null: out of it)")
+
+
+class TwinOut(BaseModel):
+    sha256: str
+    distance: int = Field(description="bits apart of 256 (perceptual hashes)")
+    where: str = Field(description="inbox | labeled")
+    path: str | None = Field(description="under labeled/, for a labeled twin")
+    label: str | None = Field(description="its label, for a labeled twin")
+
+
+class SimilarOut(BaseModel):
+    items: list[TwinOut]
+    threshold_bits: int
+
+
+class NearDuplicatesOut(BaseModel):
+    groups: list[list[str]] = Field(description="groups of content hashes, two or more each")
+    images: int = Field(description="hashed images compared")
+    threshold_bits: int
+    threshold: str = Field(description="how the threshold was found on this ledger's images")
+    seconds: float

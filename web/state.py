@@ -3,6 +3,7 @@ Celery app it sends with, and a few short-lived caches for the figures that cost
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,11 +19,16 @@ from broker.stats import QueueReport, queue_report
 from contract.settings import Settings
 from db import browse
 from db.engine import LazySessions, transaction
+from pipeline import near_duplicates
 
 T = TypeVar("T")
 
 #: The review page says "10,000+ to go" rather than count a million rows on every request.
 REVIEW_COUNT_CAP = 10_000
+#: The least time between two background near-duplicate passes.
+REGROUP_EVERY_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class Cached(Generic[T]):
@@ -57,6 +63,8 @@ class WebState:
         self.queues: Cached[QueueReport] = Cached(5.0, self._queue_report)
         self.label_counts: Cached[list[tuple[str, int]]] = Cached(15.0, self._label_counts)
         self.review_backlog: Cached[int] = Cached(5.0, self._review_backlog)
+        self._grouping: threading.Thread | None = None
+        self._grouped_at = 0.0
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -75,6 +83,26 @@ class WebState:
             if self._celery is None:
                 self._celery = make_celery(self.broker_settings())
             return self._celery
+
+    def regroup_soon(self) -> None:
+        """Start a near-duplicate grouping pass in the background where images were hashed
+        since the last one (at most one at a time, one per :data:`REGROUP_EVERY_S`): the
+        review queue and Browse's filter go by the stored groups and never wait for a pass."""
+        with self._lock:
+            busy = self._grouping is not None and self._grouping.is_alive()
+            if busy or time.monotonic() - self._grouped_at < REGROUP_EVERY_S:
+                return
+            self._grouped_at = time.monotonic()
+            self._grouping = threading.Thread(
+                target=self._regroup, name="near-duplicates", daemon=True
+            )
+            self._grouping.start()
+
+    def _regroup(self) -> None:
+        try:
+            near_duplicates.refresh_if_stale(self.settings, self.sessions)
+        except Exception:  # a pass that fails leaves the groups as they were
+            log.exception("near-duplicate grouping pass failed")
 
     def _label_counts(self) -> list[tuple[str, int]]:
         with transaction(self.sessions) as session:

@@ -6,6 +6,7 @@ scroll bar. The narrow pages are photographed into docs/screenshots/ for the doc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from contract.failures import FailureKind
+from contract.labeled import LabeledSeen
 from contract.records import Failed
 from contract.settings import Settings
-from db import versions
+from db import suspects, versions
 from db.batch_write import save_results
 from db.engine import transaction
 from db.models import Image, ModelStatus, ModelVersion, TrainingRun
@@ -94,8 +96,29 @@ def seed(settings: Settings, session_factory) -> dict[str, str]:  # type: ignore
         versions.record_score(session, ten.id, None, 100, 66)
         versions.record_score(session, other.id, None, 100, 71)
         runs = _runs(session, ten.id)
-    for name in ("cat", "dog"):
+    files = [
         write_image(settings.labeled_path / name / f"{name}_0.png", 300 + len(name))
+        for name in ("cat", "dog")
+    ]
+    # The finished run scored the labels: the cat it doubts most (the model says dog).
+    with transaction(session_factory) as session:
+        suspects.save_seen(
+            session,
+            runs[0],
+            [
+                LabeledSeen(
+                    hashlib.sha256(path.read_bytes()).hexdigest(),
+                    f"{path.parent.name}/{path.name}",
+                    path.parent.name,
+                    "train",
+                    None,
+                    suggested="dog" if path.parent.name == "cat" else "cat",
+                    given_probability=round(0.1 + i * 0.3, 3),
+                    score=round(0.9 - i * 0.3, 3),
+                )
+                for i, path in enumerate(files)
+            ],
+        )
     return {
         "cat": next(s.sha256 for s in seeded if s.label == "cat"),
         "failed": broken.sha256,
@@ -287,7 +310,40 @@ def test_review_asks_before_a_new_class_and_lists_its_keys(
         wait_until(lambda: _human_labels(session_factory).get(shown) == "lynx", 20, "⇧2")
 
 
-PAGES = ("/", "/browse", "/review", "/failed", "/models", "/docs")
+PAGES = ("/", "/browse", "/review", "/suspects", "/failed", "/models", "/docs")
+
+
+def test_suspects_are_decided_from_the_keyboard_and_undone(
+    settings: Settings, session_factory, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    seed(settings, session_factory)
+    with serving(settings, tmp_path) as base, browser_page(WIDE) as page:
+        page.goto(f"{base}/suspects")
+        expect(page.locator("#given")).to_have_text("cat")
+        expect(page.locator("#suggested")).to_have_text("dog")
+        expect(page.locator("#suspect-path")).to_have_text("labeled/cat/cat_0.png")
+        page.keyboard.press("Enter")  # relabel as the model suggests
+        expect(page.locator("#given")).to_have_text("dog")  # the next suspect
+        wait_until(
+            lambda: (settings.labeled_path / "dog" / "cat_0.png").is_file(), 20, "moved to dog/"
+        )
+        assert not (settings.labeled_path / "cat" / "cat_0.png").exists()
+        page.keyboard.press("z")
+        expect(page.locator("#given")).to_have_text("cat")
+        wait_until(
+            lambda: (settings.labeled_path / "cat" / "cat_0.png").is_file(), 20, "moved back"
+        )
+        page.keyboard.press("k")  # keep: it is a cat
+        expect(page.locator("#given")).to_have_text("dog")
+        page.keyboard.press("?")
+        expect(page.locator("#keys-help")).to_be_visible()
+        assert not page.console_errors, page.console_errors
+    with transaction(session_factory) as session:
+        assert [s.sha256 for s in suspects.suspects(session, 10)] == [
+            hashlib.sha256((settings.labeled_path / "dog" / "dog_0.png").read_bytes()).hexdigest()
+        ]
 
 
 def test_a_run_has_its_page_and_failed_files_are_retried_from_the_failed_page(

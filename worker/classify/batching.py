@@ -36,6 +36,8 @@ from contract.messages import WorkItem
 from contract.paths import from_ledger
 from contract.records import Classified, Failed
 from contract.settings import Settings
+from imaging.decode import decode
+from imaging.perceptual import hash_side, phash
 from worker.classify import jobs
 from worker.classify.batch_decode import Encoded, assemble, device_decode_wanted, prepare, stack_on
 from worker.classify.batch_stats import BatchStats
@@ -50,7 +52,7 @@ from worker.model import null_backend
 from worker.model.classifier import Classifier
 from worker.model.layout import inference_layout
 from worker.model.precision import pick_device
-from worker.model.preprocess import Preprocessing, load_for_model
+from worker.model.preprocess import Preprocessing, resize_crop
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class BatchEngine:
         self.metrics = metrics or WorkerMetrics()
         self._queue: PendingQueue[Pending] = PendingQueue()
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        # Each decoded file's perceptual hash, by content hash, until its batch takes it.
+        self._hashes: dict[str, bytes] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._busy_streams = 0
@@ -129,7 +133,9 @@ class BatchEngine:
                 return null_backend.check(data)
             if self.device_decode:
                 return prepare(data, prep, self._settings.max_image_pixels)
-            return load_for_model(data, prep, self._settings.max_image_pixels)
+            image = decode(data, self._settings.max_image_pixels, min_side=hash_side(prep.resize))
+            self._hashes[item.sha256] = phash(image)
+            return resize_crop(image, prep)
         finally:
             if t1 is not None and t2 is not None:
                 stats.add_cpu(read=t1 - t0, hash=t2 - t1, decode=time.thread_time() - t2)
@@ -162,6 +168,8 @@ class BatchEngine:
                     self._classify(batch, classifier, taken_at)
             except Exception as exc:  # never let an inference thread die
                 log.exception("batch of %d failed; its messages will be retried", len(batch))
+                for pending in batch:
+                    self._hashes.pop(pending.item.sha256, None)
                 self._held.let_go(batch)
                 jobs.failed(batch, exc)
             finally:
@@ -218,12 +226,15 @@ class BatchEngine:
                     s.topk,
                     needs_review=s.needs_review,
                     sure=s.sure,
+                    phash=self._hashes.pop(p.item.sha256, None),
                 )
                 for p, s in zip(good, scored, strict=True)
             ]
             self.metrics.inference_seconds.observe(time.monotonic() - inferred)
         queued = time.monotonic()
         stats.add_cpu(infer=time.thread_time() - infer_cpu)
+        for pending in batch:  # the failed ones' too
+            self._hashes.pop(pending.item.sha256, None)
         self._writer.put(Write(batch, classifier.version_id, classified, failed, taken_at, stats))
         with self._lock:
             stats.decode_wait_s += on_device - waited

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from contract.labeled import LabeledSeen
 from contract.messages import Trigger
-from contract.reports import AugmentationReport, EpochRecord
+from contract.reports import AugmentationReport, EpochRecord, LeakReport
 from contract.settings import Settings
 from worker.model.modelzoo import LoadedModel
 from worker.training.batches import EvalSet, ImageSource
@@ -49,6 +50,8 @@ class RunContext:
     augmentation: AugmentationReport | dict[str, Any] = field(default_factory=dict)  # report
     stem_reason: str = ""  # why the network has the stem it has (the plan's, or the probe's)
     precision_reason: str = ""  # why it trains in the precision it does (measured on a CPU)
+    leaks: LeakReport | None = None  # held-out images left out of the gate (near-twins)
+    suspects: list[LabeledSeen] = field(default_factory=list)  # every labeled image, scored
 
     @property
     def loaded(self) -> LoadedModel:

@@ -33,6 +33,7 @@ from contract.labeled import (
 )
 from contract.labeled import list_labeled as read_listing
 from imaging.decode import BadImage, decode
+from imaging.perceptual import hash_side, phash
 from worker.training.detail import ContentSize, content_size
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class LabeledSet:
     warnings: list[str] = field(default_factory=list)
     typical_shorter_side: int = 0  # the median shorter side of the usable images, in pixels
     content: ContentSize | None = None  # the detail they carry (worker.training.detail)
+    hashes: dict[str, bytes] = field(default_factory=dict)  # perceptual hashes, by sha256
 
     def images_per_class(self) -> dict[str, dict[str, int]]:
         train = Counter(s.label for s in self.train)
@@ -93,20 +95,28 @@ def split_score(sha256: str) -> float:
     return int(sha256[:8], 16) / 2**32
 
 
-def _check(path: Path, max_pixels: int, min_side: int) -> tuple[str | None, str | None, int]:
-    """(sha256, None, shorter side in pixels) for a usable image, (None, reason, 0) for a
-    corrupt or unreadable one."""
+@dataclass(frozen=True)
+class _Checked:
+    sha256: str | None  # None: corrupt or unreadable
+    error: str | None
+    shorter: int = 0  # the shorter side in pixels
+    phash: bytes | None = None  # the perceptual hash (imaging.perceptual)
+
+
+def _check(path: Path, max_pixels: int, min_side: int) -> _Checked:
+    """Read, hash and decode-check one file; its perceptual hash from the same decode."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}", 0
+        return _Checked(None, f"unreadable: {exc.strerror or exc}")
     try:
-        decode(data, max_pixels, min_side=min_side).close()
+        with decode(data, max_pixels, min_side=hash_side(min_side)) as image:
+            perceptual = phash(image)
         with PILImage.open(io.BytesIO(data)) as header:  # decode() scaled JPEGs down
             shorter = min(header.size)
     except BadImage as exc:
-        return None, str(exc), 0
-    return hashlib.sha256(data).hexdigest(), None, shorter
+        return _Checked(None, str(exc))
+    return _Checked(hashlib.sha256(data).hexdigest(), None, shorter, perceptual)
 
 
 CONTENT_SAMPLE = 64  # images the detail estimate looks at
@@ -211,6 +221,7 @@ def scan_labeled(
             int(statistics.median(found.shorter_sides)) if found.shorter_sides else 0
         ),
         content=_measure_content(train + val),
+        hashes=found.hashes,
     )
     _refuse_too_few(labeled, min_images_per_class, note)
     return labeled
@@ -224,6 +235,7 @@ class _Read:
     corrupt: list[dict[str, str]]  # {"path", "error"}
     files_per_class: Counter[str]
     shorter_sides: list[int]
+    hashes: dict[str, bytes] = field(default_factory=dict)  # perceptual, by content hash
 
 
 def _refuse_unsafe_names(root: Path, listing: Listing, note: Callable[[str], None]) -> None:
@@ -249,13 +261,16 @@ def _read_all(
         checks = list(pool.map(lambda f: _check(f.path, max_pixels, min_side), listing.files))
     found = _Read(defaultdict(dict), [], Counter(), [])
     duplicates = 0
-    for f, (sha, error, shorter) in zip(listing.files, checks, strict=True):
+    for f, checked in zip(listing.files, checks, strict=True):
+        sha = checked.sha256
         if not f.is_val:
             found.files_per_class[f.class_name] += 1
         if sha is None:
-            found.corrupt.append({"path": f.rel, "error": error or "unusable"})
+            found.corrupt.append({"path": f.rel, "error": checked.error or "unusable"})
             continue
-        found.shorter_sides.append(shorter)
+        found.shorter_sides.append(checked.shorter)
+        if checked.phash is not None:
+            found.hashes[sha] = checked.phash
         bucket = found.usable[(f.class_name, f.is_val)]
         if sha in bucket:
             duplicates += 1

@@ -19,6 +19,7 @@ from worker.training.batches import EvalSet, ImageSource
 from worker.training.context import RunContext
 from worker.training.dataset import scan_labeled
 from worker.training.features import remap_head
+from worker.training.leaks import guard_holdout
 from worker.training.loop import TrainConfig
 from worker.training.plan import plan
 from worker.training.progress import RunRecorder
@@ -89,7 +90,8 @@ def prepare_context(
     source = ImageSource(how.preprocessing, s.max_image_pixels, s.decode_threads)
     t0 = time.perf_counter()
     eval_set = EvalSet(source, labeled.val, config.batch_size)
-    holdout_set = EvalSet(source, labeled.holdout, config.batch_size)
+    scored_holdout, leaks = guard_holdout(labeled)
+    holdout_set = EvalSet(source, scored_holdout, config.batch_size)
     return RunContext(
         settings=s,
         run_id=rec.run_id,
@@ -113,4 +115,5 @@ def prepare_context(
         deadline=time.monotonic() + s.train_budget_s if s.train_budget_s else None,
         durations={"decode": time.perf_counter() - t0},
         stem_reason=how.stem_reason,
+        leaks=leaks,
     )

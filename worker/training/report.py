@@ -40,7 +40,7 @@ def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> Train
     corrupt = labeled.corrupt[:100] + [
         {"path": p, "error": e} for p, e in list(source.failed.items())[:100]
     ]
-    return TrainingReport(
+    report = TrainingReport(
         run_id=ctx.run_id,
         trigger=ctx.trigger,
         arch=ctx.loaded.arch,
@@ -68,7 +68,13 @@ def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> Train
             if labeled.explicit_val
             else f"content hash (val_fraction {settings.val_fraction:g})"
         )
-        + f"; {len(labeled.holdout)} held out (holdout_fraction {settings.holdout_fraction:g})",
+        + f"; {len(labeled.holdout)} held out (holdout_fraction {settings.holdout_fraction:g})"
+        + (
+            f", {ctx.leaks['held_out_left_out']} of them not scored (near-twins of training "
+            "images)"
+            if ctx.leaks and ctx.leaks["held_out_left_out"]
+            else ""
+        ),
         skipped_corrupt=len(labeled.corrupt) + len(source.failed),
         corrupt_files=corrupt,
         warnings=labeled.warnings,
@@ -99,6 +105,9 @@ def build_report(ctx: RunContext, fitted: Fitted, verdict: GateVerdict) -> Train
         threads=ctx.threads.summary(),
         created_at=iso(utcnow()) or "",
     )
+    if ctx.leaks is not None:
+        report["leak_guard"] = ctx.leaks
+    return report
 
 
 def holdout_report(verdict: GateVerdict, classes: Sequence[str]) -> HoldoutReport:

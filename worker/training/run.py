@@ -28,7 +28,7 @@ from contract.labeled import Listing, manifest_sha256
 from contract.messages import Trigger
 from contract.reports import CalibrationReport, EpochRecord, TrainingReport
 from contract.settings import Settings
-from db import labels, runs, versions
+from db import labels, runs, suspects, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
 from worker.training.adapt import adapt_to_data
@@ -47,6 +47,7 @@ from worker.training.report import GRID_MAX, build_report
 from worker.training.save import ValGrid, save_and_settle, serving_builder
 from worker.training.skip import has_class_dirs, unchanged_reason
 from worker.training.start import ActiveInfo
+from worker.training.suspects import score_labels
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class _Run:
         calibration_report = self._calibrate(ctx, fitted, verdict)
         report = build_report(ctx, fitted, verdict)
         report["calibration"] = calibration_report
+        self._score_labels(ctx, report)
         return self._save(ctx, fitted, verdict, report)
 
     # --- the steps ------------------------------------------------------------------------------
@@ -261,6 +263,16 @@ class _Run:
         ctx.start.loaded.calibration = calibration
         return report
 
+    def _score_labels(self, ctx: RunContext, report: TrainingReport) -> None:
+        """How much a model that never saw each label doubts it (worker.training.suspects); a
+        failure here costs the suspects list, not the run."""
+        self.rec.phase("suspects")
+        try:
+            ctx.suspects, report["suspects"] = score_labels(ctx)
+        except Exception as exc:
+            log.exception("run %s: scoring the labels failed", self.rec.run_id)
+            report["warnings"].append(f"suspect labels not scored: {type(exc).__name__}: {exc}")
+
     def _gate(self, ctx: RunContext) -> GateVerdict:
         """The candidate against the active model, on the same held-out images."""
         compared = ctx.active.name if ctx.active is not None and ctx.active.trained else None
@@ -301,6 +313,9 @@ class _Run:
         if not saved.failed:
             message += saved.reason
         self._record_scores(ctx, verdict, saved.version_id)
+        if rec.run_id is not None and ctx.suspects:
+            with transaction(self.sessions) as session:
+                suspects.save_seen(session, rec.run_id, ctx.suspects)
         outcome = rec.finish(status, message, saved.version_id, saved.name, report)
         if saved.promoted:
             events.emit(
