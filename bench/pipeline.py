@@ -88,8 +88,10 @@ class Pipeline:
         workers: int | None = None,
         settings_env: dict[str, str] | None = None,
         database_url: str | None = None,
+        inbox_url: str | None = None,
     ) -> None:
         self.root = root
+        self.inbox_url = inbox_url  # s3://bucket/prefix: the inbox is a bucket (bench.bucket)
         self.data_dir = root / "data"
         self.inbox = root / "inbox"
         self.staging = root / "staging"  # same filesystem as the inbox: renames are atomic
@@ -129,7 +131,7 @@ class Pipeline:
             "--data-dir",
             str(self.data_dir),
             "--inbox",
-            str(self.inbox),
+            self.inbox_url or str(self.inbox),
             "--no-trainer",
             "--no-beat",
             "--no-web",
@@ -151,6 +153,7 @@ class Pipeline:
                 raise PipelineError("pipeline did not start in time\n" + tail(self.log))
             time.sleep(0.2)
         self._engine = create_engine(self.database_url or f"sqlite:///{db}")
+        result = BurstResult(0, 0, 0, 0.0, 0.0, time.time(), [])  # rounds=0: no warm-up here
         for _ in range(rounds):
             result = self.run_burst(warmup, timeout=timeout)
         self.compile_outcome = self.wait_compiled(timeout if expect_compile else 0.0)

@@ -8,11 +8,14 @@ same variables (:meth:`Settings.to_env`), so every process of one pipeline agree
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.bucket import BucketLocation
 
 ENV_PREFIX = "INBOX_CLASSIFIER_"
 
@@ -47,7 +50,28 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Field(Path("var"), description="Data directory: DB, models, Redis, logs.")
-    inbox: Path = Field(Path("inbox"), description="Folder watched for new images (recursive).")
+    inbox: Path = Field(
+        Path("inbox"),
+        description="Folder watched for new images (recursive); or s3://bucket/prefix, an "
+        "inbox in S3-compatible object storage (INBOX_BUCKET).",
+    )
+    inbox_bucket: str | None = Field(
+        None,
+        description="s3://bucket/prefix when the inbox is in a bucket (an INBOX of s3://... sets "
+        "it); endpoint from S3_ENDPOINT_URL or AWS_ENDPOINT_URL, credentials from the AWS chain.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="The object store's URL (MinIO, SeaweedFS, Ceph RGW); unset: AWS_ENDPOINT_URL, "
+        "else AWS S3.",
+    )
+    bucket_list_interval_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=HOUR_S,
+        description="How often the watcher lists a bucket inbox for new objects (after the last "
+        "key it saw; a full pass every RESCAN_INTERVAL_S).",
+    )
     labeled_dir: Path | None = Field(
         None, description="ImageFolder-style training data; default <data_dir>/labeled."
     )
@@ -347,6 +371,29 @@ class Settings(BaseSettings):
                 )
         return out
 
+    @model_validator(mode="before")
+    @classmethod
+    def _inbox_in_a_bucket(cls, values: object) -> object:
+        """``INBOX=s3://...`` names a bucket, not a folder: it becomes ``inbox_bucket``."""
+        if isinstance(values, dict):
+            inbox = values.get("inbox")
+            if isinstance(inbox, str) and inbox.strip().lower().startswith("s3://"):
+                values = {k: v for k, v in values.items() if k != "inbox"}
+                values["inbox_bucket"] = inbox.strip()
+        return values
+
+    @field_validator("inbox_bucket")
+    @classmethod
+    def _bucket_url(cls, value: str | None) -> str | None:
+        return None if value is None else BucketLocation.parse(value).url
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("s3_endpoint_url must be an http:// or https:// URL")
+        return value
+
     @model_validator(mode="after")
     def _requeue_after_a_reconcile_tick(self) -> Settings:
         # Shorter, and rows still being classified would be re-sent on every reconcile tick.
@@ -399,6 +446,16 @@ class Settings(BaseSettings):
         if self.max_file_bytes is not None:
             return self.max_file_bytes
         return 4 * self.max_image_pixels + (1 << 20)
+
+    @property
+    def bucket(self) -> BucketLocation | None:
+        """The inbox's bucket, when the inbox is one (``inbox_bucket``)."""
+        return None if self.inbox_bucket is None else BucketLocation.parse(self.inbox_bucket)
+
+    @property
+    def inbox_shown(self) -> str:
+        """The inbox as a person reads it: the folder, or the bucket's URL."""
+        return self.inbox_bucket or str(self.inbox)
 
     @property
     def labeled_path(self) -> Path:

@@ -4,7 +4,7 @@ and is safe to repeat: the pipeline is at-least-once, the ledger makes it exactl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -149,6 +149,21 @@ def find_stuck(session: Session, older_than: timedelta, limit: int = 10_000) -> 
     seen: dict[str, WorkItem] = {}
     for sha, path in session.execute(query):
         seen.setdefault(sha, WorkItem(path=path, sha256=sha))
+    return list(seen.values())
+
+
+def queued_items(session: Session, hashes: Iterable[str]) -> list[WorkItem]:
+    """The work items of those of ``hashes`` still queued (a dead worker held them)."""
+    seen: dict[str, WorkItem] = {}
+    for part in chunked(sorted(hashes), CHUNK):
+        query = (
+            select(Image.sha256, ImagePath.path)
+            .join(ImagePath, ImagePath.image_id == Image.id)
+            .where(Image.status == ImageStatus.QUEUED, Image.sha256.in_(part))
+            .order_by(Image.id, ImagePath.last_seen_at.desc(), ImagePath.id.desc())
+        )
+        for sha, path in session.execute(query):
+            seen.setdefault(sha, WorkItem(path=path, sha256=sha))
     return list(seen.values())
 
 

@@ -35,7 +35,7 @@ NO_MODEL_YET = "none yet: a classify worker registers the base model when it sta
 # (flag, Settings field, click type, help). Unset flags leave env/.env/defaults in force.
 _OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--data-dir", "data_dir", click.Path(path_type=Path), "Data directory (DB, models, Redis)."),
-    ("--inbox", "inbox", click.Path(path_type=Path), "Folder to watch."),
+    ("--inbox", "inbox", str, "Folder to watch, or s3://bucket/prefix (a bucket)."),
     ("--labeled-dir", "labeled_dir", click.Path(path_type=Path), "Labeled training folders."),
     ("--database-url", "database_url", str, "SQLAlchemy URL (default: SQLite in data dir)."),
     ("--redis-url", "redis_url", str, "Redis URL (default for `up`: a private Redis)."),

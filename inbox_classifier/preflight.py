@@ -49,7 +49,7 @@ def folder_problem(path: Path, writable: bool) -> str | None:
 
 def check_folders(settings: Settings, *, inbox: bool = False, labeled: bool = False) -> None:
     folders: list[tuple[str, Path, bool]] = [("DATA_DIR", settings.data_dir, True)]
-    if inbox:
+    if inbox and settings.inbox_bucket is None:
         folders.append(("INBOX", settings.inbox, False))
     if labeled:
         folders.append(("LABELED_DIR", settings.labeled_path, True))
@@ -63,9 +63,33 @@ def check_layout(settings: Settings) -> None:
     """The inbox holds nothing of the system's own (:mod:`contract.layout`)."""
     from contract.layout import inbox_overlap
 
+    if settings.inbox_bucket is not None:
+        check_bucket(settings)
+        return
     problem = inbox_overlap(settings)
     if problem is not None:
         raise Misconfigured("INBOX", settings.inbox, problem)
+
+
+def check_bucket(settings: Settings) -> None:
+    """A bucket inbox answers a listing with these credentials, or the command stops saying
+    why (no such bucket, refused, unreachable) and how to point it elsewhere."""
+    from contract.failures import Unusable
+    from objectstore.inbox import store_for
+    from objectstore.store import StoreUnavailable
+
+    store = store_for(settings)
+    assert store is not None
+    try:
+        store.probe()
+    except (StoreUnavailable, Unusable) as exc:
+        endpoint = settings.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        raise Misconfigured(
+            "INBOX",
+            settings.inbox_bucket,
+            f"{exc} (endpoint {endpoint}; set S3_ENDPOINT_URL or AWS_ENDPOINT_URL, and the "
+            "credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws)",
+        ) from None
 
 
 def check_urls(settings: Settings) -> None:

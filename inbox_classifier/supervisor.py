@@ -121,12 +121,10 @@ def run_pipeline(
 ) -> int:
     check_layout(settings)
     check_folders(settings, inbox=True, labeled=True)
-    settings = settings.model_copy(
-        update={
-            "data_dir": settings.data_dir.resolve(),
-            "inbox": settings.inbox.resolve(),
-        }
-    )
+    resolved = {"data_dir": settings.data_dir.resolve()}
+    if settings.inbox_bucket is None:
+        resolved["inbox"] = settings.inbox.resolve()
+    settings = settings.model_copy(update=resolved)
     check_database(settings)
     check_redis(settings)
     check_device_visible(settings, visible_gpus() if settings.device != "cpu" else [])
@@ -267,7 +265,7 @@ def _supervise(
         log.info(
             "ready in %.1f s: drop images into %s%s",
             time.monotonic() - started,
-            settings.inbox,
+            settings.inbox_shown,
             where,
         )
 
@@ -305,7 +303,7 @@ def _announce(settings: Settings, children: list[Child], output: ChildOutput) ->
     log.info("metrics: %s", ", ".join(served))
     log.info(
         "watching %s; results in %s; logs in %s (%s)",
-        settings.inbox,
+        settings.inbox_shown,
         make_url(settings.db_url).render_as_string(hide_password=True),
         output.log_dir,
         ", ".join(output.log_path(name).name for name in ["up", *(c.name for c in children)]),

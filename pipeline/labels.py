@@ -20,7 +20,8 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract.files import FileGone, FileRefused, read_from_inbox
+from contract.failures import Unusable
+from contract.files import FileGone, FileRefused
 from contract.labeled import label_problem, normalized_label
 from contract.messages import RetrainRequest, Trigger
 from contract.settings import Settings
@@ -28,6 +29,9 @@ from db import labels, runs
 from db.engine import transaction
 from db.models import ImageStatus
 from imaging.formats import sniff
+from objectstore.inbox import read_image, store_for
+from objectstore.labeled import copy_label, drop_label
+from objectstore.store import StoreUnavailable
 from pipeline import retrain
 from pipeline.classes import known_class_names, new_class_problem
 from pipeline.errors import Problem, UseCaseError
@@ -100,7 +104,7 @@ def _label_locked(
             "this image failed (it could not be decoded), so it cannot be a training example",
         )
     try:
-        found = read_from_inbox(str(settings.inbox), image.paths, sha256, settings.file_byte_limit)
+        found = read_image(settings, image.paths, sha256)
     except (FileGone, FileRefused) as exc:
         raise LabelError(Problem.CONFLICT, f"cannot be used for training: {exc}") from None
     kind = sniff(found.data)
@@ -121,6 +125,7 @@ def _label_locked(
             remove(target, settings.labeled_path)
         raise
     follow_ledger(settings.labeled_path, sha256, keep=target)
+    _follow_in_bucket(settings, sha256, image.human_label, (found.path, label, kind.extension))
     return Labeled(sha256, label, target, run_id), run_id
 
 
@@ -136,7 +141,30 @@ def remove_label(settings: Settings, sessions: sessionmaker[Session], sha256: st
                 raise LabelError(Problem.NOT_FOUND, "this image has no human label to undo")
             labels.clear_label(session, image)
         follow_ledger(settings.labeled_path, sha256, keep=None)
+        _follow_in_bucket(settings, sha256, image.human_label, None)
     return Labeled(sha256, None, None)
+
+
+def _follow_in_bucket(
+    settings: Settings, sha256: str, before: str | None, now: tuple[str, str, str] | None
+) -> None:
+    """With the inbox in a bucket, the bucket's ``labeled/`` follows the ledger too
+    (:mod:`objectstore.labeled`): the copy under the class it had goes, a server-side copy
+    under the new one (``now``: source path, label, extension) comes. The store being away
+    costs the bucket's copy (the trainer of another host misses it), never the label."""
+    store = store_for(settings)
+    if store is None:
+        return
+    try:
+        if before is not None and (now is None or now[1] != before):
+            drop_label(store, before, sha256)
+        if now is not None:
+            source, label, extension = now
+            key = store.location.key_of(source)
+            if key is not None:
+                copy_label(store, key, label, sha256, extension)
+    except (StoreUnavailable, Unusable) as exc:
+        log.warning("the bucket's labeled/ copy of %s did not follow its label: %s", sha256, exc)
 
 
 def _send_labels_run(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract.files import FileGone, FileRefused, read_from_inbox
+from contract.files import FileGone, FileRefused
 from contract.settings import Settings
 from db import labels, near
 from db import suspects as labeled_store
@@ -32,6 +32,7 @@ from imaging.perceptual import (
     distances,
     groups,
 )
+from objectstore.inbox import read_image
 from pipeline.errors import Problem, UseCaseError
 
 STATE_FILE = "near_duplicates.json"
@@ -112,9 +113,7 @@ def _threshold(
             if target is None:
                 continue
             try:
-                found = read_from_inbox(
-                    str(settings.inbox), target.paths, shas[i], settings.file_byte_limit
-                )
+                found = read_image(settings, target.paths, shas[i])
             except (FileGone, FileRefused):
                 continue
             samples.append(found.data)

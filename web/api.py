@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from broker.app import NoBroker
 from contract.clock import iso
 from contract.failures import FailureKind
-from contract.files import FileGone, FileRefused, read_from_inbox
+from contract.files import FileGone, FileRefused
 from contract.filters import ResultFilters
 from db import browse, labels, ledger
 from db.browse import BadCursor, Sort
@@ -21,6 +21,7 @@ from db.engine import transaction
 from db.queries import ledger_status
 from imaging.decode import BadImage
 from imaging.formats import sniff
+from objectstore.inbox import read_image
 from pipeline.enqueue import PartlySent, enqueue
 from web import schemas
 from web.api_edge import (
@@ -143,9 +144,7 @@ def _inbox_bytes(web: WebState, sha256: str) -> bytes:
     if target is None:
         raise HTTPException(404, f"no image with content hash {sha256}")
     try:
-        return read_from_inbox(
-            str(web.settings.inbox), target.paths, sha256, web.settings.file_byte_limit
-        ).data
+        return read_image(web.settings, target.paths, sha256).data
     except FileGone as exc:
         raise HTTPException(410, str(exc)) from None
     except FileRefused as exc:

@@ -23,7 +23,7 @@ from db.versions import RealModelsHere
 from worker.classify.model_holder import register_base_model
 from worker.model import modelzoo
 from worker.model.layout import worker_concurrency
-from worker.tasks import create_worker_app
+from worker.tasks import create_worker_app, runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,10 @@ def run_worker(
     alive = threading.Event()
     assert settings.redis_url  # the CLI filled it in (require_broker)
     # Its key in Redis says it is alive (status, the reconciler); Celery expands %h itself.
-    heartbeat.beat(
-        settings.redis_url, node.replace("%h", socket.gethostname()), sorted(queues), alive
-    )
+    node_name = node.replace("%h", socket.gethostname())
+    holdings = heartbeat.Holdings(settings.redis_url, node_name)
+    runtime_of(app).holdings = holdings
+    heartbeat.beat(settings.redis_url, node_name, sorted(queues), alive, holdings)
     with running.recorded(settings, "worker-" + "+".join(sorted(queues))):
         try:
             _serve(app, concurrency, wanted, node)

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    task_received,
+    task_revoked,
+    worker_init,
+    worker_ready,
+    worker_shutdown,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.app import make_celery
+from broker.heartbeat import Holdings
 from contract import events
 from contract.backoff import backoff_delay
 from contract.messages import BadMessage, decode_classify
@@ -39,6 +48,9 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._sessions = LazySessions(settings.db_url)
         self._batcher: BatchEngine | None = None
+        # Messages received (prefetched included) and not finished: task id -> hashes.
+        self._received: dict[str, frozenset[str]] = {}
+        self.holdings: Holdings | None = None  # said in Redis (worker.main sets it)
         self.metrics = WorkerMetrics()
 
     def sessions(self) -> sessionmaker[Session]:
@@ -53,11 +65,28 @@ class WorkerRuntime:
             return self._batcher
 
     def in_flight(self) -> frozenset[str]:
-        """Hashes of the images this worker holds (received, not yet committed); none before
-        its first classify task (the model is not loaded for this)."""
+        """Hashes of the images this worker holds: in messages it received (waiting in its
+        prefetch or running) and in its batches, not yet committed."""
         with self._lock:
             batcher = self._batcher
-        return batcher.in_flight() if batcher is not None else frozenset()
+            received = frozenset().union(*self._received.values())
+        return received | (batcher.in_flight() if batcher is not None else frozenset())
+
+    def received(self, message: str, payload: Any) -> None:
+        try:
+            hashes = frozenset(item.sha256 for item in decode_classify(payload))
+        except BadMessage:
+            return  # the task drops it, saying so
+        with self._lock:
+            self._received[message] = hashes
+        if self.holdings is not None:
+            self.holdings.add(hashes)
+
+    def finished(self, message: str) -> None:
+        with self._lock:
+            hashes = self._received.pop(message, frozenset())
+        if self.holdings is not None:
+            self.holdings.remove(hashes)
 
     def close(self) -> None:
         with self._lock:
@@ -126,12 +155,39 @@ def register_tasks(app: Celery, settings: Settings) -> WorkerRuntime:
     def _close(**_: Any) -> None:
         runtime.close()
 
+    # What the heartbeat says this worker holds (broker.heartbeat): from the moment a message
+    # arrives (prefetched, not started) until its task ends, retries included.
+    # From a message's arrival to its task's end (a retry is a new message of the same task).
+    @task_received.connect(weak=False)
+    def _received(request: Any = None, **_: Any) -> None:
+        if request is not None and request.name == TASK_CLASSIFY and request.args:
+            runtime.received(request.id, request.args[0])
+
+    @task_postrun.connect(weak=False)
+    def _finished(task: Any = None, **_: Any) -> None:
+        if task is not None:
+            runtime.finished(task.request.id)
+
+    @task_revoked.connect(weak=False)
+    def _revoked(request: Any = None, **_: Any) -> None:
+        if request is not None:
+            runtime.finished(request.id)
+
     return runtime
+
+
+#: Each worker app's runtime (the heartbeat reads what it holds).
+_RUNTIMES: weakref.WeakKeyDictionary[Celery, WorkerRuntime] = weakref.WeakKeyDictionary()
 
 
 def create_worker_app(settings: Settings) -> Celery:
     """The app as a worker runs it: classify/reconcile tasks, and the retrain task."""
     app = make_celery(settings)
-    register_tasks(app, settings)
+    _RUNTIMES[app] = register_tasks(app, settings)
     register_training_task(app, settings)
     return app
+
+
+def runtime_of(app: Celery) -> WorkerRuntime:
+    """The runtime :func:`create_worker_app` gave ``app``."""
+    return _RUNTIMES[app]

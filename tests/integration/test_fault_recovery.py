@@ -24,6 +24,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from broker import heartbeat
 from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.models import Image, ImageStatus
@@ -131,6 +132,56 @@ def test_worker_killed_mid_batch_every_image_done_exactly_once_within_bound(
     assert len(recovered) == len(in_flight)
     assert t_all <= bound, f"recovery took {t_all:.1f}s, over the bound {bound:.1f}s"
     assert max_attempts_seen(session_factory) <= s.max_attempts
+
+
+@pytest.mark.slow
+def test_a_dead_workers_images_are_re_sent_once_its_heartbeat_lapses(
+    settings: Settings, session_factory, tmp_path: Path
+) -> None:
+    """What a worker said it held (broker.heartbeat) is re-sent as soon as its heartbeat
+    lapses, long before REQUEUE_AFTER_S; the rest of what it had (a message the broker handed
+    over in the instant before the kill, not yet taken in) waits for REQUEUE_AFTER_S."""
+    requeue_after = 45.0
+    s = fast_recovery(settings, requeue_after_s=requeue_after)
+    total = 300
+    paths = write_images(tmp_path / "inbox-files", total)
+    logs = tmp_path / "logs"
+    client = redis.Redis.from_url(s.redis_url or "")
+    with roles() as started:
+        started.append(first := start_worker(s, logs, "worker1"))
+        started.append(start_beat(s, logs))
+        enqueue(s, session_factory, paths)
+        wait_for(lambda: status_counts(session_factory)["done"] >= 40, 120,
+                 lambda: "40 done\n" + first.tail())
+        first.kill9()
+        killed_at = datetime.now(UTC)
+        t_kill = time.monotonic()
+        said = {
+            m.decode()
+            for key in client.scan_iter(match=heartbeat.HELD_PREFIX + "*")
+            for m in client.smembers(key)
+        }
+        in_flight = unacked_hashes(s.redis_url or "")
+        assert said and in_flight, "the kill did not land mid-batch (nothing was held)"
+        started.append(second := start_worker(s, logs, "worker2"))
+        fast = heartbeat.TTL_S + RECONCILE_INTERVAL_S + 15.0  # + a worker start, processing
+        wait_for(lambda: len(classified_at(session_factory, said)) == len(said), fast,
+                 lambda: f"what it said it held\n{status_counts(session_factory)}")
+        said_recovered_s = max(
+            (t - killed_at).total_seconds() for t in classified_at(session_factory, said)
+        )
+        bound = requeue_after + RECONCILE_INTERVAL_S + 15.0
+        wait_for(lambda: status_counts(session_factory)["queued"] == 0, bound,
+                 lambda: f"all done\n{status_counts(session_factory)}\n{second.tail()}")
+        t_all = time.monotonic() - t_kill
+        time.sleep(RECONCILE_INTERVAL_S + 1)  # a late duplicate delivery would land now
+        assert "stopped answering: re-sent" in second.log.read_text(errors="replace")
+    client.close()
+    assert_exactly_once(session_factory, total)
+    report("kill -9, heartbeat lapse", images=total, held_said=len(said),
+           unacked_at_kill=len(in_flight), said_recovered_s=said_recovered_s, all_done_s=t_all,
+           requeue_after_s=requeue_after)
+    assert said_recovered_s < requeue_after
 
 
 @pytest.mark.slow

@@ -31,13 +31,13 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract import events
-from contract.files import read_bounded, verify
+from contract.files import verify
 from contract.messages import WorkItem
-from contract.paths import from_ledger
 from contract.records import Classified, Failed
 from contract.settings import Settings
 from imaging.decode import decode
 from imaging.perceptual import hash_side, phash
+from objectstore.inbox import read_item
 from worker.classify import jobs
 from worker.classify.batch_decode import Encoded, assemble, device_decode_wanted, prepare, stack_on
 from worker.classify.batch_stats import BatchStats
@@ -125,7 +125,7 @@ class BatchEngine:
         started, t0 = time.monotonic(), time.thread_time()
         t1 = t2 = None
         try:
-            data = read_bounded(from_ledger(item.path), self._settings.file_byte_limit)
+            data = read_item(self._settings, item.path)  # a file, or an object by GET
             t1 = time.thread_time()
             verify(data, item.sha256)
             t2 = time.thread_time()

@@ -15,9 +15,10 @@ import redis
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker import heartbeat
 from contract.settings import Settings
 from db.engine import transaction
-from db.ledger import count_attempt, fail_orphans, find_stuck
+from db.ledger import count_attempt, fail_orphans, find_stuck, queued_items
 from pipeline.enqueue import enqueue
 
 log = logging.getLogger(__name__)
@@ -42,21 +43,37 @@ def reconcile(
     if not lock.acquire(blocking=False):
         return 0
     try:
+        # Workers whose heartbeat lapsed: what they held is re-sent now, not REQUEUE_AFTER_S
+        # after it was sent (broker.heartbeat).
+        gone = heartbeat.orphaned_holds(client)
         with transaction(sessions) as session:
             # Queued content whose only path now holds other bytes can never be read again.
             fail_orphans(session, timedelta(seconds=settings.requeue_after_s))
             held = in_flight()
+            orphaned = queued_items(session, set().union(*gone.values()) - held)
+            taken = {w.sha256 for w in orphaned}
             stuck = [
                 w
                 for w in find_stuck(session, timedelta(seconds=settings.requeue_after_s))
-                if w.sha256 not in held
+                if w.sha256 not in held and w.sha256 not in taken
             ]
-            keep = set(count_attempt(session, [w.sha256 for w in stuck], settings.max_attempts))
-        items = [w for w in stuck if w.sha256 in keep]
-        if not items:
-            return 0
-        enqueue(app, sessions, items, settings.files_per_message)
-        log.warning("re-sent %d stuck image(s) from the ledger", len(items))
+            candidates = [*orphaned, *stuck]
+            keep = set(
+                count_attempt(session, [w.sha256 for w in candidates], settings.max_attempts)
+            )
+        items = [w for w in candidates if w.sha256 in keep]
+        if items:
+            enqueue(app, sessions, items, settings.files_per_message)
+        for node in gone:
+            heartbeat.release(client, node)
+        if orphaned:
+            log.warning(
+                "%s stopped answering: re-sent %d image(s) it held",
+                ", ".join(sorted(gone)),
+                len(orphaned),
+            )
+        if len(items) > len(orphaned):
+            log.warning("re-sent %d stuck image(s) from the ledger", len(items) - len(orphaned))
         return len(items)
     finally:
         with contextlib.suppress(redis.exceptions.LockError):

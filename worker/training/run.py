@@ -31,6 +31,7 @@ from contract.settings import Settings
 from db import labels, runs, suspects, versions
 from db.engine import LazySessions, transaction
 from db.models import RunStatus
+from objectstore.labeled import mirror_for
 from worker.training.adapt import adapt_to_data
 from worker.training.backfill import backfill
 from worker.training.batches import DecodedCache
@@ -191,6 +192,7 @@ class _Run:
         """List labeled/ (stat only): enough to know the data did not change."""
         s, rec = self.s, self.rec
         rec.phase("scanning", labeled=str(s.labeled_path))
+        mirror_for(s)  # a bucket inbox: its labeled/ first (objectstore.labeled)
         if rec.trigger == Trigger.SCHEDULE and not has_class_dirs(s.labeled_path):
             # Nobody labels anything here (yet): an hourly 'failed' would only be noise.
             return rec.finish(RunStatus.SKIPPED, f"no labeled class folders in {s.labeled_path}")
