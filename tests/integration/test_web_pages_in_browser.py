@@ -410,7 +410,9 @@ def test_no_page_is_wider_than_its_viewport_at_1280_and_390_px(
                     expect(page.locator("input[name=label]").first).to_be_visible()
                     # Review: the model's choices are on the first screen.
                     page.goto(f"{base}/review")
-                    box = page.locator("#topk li").first.bounding_box()
+                    first_choice = page.locator("#topk li").first
+                    first_choice.wait_for(state="visible")  # the page's script fills it in
+                    box = first_choice.bounding_box()
                     assert box is not None and box["y"] + box["height"] <= NARROW[1], box
                 else:
                     page.goto(f"{base}/models?version={ids['version']}")

@@ -150,10 +150,20 @@ def test_files_queued_behind_a_running_batch_are_batched_together(
     engine.submit(warm).result(timeout=120)  # the model is loaded
     wait_until(lambda: engine.last_stats is not None, 10, "the warm-up's busy period to end")
     warm_stats = engine.last_stats
-    # One message starts a batch on the idle model; two more arrive while that batch runs.
+    # One message starts a batch on the idle model; two more arrive while that batch runs
+    # (held in the model until they have: a small batch can end within a poll interval).
+    classifier = engine._holder.current()
+    release, score = threading.Event(), classifier.score
+
+    def held_score(*args, **kwargs):  # type: ignore[no-untyped-def]
+        release.wait(10)
+        return score(*args, **kwargs)
+
+    classifier.score = held_score  # type: ignore[method-assign]
     jobs = [engine.submit(first)]
     wait_until(lambda: len(engine._queue) == 0, 10, "the first batch to start")
     jobs += [engine.submit(second), engine.submit(third)]
+    release.set()
     for job in jobs:
         job.result(timeout=60)
     wait_until(lambda: engine.last_stats is not warm_stats, 10, "the busy period to end")
