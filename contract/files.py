@@ -5,10 +5,11 @@ app and labeling all read through here."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from contract.failures import FailureKind, Unusable
@@ -116,19 +117,34 @@ def read_from_inbox(inbox: str, paths: Sequence[str], sha256: str, max_bytes: in
     symlinks), is a regular file of at most ``max_bytes`` and still has content ``sha256``.
     Raises :class:`FileRefused` when the file is there but too large, else :class:`FileGone`."""
     root = os.path.realpath(inbox)
-    refused: Unusable | None = None
+    readers = []
     for path in paths:
         real = os.path.realpath(from_ledger(path))
-        if not inside(real, root):
-            continue
+        if inside(real, root):
+            readers.append((path, functools.partial(read_bounded, real, max_bytes)))
+    return first_with_content(
+        readers,
+        sha256,
+        gone="the image's file is no longer in the inbox with this content (moved, deleted or "
+        "changed since it was classified)",
+    )
+
+
+def first_with_content(
+    readers: Iterable[tuple[str, Callable[[], bytes]]], sha256: str, gone: str
+) -> InboxFile:
+    """The first of ``readers`` (a ledger path and how to read it, bounded) whose bytes have
+    content ``sha256``. Raises :class:`FileRefused` when one was there but too large, else
+    :class:`FileGone` saying ``gone``."""
+    refused: Unusable | None = None
+    for path, read in readers:
         try:
-            return InboxFile(path, read_verified(real, sha256, max_bytes))
+            data = read()
+            verify(data, sha256)
+            return InboxFile(path, data)
         except Unusable as exc:
             if exc.kind is FailureKind.TOO_LARGE:
                 refused = exc
     if refused is not None:
         raise FileRefused(refused.reason)
-    raise FileGone(
-        "the image's file is no longer in the inbox with this content (moved, deleted or "
-        "changed since it was classified)"
-    )
+    raise FileGone(gone)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from contract.bucket import BucketLocation, is_object_url
 from contract.failures import FailureKind, Unusable
-from contract.files import FileGone, FileRefused, InboxFile, read_bounded, read_from_inbox, verify
+from contract.files import InboxFile, first_with_content, read_bounded, read_from_inbox
 from contract.paths import from_ledger
 from contract.settings import Settings
 from objectstore.store import ObjectStore
@@ -47,20 +47,14 @@ def read_image(settings: Settings, paths: Sequence[str], sha256: str) -> InboxFi
     ``paths`` that still holds content ``sha256``. Raises FileRefused or FileGone."""
     if settings.inbox_bucket is None:
         return read_from_inbox(str(settings.inbox), paths, sha256, settings.file_byte_limit)
-    refused: Unusable | None = None
-    for path in paths:
-        if not is_object_url(path):
-            continue
-        try:
-            data = read_item(settings, path)
-            verify(data, sha256)
-            return InboxFile(path, data)
-        except Unusable as exc:
-            if exc.kind is FailureKind.TOO_LARGE:
-                refused = exc
-    if refused is not None:
-        raise FileRefused(refused.reason)
-    raise FileGone(
-        "the image's object is no longer in the bucket with this content (deleted or "
-        "overwritten since it was classified, or the store is unreachable)"
+    readers = [
+        (path, functools.partial(read_item, settings, path))
+        for path in paths
+        if is_object_url(path)
+    ]
+    return first_with_content(
+        readers,
+        sha256,
+        gone="the image's object is no longer in the bucket with this content (deleted or "
+        "overwritten since it was classified, or the store is unreachable)",
     )
