@@ -44,6 +44,8 @@ class RedisServer:
 
     directory: Path
     port: int = 0
+    # The address it listens on (tests across network namespaces listen on a veth address).
+    host: str = "127.0.0.1"
     persist: bool = True
     # Its own session: a Ctrl-C on the terminal (SIGINT to the whole foreground group) must
     # not stop the broker before the workers have finished and disconnected; `up` stops it last.
@@ -55,7 +57,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ class RedisServer:
         args = [
             redis_server_binary(),
             "--bind",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--dir",

@@ -42,8 +42,12 @@ def log_tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str],
-             every: float = 0.05) -> float:
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str | Callable[[], str],
+    every: float = 0.05,
+) -> float:
     """Poll ``condition`` until true; returns the seconds it took. ``what`` may be a callable
     (evaluated only on timeout, e.g. to attach a log tail)."""
     start = time.monotonic()
@@ -80,16 +84,27 @@ class Role:
         return stop(self.process, timeout=timeout)
 
 
-def start_role(settings: Settings, logs: Path, name: str, *args: str) -> Role:
+def start_role(
+    settings: Settings, logs: Path, name: str, *args: str, prefix: Sequence[str] = ()
+) -> Role:
+    """``prefix`` runs it through another command (``ip netns exec <host>``: another host)."""
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
-    return Role(name, cli(settings, *args, log=log), log)
+    return Role(name, cli(settings, *args, log=log, prefix=prefix), log)
 
 
-def start_worker(settings: Settings, logs: Path, name: str = "worker", ready: bool = True,
-                 timeout: float = 90) -> Role:
+def start_worker(
+    settings: Settings,
+    logs: Path,
+    name: str = "worker",
+    ready: bool = True,
+    timeout: float = 90,
+    prefix: Sequence[str] = (),
+) -> Role:
     """`inbox-classifier worker`; by default waits until Celery says it is ready."""
-    role = start_role(settings, logs, name, "worker", "--name", f"{name}.{os.getpid()}@test")
+    role = start_role(
+        settings, logs, name, "worker", "--name", f"{name}.{os.getpid()}@test", prefix=prefix
+    )
     if ready:
         wait_worker_ready(role, timeout)
     return role
@@ -98,8 +113,9 @@ def start_worker(settings: Settings, logs: Path, name: str = "worker", ready: bo
 def wait_worker_ready(role: Role, timeout: float = 90) -> float:
     def ready() -> bool:
         if not role.alive():
-            raise AssertionError(f"{role.name} exited with {role.process.returncode}\n"
-                                 + role.tail())
+            raise AssertionError(
+                f"{role.name} exited with {role.process.returncode}\n" + role.tail()
+            )
         return " ready." in log_tail(role.log, 100_000)
 
     return wait_for(ready, timeout, lambda: f"{role.name} ready\n{role.tail()}", every=0.1)
@@ -124,8 +140,12 @@ def roles() -> Iterator[list[Role]]:
 # --- the ledger and the queue ------------------------------------------------------------------
 
 
-def enqueue(settings: Settings, sessions: sessionmaker[Session], paths: Sequence[Path],
-            files_per_message: int | None = None) -> list[WorkItem]:
+def enqueue(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    paths: Sequence[Path],
+    files_per_message: int | None = None,
+) -> list[WorkItem]:
     """Do what the watcher does for ``paths``: record, send, mark sent."""
     from broker.app import make_celery
     from broker.send import send_classify

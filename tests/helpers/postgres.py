@@ -1,10 +1,10 @@
 """A real, throwaway PostgreSQL server for tests.
 
 ``PostgresServer`` runs ``initdb`` and ``pg_ctl`` from the installed PostgreSQL (Debian puts them
-in /usr/lib/postgresql/<version>/bin) in a temporary directory, listening on 127.0.0.1 only, on a
-free port, with its unix socket in that directory too. PostgreSQL refuses to run as root: when
-the tests run as root, the server runs as the ``postgres`` OS user (``runuser``) and the
-directory is handed to that user.
+in /usr/lib/postgresql/<version>/bin) in a temporary directory, listening on 127.0.0.1 only (or
+the ``host`` given, for tests across network namespaces), on a free port, with its unix socket
+in that directory too. PostgreSQL refuses to run as root: when the tests run as root, the
+server runs as the ``postgres`` OS user (``runuser``) and the directory is handed to that user.
 
 The app connects the way a deployment does: over TCP, with a password (scram-sha-256), as a
 non-superuser role that owns its database. ``restart()``, ``stop()`` and ``start()`` keep the
@@ -91,6 +91,8 @@ class PostgresServer:
         user: str = "inbox",
         database: str = "inbox",
         os_user: str | None = None,
+        host: str = "127.0.0.1",
+        clients: str | None = None,
     ) -> None:
         for name in (user, database):
             if not _NAME.match(name):
@@ -105,6 +107,8 @@ class PostgresServer:
         self.password = secrets.token_hex(12)
         self.superuser_password = secrets.token_hex(12)
         self.port = 0
+        self.host = host  # where it listens (and clients connect); loopback unless told
+        self.clients = clients  # a network (CIDR) whose hosts may log in, besides loopback
         self._as_root = os.geteuid() == 0
         self.os_user = os_user or (_server_os_user() if self._as_root else None)
         self._initialized = False
@@ -116,7 +120,7 @@ class PostgresServer:
     def url(self, database: str | None = None) -> str:
         """SQLAlchemy URL for the app role (psycopg 3 driver)."""
         db = database or self.database
-        return f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
+        return f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/{db}"
 
     def dsn(self, database: str | None = None, *, superuser: bool = False) -> str:
         """libpq connection string, for psycopg directly."""
@@ -124,7 +128,7 @@ class PostgresServer:
             (self.superuser, self.superuser_password) if superuser else (self.user, self.password)
         )
         return (
-            f"host=127.0.0.1 port={self.port} dbname={database or self.database} "
+            f"host={self.host} port={self.port} dbname={database or self.database} "
             f"user={user} password={password} connect_timeout=5"
         )
 
@@ -296,7 +300,7 @@ class PostgresServer:
             "\n".join(
                 [
                     f"port = {self.port}",
-                    "listen_addresses = '127.0.0.1'",
+                    f"listen_addresses = '{self.host}'",
                     f"unix_socket_directories = '{self.socket_dir}'",
                     "max_connections = 200",
                     # Durability against OS crashes is not what these tests are about; a
@@ -310,6 +314,11 @@ class PostgresServer:
             )
         )
         self._give_to_server_user(conf)
+        if self.clients:
+            hba = self.data_dir / "pg_hba.conf"
+            line = f"host all all {self.clients} scram-sha-256"
+            if line not in hba.read_text():
+                hba.write_text(hba.read_text() + f"\n{line}\n")
         main = self.data_dir / "postgresql.conf"
         text = main.read_text()
         if "include_if_exists = 'inbox_test.conf'" not in text:

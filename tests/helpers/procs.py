@@ -6,20 +6,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from contract.settings import Settings
 
 
-def cli(settings: Settings, *args: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+def cli(
+    settings: Settings, *args: str, log: Path, prefix: Sequence[str] = (), **env: str
+) -> subprocess.Popen[bytes]:
+    """``prefix`` runs it through another command, e.g. ``ip netns exec <host>``."""
     child_env = settings.with_env()
     child_env.update(env)
     child_env["PYTHONUNBUFFERED"] = "1"
     handle = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     return subprocess.Popen(
-        [sys.executable, "-m", "inbox_classifier", *args],
+        [*prefix, sys.executable, "-m", "inbox_classifier", *args],
         env=child_env,
         stdout=handle,
         stderr=subprocess.STDOUT,
