@@ -8,8 +8,9 @@ For each inbox a warm ``up`` (SQLite), then ``--runs`` bursts of fresh 60 KiB JP
 into the folder, written by ``--writers`` threads (temporary name, then a rename); into the
 bucket, PUT by as many threads. Timed from the first write to the last row committed; then
 how many rows and predictions there are per content (nothing lost, none twice), and the
-discovery latency of single objects (written, then found) with the listing alone. The last
-line printed is one JSON object.
+discovery latency of single objects (written, then found): with the listing alone, and with
+SeaweedFS's filer notifying the watcher (``BUCKET_EVENTS_LISTEN``). The last line printed is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bench.harness import cpu_model, rmtree
 from bench.pipeline import Pipeline
 from bench.plumbing import jpeg_like
 from db.models import Image, ImagePath, ImageStatus, Prediction
+from inbox_classifier.redis_server import free_port
 from tests.helpers.object_store import SeaweedServer
 
 SIZE = 60 * 1024
@@ -116,57 +118,106 @@ def _discovery(pipeline: Pipeline, put: Callable[[str, bytes], None], samples: i
     return latencies
 
 
+MODES = {
+    "folder": "write, rename",
+    "bucket": "PUT, list, GET to hash, GET to classify",
+    "bucket_notified": "as bucket, and SeaweedFS's webhook to the watcher",
+}
+
+
+def _run_mode(mode: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One warm ``up`` for ``mode``: its bursts, and for a bucket the discovery latency."""
+    env = {"INBOX_CLASSIFIER_INFERENCE_BACKEND": "null", "INBOX_CLASSIFIER_QUIET_PERIOD_S": "1"}
+    weed, url = None, None
+    if mode != "folder":
+        port = free_port()
+        notified = mode == "bucket_notified"
+        weed = SeaweedServer(
+            work / f"weed-{mode}", webhook=f"http://127.0.0.1:{port}/" if notified else None
+        )
+        weed.start()
+        weed.client().create_bucket(Bucket=BUCKET)
+        env |= weed.environment()
+        if notified:
+            env["INBOX_CLASSIFIER_BUCKET_EVENTS_LISTEN"] = f"127.0.0.1:{port}"
+        url = f"s3://{BUCKET}/{PREFIX}"
+    pipeline = Pipeline(work / mode, "resnet18", "cpu", settings_env=env, inbox_url=url)
+    writer = Writer(pipeline.inbox, weed.client() if weed else None)
+    try:
+        pipeline.start([], rounds=0, expect_compile=False)
+        runs = []
+        for run in range(args.runs):
+            writer.round = run + 1
+            runs.append(_burst(pipeline, writer.write, args.objects, run + 1, args.writers))
+            print(mode, json.dumps(runs[-1]), flush=True)
+        figures: dict[str, Any] = {
+            "what": MODES[mode],
+            "runs": runs,
+            "per_s": statistics.median(r["per_s"] for r in runs),
+        }
+        if weed is not None:
+            lat = sorted(_discovery(pipeline, writer.put, args.discovery_samples))
+            figures["discovery_s"] = {
+                "p50": round(statistics.median(lat), 2),
+                "max": round(lat[-1], 2),
+                "list_interval_s": 2.0,
+            }
+            print(mode, "discovery", json.dumps(figures["discovery_s"]), flush=True)
+        return figures
+    finally:
+        pipeline.stop()
+        if weed is not None:
+            weed.stop()
+
+
+def _store_alone(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The store's own intake on this machine, nothing else running: the same burst's PUTs
+    into a fresh SeaweedFS. No bucket inbox on the same cores can move faster than this."""
+    weed = SeaweedServer(work / "weed-alone")
+    weed.start()
+    try:
+        s3 = weed.client()
+        s3.create_bucket(Bucket=BUCKET)
+        files = [jpeg_like(i, SIZE, 90_000) for i in range(args.objects)]
+        started = time.monotonic()
+        with ThreadPoolExecutor(args.writers) as pool:
+            list(
+                pool.map(
+                    lambda i: s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}{i:06d}", Body=files[i]),
+                    range(args.objects),
+                )
+            )
+        seconds = time.monotonic() - started
+    finally:
+        weed.stop()
+    figures = {"objects": args.objects, "seconds": round(seconds, 2)}
+    figures["per_s"] = round(args.objects / seconds, 1)
+    print("store_alone", json.dumps(figures), flush=True)
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--discovery-samples", type=int, default=20)
+    parser.add_argument("--modes", default=",".join(MODES), help="of " + ", ".join(MODES))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-bucket-"))
-    weed = SeaweedServer(work / "weed")
-    weed.start()
     out: dict[str, Any] = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d")}
     try:
-        s3 = weed.client()
-        s3.create_bucket(Bucket=BUCKET)
-        base = {
-            "INBOX_CLASSIFIER_INFERENCE_BACKEND": "null",
-            "INBOX_CLASSIFIER_QUIET_PERIOD_S": "1",
-        }
-        for mode in ("folder", "bucket"):
-            env = dict(base)
-            url = None
-            if mode == "bucket":
-                env |= weed.environment()
-                url = f"s3://{BUCKET}/{PREFIX}"
-            pipeline = Pipeline(work / mode, "resnet18", "cpu", settings_env=env, inbox_url=url)
-            writer = Writer(pipeline.inbox, s3 if mode == "bucket" else None)
-            try:
-                pipeline.start([], rounds=0, expect_compile=False)
-                runs = []
-                for run in range(args.runs):
-                    writer.round = run + 1
-                    runs.append(_burst(pipeline, writer.write, args.objects, run + 1, args.writers))
-                    print(mode, json.dumps(runs[-1]), flush=True)
-                figures: dict[str, Any] = {
-                    "runs": runs,
-                    "per_s": statistics.median(r["per_s"] for r in runs),
-                }
-                if mode == "bucket":
-                    lat = sorted(_discovery(pipeline, writer.put, args.discovery_samples))
-                    figures["discovery_s"] = {
-                        "p50": round(statistics.median(lat), 2),
-                        "max": round(lat[-1], 2),
-                        "list_interval_s": 2.0,
-                    }
-                    print("discovery", json.dumps(figures["discovery_s"]), flush=True)
-                out[mode] = figures
-            finally:
-                pipeline.stop()
-        out["bucket_over_folder"] = round(out["bucket"]["per_s"] / out["folder"]["per_s"], 3)
+        for mode in args.modes.split(","):
+            out[mode] = _run_mode(mode, work, args)
+        if args.modes != "folder":
+            out["store_alone"] = _store_alone(work, args)
+        if "folder" in out:
+            for mode in ("bucket", "bucket_notified", "store_alone"):
+                if mode in out:
+                    out[f"{mode}_over_folder"] = round(
+                        out[mode]["per_s"] / out["folder"]["per_s"], 3
+                    )
     finally:
-        weed.stop()
         rmtree(work)
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.bucket import BucketLocation
@@ -29,7 +29,15 @@ YEAR_S = 366 * DAY_S
 
 #: Optional text settings where an empty variable means "not set" (the default applies).
 EMPTY_MEANS_UNSET = frozenset(
-    {"labeled_dir", "database_url", "redis_url", "retrain_cron", "web_token"}
+    {
+        "labeled_dir",
+        "database_url",
+        "redis_url",
+        "retrain_cron",
+        "web_token",
+        "bucket_events_listen",
+        "bucket_events_token",
+    }
 )
 
 # Sized so that a retrain of 3,000 small images (decode, training, gate, calibration, ONNX int8)
@@ -71,6 +79,16 @@ class Settings(BaseSettings):
         le=HOUR_S,
         description="How often the watcher lists a bucket inbox for new objects (after the last "
         "key it saw; a full pass every RESCAN_INTERVAL_S).",
+    )
+    bucket_events_listen: str | None = Field(
+        None,
+        description="host:port where the watcher of a bucket inbox takes the store's event "
+        "notifications (webhooks: SeaweedFS filer, MinIO); unset: listings alone.",
+    )
+    bucket_events_token: SecretStr | None = Field(
+        None,
+        description="The bearer token a bucket notification must carry (16 characters or "
+        "more); unset: any caller that reaches BUCKET_EVENTS_LISTEN may notify.",
     )
     labeled_dir: Path | None = Field(
         None, description="ImageFolder-style training data; default <data_dir>/labeled."
@@ -420,11 +438,25 @@ class Settings(BaseSettings):
             raise ValueError("retrain_cron needs 5 fields: minute hour day month weekday")
         return value
 
-    @field_validator("web_token")
+    @field_validator("web_token", "bucket_events_token")
     @classmethod
-    def _token_strength(cls, value: SecretStr | None) -> SecretStr | None:
+    def _token_strength(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("web_token must have 16 characters or more: `openssl rand -hex 24`")
+            raise ValueError(
+                f"{info.field_name} must have 16 characters or more: `openssl rand -hex 24`"
+            )
+        return value
+
+    @field_validator("bucket_events_listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    "bucket_events_listen must be host:port, e.g. 0.0.0.0:8334 (got "
+                    f"{value!r})"
+                )
         return value
 
     @field_validator("weights")

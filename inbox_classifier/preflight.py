@@ -5,6 +5,7 @@ or a child that restarts for ever."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -66,6 +67,12 @@ def check_layout(settings: Settings) -> None:
     if settings.inbox_bucket is not None:
         check_bucket(settings)
         return
+    if settings.bucket_events_listen:
+        raise Misconfigured(
+            "BUCKET_EVENTS_LISTEN",
+            settings.bucket_events_listen,
+            "only a bucket inbox (INBOX=s3://bucket/prefix) takes notifications; unset it",
+        )
     problem = inbox_overlap(settings)
     if problem is not None:
         raise Misconfigured("INBOX", settings.inbox, problem)
@@ -90,6 +97,18 @@ def check_bucket(settings: Settings) -> None:
             f"{exc} (endpoint {endpoint}; set S3_ENDPOINT_URL or AWS_ENDPOINT_URL, and the "
             "credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws)",
         ) from None
+    if settings.bucket_events_listen:
+        host, _, port = settings.bucket_events_listen.rpartition(":")
+        try:
+            with socket.create_server((host.strip("[]"), int(port))):
+                pass
+        except OSError as exc:
+            raise Misconfigured(
+                "BUCKET_EVENTS_LISTEN",
+                settings.bucket_events_listen,
+                f"the watcher cannot listen there ({exc.strerror or exc}); choose a free port "
+                "on an address of this host",
+            ) from None
 
 
 def check_urls(settings: Settings) -> None:

@@ -36,6 +36,16 @@ class ObjectInfo:
     modified_ns: int  # LastModified, as the ledger's mtime_ns
 
 
+def _listed(entry: dict[str, Any]) -> ObjectInfo:
+    """One ListObjectsV2 entry."""
+    return ObjectInfo(
+        key=entry["Key"],
+        size=int(entry["Size"]),
+        etag=str(entry.get("ETag", "")).strip('"'),
+        modified_ns=int(entry["LastModified"].timestamp() * 1e9),
+    )
+
+
 class StoreUnavailable(ConnectionError):
     """The store did not answer after the retries: try again later."""
 
@@ -96,16 +106,23 @@ class ObjectStore:
                 key = entry["Key"]
                 if key.endswith("/"):
                     continue  # a folder marker
-                yield ObjectInfo(
-                    key=key,
-                    size=int(entry["Size"]),
-                    etag=str(entry.get("ETag", "")).strip('"'),
-                    modified_ns=int(entry["LastModified"].timestamp() * 1e9),
-                )
+                yield _listed(entry)
             if not page.get("IsTruncated"):
                 return
             kwargs.pop("StartAfter", None)
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def listed(self, key: str) -> ObjectInfo | None:
+        """The inbox's object at exactly ``key`` as a listing shows it (one request: a key
+        sorts before every longer key it begins), or None: gone, or not the inbox's."""
+        if not self.location.in_inbox(key):
+            return None
+        kwargs = {"Bucket": self._bucket, "Prefix": key, "MaxKeys": 1}
+        page = self._call("list", key, self.client.list_objects_v2, **kwargs)
+        for entry in page.get("Contents", ()):
+            if entry["Key"] == key:
+                return _listed(entry)
+        return None
 
     def probe(self) -> None:
         """One short listing: the bucket exists and answers these credentials. Raises

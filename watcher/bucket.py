@@ -1,16 +1,18 @@
-"""The watcher for an inbox in a bucket (``INBOX=s3://bucket/prefix``): listings, not events.
+"""The watcher for an inbox in a bucket (``INBOX=s3://bucket/prefix``): listings, and the
+store's notifications where it sends them (``BUCKET_EVENTS_LISTEN``,
+:mod:`watcher.bucket_events`).
 
-Discovery that misses nothing rests on listing, because notifications (where a store offers
-them) are at least once, and can be late or lost: a listing every ``BUCKET_LIST_INTERVAL_S``.
-While listing the whole prefix takes at most half that interval (tens of thousands of keys),
-every pass lists it all; beyond, the passes in between list only the keys after the last one
-recorded (ListObjectsV2's StartAfter, kept in ``<data_dir>/bucket-listing.json``, so a
-restart goes on from there), and a full pass at start and every ``RESCAN_INTERVAL_S`` finds
-the keys that sort before it. An object is read
-once per content: one this process recorded with the same ETag and size, or one the ledger
-has with the same size and LastModified (its path is its URL), is not read again; any other
-is streamed and hashed, and its SHA-256 is the image's key, as for a file. A changed object (a
-new ETag) is new content.
+Discovery that misses nothing rests on listing, because notifications are at least once, and
+can be late or lost: a listing every ``BUCKET_LIST_INTERVAL_S``; a notified key is taken in
+between, at once. A pass lists the whole prefix as often as that stays within a tenth of the
+watcher's time (every pass, for tens of thousands of keys on a store nearby), and at least
+every ``RESCAN_INTERVAL_S``; the passes in between list only the keys after the last one
+recorded (ListObjectsV2's StartAfter, kept in ``<data_dir>/bucket-listing.json``, so a restart
+goes on from there), so a key that sorts before that marker waits for the next full pass. An
+object is read once per content: one this process recorded with the same ETag and size, or one
+the ledger has with the same size and LastModified (its path is its URL), is not read again;
+any other is streamed and hashed, and its SHA-256 is the image's key, as for a file. A changed
+object (a new ETag) is new content.
 
 Recording and sending are the folder watcher's (:class:`watcher.recorder.Recorder`,
 :class:`watcher.publisher.Publisher`): one transaction per burst, at least once to Redis."""
@@ -36,6 +38,7 @@ from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths
 from objectstore.store import ObjectInfo, ObjectStore, StoreUnavailable
+from watcher.bucket_events import NotifiedKeys
 from watcher.publisher import Publisher
 from watcher.recorder import Recorder
 from watcher.stats import StageClock
@@ -46,6 +49,16 @@ BURST = 512  # objects read and recorded per transaction
 READERS = 16  # objects read at once: network-bound, so more than the cores
 JOIN_TIMEOUT_S = 30.0
 MARKER_FILE = "bucket-listing.json"
+FULL_PASS_SHARE = 0.1  # of the watcher's time that listing the whole prefix may take
+
+
+def full_pass_period(listing_seconds: float, rescan_interval_s: float) -> float:
+    """Seconds from one full listing to the next: as often as full listings stay within
+    FULL_PASS_SHARE of the watcher's time (every pass for a prefix that lists in a fraction of
+    the interval; every 15 s for one that takes 1.5 s), and at least every RESCAN_INTERVAL_S.
+    In between, only the keys after the marker are listed, so a key that sorts before it
+    (uploads seldom finish in key order) waits for the next full one."""
+    return min(rescan_interval_s, listing_seconds / FULL_PASS_SHARE)
 
 
 class LedgerAway(Exception):
@@ -55,8 +68,11 @@ class LedgerAway(Exception):
 class BucketWatcher:
     """One watcher of a bucket inbox: ``run`` it once, until ``stop`` is set."""
 
-    def __init__(self, settings: Settings, store: ObjectStore) -> None:
+    def __init__(
+        self, settings: Settings, store: ObjectStore, notified: NotifiedKeys | None = None
+    ) -> None:
         self.settings = settings
+        self.notified = notified  # keys the store's notifications named (BUCKET_EVENTS_LISTEN)
         self.store = store
         self.location = store.location
         self._engine = make_engine(settings.db_url)
@@ -107,11 +123,7 @@ class BucketWatcher:
     def _loop(self, stop: threading.Event, ready: threading.Event | None) -> None:
         next_full = 0.0
         while not stop.is_set():
-            # Every pass lists all of it while that is cheap (a listing that took at most
-            # half the interval: tens of thousands of keys); beyond, only the keys after the
-            # marker between the full passes.
-            cheap = self.listing_seconds <= self.settings.bucket_list_interval_s / 2
-            full = cheap or time.monotonic() >= next_full
+            full = time.monotonic() >= next_full
             started = time.monotonic()
             try:
                 found = self.listing_pass(full=full, stop=stop)
@@ -130,14 +142,25 @@ class BucketWatcher:
                     time.monotonic() - started,
                     found,
                 )
-            if full and time.monotonic() >= next_full:
-                next_full = started + self.settings.rescan_interval_s
+            if full:
+                next_full = started + full_pass_period(
+                    self.listing_seconds, self.settings.rescan_interval_s
+                )
             if full and not self.announced:  # the start-up pass is taken in
                 self.announced = True
                 events.emit(events.Ready(role="watcher", detail=self.location.url))
                 if ready is not None:
                     ready.set()
-            stop.wait(self.settings.bucket_list_interval_s)
+            self._until_next_listing(stop)
+
+    def _until_next_listing(self, stop: threading.Event) -> None:
+        """Wait out the list interval, taking notified keys in the meantime as they come."""
+        deadline = time.monotonic() + self.settings.bucket_list_interval_s
+        while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
+            if self.notified is None:
+                stop.wait(left)
+            elif self.notified.arrived.wait(min(left, 0.25)):
+                self.notified_pass(self.notified.take())
 
     # --- one pass ----------------------------------------------------------------------------
 
@@ -165,8 +188,25 @@ class BucketWatcher:
             self.listing_seconds = time.monotonic() - started - taking
         return found
 
-    def _take(self, batch: list[ObjectInfo]) -> int:
-        """Read and record one burst; the marker moves past it once it is in the ledger."""
+    def notified_pass(self, keys: list[str]) -> int:
+        """Read and record what notifications named (each key listed first: its ETag, size
+        and existence are the store's word, not the notification's); how many were recorded.
+        A failure here is logged: the listings find those keys again."""
+        try:
+            listed = list(self._readers.map(self.store.listed, keys))
+            batch = [
+                info
+                for info in listed
+                if info is not None and self._recorded.get(info.key) != (info.etag, info.size)
+            ]
+            return self._take(batch, advance=False) if batch else 0
+        except (StoreUnavailable, Unusable, LedgerAway) as exc:
+            log.warning("%d notified key(s) left to the listing: %s", len(keys), exc)
+            return 0
+
+    def _take(self, batch: list[ObjectInfo], advance: bool = True) -> int:
+        """Read and record one burst; the marker moves past a listed burst once it is in the
+        ledger (not past notified keys: they may come in any order)."""
         urls = [self.location.url_of(info.key) for info in batch]
         with self.clock.stage("lookup"), transaction(self._sessions) as session:
             known = known_paths(session, urls)
@@ -185,7 +225,8 @@ class BucketWatcher:
                 raise LedgerAway("the ledger did not take the burst")
         for info in fresh:
             self._recorded[info.key] = (info.etag, info.size)
-        self._advance(max(info.key for info in batch))
+        if advance:
+            self._advance(max(info.key for info in batch))
         return len(seen)
 
     def _read(self, info: ObjectInfo) -> SeenFile | None:

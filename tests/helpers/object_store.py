@@ -46,6 +46,9 @@ def weed_binary() -> str | None:
 class SeaweedServer:
     directory: Path
     ip: str = "127.0.0.1"
+    # Where the filer POSTs its events (notification.webhook), with this bearer token.
+    webhook: str | None = None
+    webhook_token: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     s3_port: int = field(default=0, init=False)
 
@@ -60,6 +63,8 @@ class SeaweedServer:
         master, volume, filer, s3 = _free_pairs(4)
         self.s3_port = s3
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.webhook:
+            self._write_notification_config()
         log = open(self.directory / "weed.log", "ab")  # noqa: SIM115 (kept by the process)
         self.process = subprocess.Popen(
             [
@@ -81,6 +86,7 @@ class SeaweedServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self.directory,  # where weed looks for notification.toml first
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -95,6 +101,26 @@ class SeaweedServer:
                     self.stop()
                     raise RuntimeError(f"SeaweedFS did not start:\n{tail}") from None
                 time.sleep(0.3)
+
+    def _write_notification_config(self) -> None:
+        (self.directory / "notification.toml").write_text(
+            "\n".join(
+                [
+                    "[notification.webhook]",
+                    "enabled = true",
+                    f'endpoint = "{self.webhook}"',
+                    f'bearer_token = "{self.webhook_token or ""}"',
+                    "timeout_seconds = 5",
+                    "max_retries = 3",
+                    "backoff_seconds = 1",
+                    "max_backoff_seconds = 5",
+                    "workers = 4",
+                    'event_types = ["create", "update", "rename"]',
+                    'path_prefixes = ["/buckets/"]',
+                    "",
+                ]
+            )
+        )
 
     def environment(self) -> dict[str, str]:
         """What a user sets for the AWS SDKs to reach this store."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import unicodedata
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,89 @@ def test_corrections_live_in_the_bucket_and_the_trainer_mirrors_them(
     assert not (root / "bird" / "a.jpg").exists()
     assert (root / "bird" / "b.png").read_bytes() == _png(7)
     assert (root / "bird" / "mine.jpg").exists()
+
+
+def test_notified_objects_are_found_within_a_second_between_listings(
+    settings: Settings, session_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SeaweedFS's filer POSTs its events to the watcher (BUCKET_EVENTS_LISTEN); with listings
+    30 s apart, what is found within a second was found by a notification, in any key order,
+    and an object overwritten with other bytes too. A forged notification records nothing."""
+    from pydantic import SecretStr
+
+    from inbox_classifier.redis_server import free_port
+
+    port, token = free_port(), "notifications-token-0123"
+    server = SeaweedServer(
+        tmp_path / "weed", webhook=f"http://127.0.0.1:{port}/", webhook_token=token
+    )
+    server.start()
+    try:
+        s3 = server.client()
+        s3.create_bucket(Bucket="notified")
+        for name, value in server.environment().items():
+            monkeypatch.setenv(name, value)
+        s = settings.model_copy(
+            update={
+                "inbox_bucket": "s3://notified/drop/",
+                "bucket_list_interval_s": 30.0,
+                "bucket_events_listen": f"127.0.0.1:{port}",
+                "bucket_events_token": SecretStr(token),
+            }
+        )
+        s3.put_object(Bucket="notified", Key="drop/m-first.jpg", Body=_jpeg(400))
+        log = tmp_path / "watch.log"
+        with running(s, "watch", log=log):
+            wait_until(lambda: count(session_factory) == 1, 60, "the first listing\n" + _tail(log))
+            time.sleep(1.0)  # the start-up pass is over: the next listing is 30 s away
+            latencies = []
+            # Keys before and after the listing's marker, and an overwrite (an update event).
+            keys = [f"drop/{c}-{i}.jpg" for i, c in enumerate("azbyc")] + ["drop/m-first.jpg"]
+            for i, key in enumerate(keys):
+                before = count(session_factory)
+                written = time.monotonic()
+                s3.put_object(Bucket="notified", Key=key, Body=_jpeg(500 + i))
+                wait_until(lambda b=before: count(session_factory) > b, 10,
+                           f"{key} by notification\n{_tail(log)}")
+                latencies.append(time.monotonic() - written)
+            forged = json.dumps(
+                {"event_type": "create", "key": "/buckets/notified/drop/never-written.jpg"}
+            ).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/", data=forged, method="POST",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+            time.sleep(1.0)
+            assert count(session_factory) == 1 + len(keys)
+        latencies.sort()
+        print(f"\n[measured] notified object -> row: p50 {latencies[len(latencies) // 2]:.2f} s, "
+              f"max {latencies[-1]:.2f} s (listing every 30 s)")
+        assert latencies[len(latencies) // 2] <= 1.0
+        assert latencies[-1] < 5.0
+        assert "taking bucket notifications" in log.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_notification_endpoint_that_cannot_be_served_stops_the_watcher_with_a_reason(
+    bucket_settings: Settings, settings: Settings
+) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        busy = bucket_settings.model_copy(update={"bucket_events_listen": f"127.0.0.1:{port}"})
+        done = subprocess.run(
+            [sys.executable, "-m", "inbox_classifier", "watch"],
+            env=busy.with_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2 and "BUCKET_EVENTS_LISTEN" in done.stderr, done.stderr
+    assert "cannot listen there" in done.stderr
+    folder = settings.model_copy(update={"bucket_events_listen": "127.0.0.1:8334"})
+    done = subprocess.run(
+        [sys.executable, "-m", "inbox_classifier", "watch"],
+        env=folder.with_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "only a bucket inbox" in done.stderr, done.stderr
