@@ -8,7 +8,6 @@ same variables (:meth:`Settings.to_env`), so every process of one pipeline agree
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,16 +15,12 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.bucket import BucketLocation
+from contract.limits import DAY_S, HOUR_S, MAX_THREADS, WEEK_S
+from contract.settings_bucket import BucketInboxSettings
+from contract.settings_training import RetrainingSettings
 
 ENV_PREFIX = "INBOX_CLASSIFIER_"
 
-
-#: Upper bounds that no machine reaches: a larger value is a slip (a unit, a stray digit).
-MAX_THREADS = 1024
-HOUR_S = 3600.0
-DAY_S = 24 * HOUR_S
-WEEK_S = 7 * DAY_S
-YEAR_S = 366 * DAY_S
 
 #: Optional text settings where an empty variable means "not set" (the default applies).
 EMPTY_MEANS_UNSET = frozenset(
@@ -37,15 +32,12 @@ EMPTY_MEANS_UNSET = frozenset(
         "web_token",
         "bucket_events_listen",
         "bucket_events_token",
+        "bucket_events_queue_url",
     }
 )
 
-# Sized so that a retrain of 3,000 small images (decode, training, gate, calibration, ONNX int8)
-# ends within 5 minutes on 2 cores: docs/performance.md, "Learning from scratch".
-BUDGET_DEFAULT_S = 260.0
 
-
-class Settings(BaseSettings):
+class Settings(BucketInboxSettings, RetrainingSettings, BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_file=".env",
@@ -62,33 +54,6 @@ class Settings(BaseSettings):
         Path("inbox"),
         description="Folder watched for new images (recursive); or s3://bucket/prefix, an "
         "inbox in S3-compatible object storage (INBOX_BUCKET).",
-    )
-    inbox_bucket: str | None = Field(
-        None,
-        description="s3://bucket/prefix when the inbox is in a bucket (an INBOX of s3://... sets "
-        "it); endpoint from S3_ENDPOINT_URL or AWS_ENDPOINT_URL, credentials from the AWS chain.",
-    )
-    s3_endpoint_url: str | None = Field(
-        None,
-        description="The object store's URL (MinIO, SeaweedFS, Ceph RGW); unset: AWS_ENDPOINT_URL, "
-        "else AWS S3.",
-    )
-    bucket_list_interval_s: float = Field(
-        2.0,
-        ge=0.1,
-        le=HOUR_S,
-        description="How often the watcher lists a bucket inbox for new objects (after the last "
-        "key it saw; a full pass every RESCAN_INTERVAL_S).",
-    )
-    bucket_events_listen: str | None = Field(
-        None,
-        description="host:port where the watcher of a bucket inbox takes the store's event "
-        "notifications (webhooks: SeaweedFS filer, MinIO); unset: listings alone.",
-    )
-    bucket_events_token: SecretStr | None = Field(
-        None,
-        description="The bearer token a bucket notification must carry (16 characters or "
-        "more); unset: any caller that reaches BUCKET_EVENTS_LISTEN may notify.",
     )
     labeled_dir: Path | None = Field(
         None, description="ImageFolder-style training data; default <data_dir>/labeled."
@@ -252,108 +217,6 @@ class Settings(BaseSettings):
         5, ge=1, le=100, description="Deliveries of one image before it is marked failed for good."
     )
 
-    # --- retraining ----------------------------------------------------------------------------
-    retrain_interval_s: float | None = Field(
-        3600.0,
-        ge=60,
-        le=YEAR_S,
-        description="Beat runs a (skipped-if-unchanged) retrain this often; null = never.",
-    )
-    retrain_cron: str | None = Field(
-        None, description="Crontab for beat instead of the interval, e.g. '0 3 * * *'."
-    )
-    train_mode: Literal["auto", "full", "frozen"] = Field(
-        "auto",
-        description="full: every layer; frozen: the head on cached features; auto: frozen then "
-        "unfreezing on a CPU from pretrained weights, full otherwise.",
-    )
-    train_budget_s: float | None = Field(
-        BUDGET_DEFAULT_S,
-        ge=1,
-        le=WEEK_S,
-        description="Seconds a run may train (decoding its images included): from random "
-        "weights the schedule is sized to end within it; any run stops at its best epoch so "
-        "far when the next would not fit. The default keeps a retrain of a few thousand "
-        "small images within 5 minutes on 2 cores (docs/performance.md).",
-    )
-    train_flip: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Mirror training images: auto checks on the data whether a mirror keeps "
-        "the class (not for digits or text); on or off decides.",
-    )
-    train_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD+StepLR, or AdamW.")
-    train_lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
-    train_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    train_step_size: int = Field(7, ge=1, le=10_000, description="StepLR period in epochs.")
-    train_gamma: float = Field(0.1, gt=0, le=1, description="StepLR decay.")
-    train_epochs: int = Field(10, ge=1, le=10_000, description="Most epochs per run.")
-    train_batch_size: int = Field(32, ge=1, le=4096, description="Training batch size.")
-    train_patience: int = Field(
-        3, ge=1, le=10_000, description="Early stop after this many flat epochs."
-    )
-    holdout_fraction: float = Field(
-        0.1,
-        ge=0,
-        lt=0.5,
-        description="Labeled images held out for good (by content hash): never trained on, "
-        "never used to pick an epoch; every version is scored on them, and the gate compares "
-        "candidate and active there.",
-    )
-    val_fraction: float = Field(
-        0.15,
-        gt=0,
-        lt=0.5,
-        description="Labeled images, by content hash, that pick the best epoch and calibrate "
-        "the confidences.",
-    )
-    min_images_per_class: int = Field(
-        5, ge=1, le=1_000_000, description="Fewer labeled images in a class: training is refused."
-    )
-    coverage: float = Field(
-        0.95,
-        gt=0,
-        lt=1,
-        description="Conformal target: an image's set of likely classes holds the true one "
-        "this often; a set of more or fewer than one class needs review.",
-    )
-    target_precision: float = Field(
-        0.95, gt=0, lt=1, description="Per-class confidence thresholds reach this precision."
-    )
-    drift_warn: float = Field(
-        0.25,
-        gt=0,
-        le=1,
-        description="Warn when a version's production confidences drift this far (total "
-        "variation distance) from its validation ones.",
-    )
-    gate_margin: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="Candidate may be this much less accurate and still be promoted.",
-    )
-    model_check_interval_s: float = Field(
-        2.0, ge=0.1, le=HOUR_S, description="How often workers look for a newly promoted model."
-    )
-    retrain_after_labels: int = Field(
-        50,
-        ge=0,
-        le=10_000_000,
-        description="Human labels that trigger a retrain (0 = never by labels).",
-    )
-    backfill_below_confidence: float = Field(
-        0.9,
-        ge=0,
-        le=1,
-        description="After a promotion, unreviewed rows below this confidence are rescored.",
-    )
-    backfill_limit: int = Field(
-        10_000,
-        ge=0,
-        le=100_000_000,
-        description="Most rows a backfill rescores, least confident first.",
-    )
-
     # --- the web app and metrics ---------------------------------------------------------------
     web_host: str = Field("127.0.0.1", description="Address the web app binds to.")
     web_port: int = Field(8000, ge=1, le=65535, description="Port of the web app (`up`, `serve`).")
@@ -400,29 +263,11 @@ class Settings(BaseSettings):
                 values["inbox_bucket"] = inbox.strip()
         return values
 
-    @field_validator("inbox_bucket")
-    @classmethod
-    def _bucket_url(cls, value: str | None) -> str | None:
-        return None if value is None else BucketLocation.parse(value).url
-
-    @field_validator("s3_endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("s3_endpoint_url must be an http:// or https:// URL")
-        return value
-
     @model_validator(mode="after")
     def _requeue_after_a_reconcile_tick(self) -> Settings:
         # Shorter, and rows still being classified would be re-sent on every reconcile tick.
         if self.requeue_after_s < self.reconcile_interval_s:
             raise ValueError("requeue_after_s must be at least reconcile_interval_s")
-        return self
-
-    @model_validator(mode="after")
-    def _a_split_that_leaves_training_images(self) -> Settings:
-        if self.holdout_fraction + self.val_fraction >= 0.8:
-            raise ValueError("holdout_fraction + val_fraction must leave a fifth to train on")
         return self
 
     @field_validator("inference_backend", mode="before")
@@ -431,13 +276,6 @@ class Settings(BaseSettings):
         # "null" in a variable arrives as None (env_parse_none_str); this setting has no None.
         return "null" if value is None else value
 
-    @field_validator("retrain_cron")
-    @classmethod
-    def _cron_fields(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError("retrain_cron needs 5 fields: minute hour day month weekday")
-        return value
-
     @field_validator("web_token", "bucket_events_token")
     @classmethod
     def _token_strength(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
@@ -445,18 +283,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{info.field_name} must have 16 characters or more: `openssl rand -hex 24`"
             )
-        return value
-
-    @field_validator("bucket_events_listen")
-    @classmethod
-    def _host_and_port(cls, value: str | None) -> str | None:
-        if value is not None:
-            host, _, port = value.strip().rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(
-                    "bucket_events_listen must be host:port, e.g. 0.0.0.0:8334 (got "
-                    f"{value!r})"
-                )
         return value
 
     @field_validator("weights")

@@ -67,12 +67,16 @@ def check_layout(settings: Settings) -> None:
     if settings.inbox_bucket is not None:
         check_bucket(settings)
         return
-    if settings.bucket_events_listen:
-        raise Misconfigured(
-            "BUCKET_EVENTS_LISTEN",
-            settings.bucket_events_listen,
-            "only a bucket inbox (INBOX=s3://bucket/prefix) takes notifications; unset it",
-        )
+    for variable, value in (
+        ("BUCKET_EVENTS_LISTEN", settings.bucket_events_listen),
+        ("BUCKET_EVENTS_QUEUE_URL", settings.bucket_events_queue_url),
+    ):
+        if value:
+            raise Misconfigured(
+                variable,
+                value,
+                "only a bucket inbox (INBOX=s3://bucket/prefix) takes notifications; unset it",
+            )
     problem = inbox_overlap(settings)
     if problem is not None:
         raise Misconfigured("INBOX", settings.inbox, problem)
@@ -97,6 +101,8 @@ def check_bucket(settings: Settings) -> None:
             f"{exc} (endpoint {endpoint}; set S3_ENDPOINT_URL or AWS_ENDPOINT_URL, and the "
             "credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws)",
         ) from None
+    if settings.bucket_events_queue_url:
+        check_queue(settings)
     if settings.bucket_events_listen:
         host, _, port = settings.bucket_events_listen.rpartition(":")
         try:
@@ -109,6 +115,23 @@ def check_bucket(settings: Settings) -> None:
                 f"the watcher cannot listen there ({exc.strerror or exc}); choose a free port "
                 "on an address of this host",
             ) from None
+
+
+def check_queue(settings: Settings) -> None:
+    """The notification queue answers these credentials, or the watcher stops saying why."""
+    from watcher.bucket_queue import queue_client
+
+    url = settings.bucket_events_queue_url
+    assert url is not None
+    try:
+        queue_client(url).get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    except Exception as exc:  # botocore's errors: no such queue, refused, unreachable
+        raise Misconfigured(
+            "BUCKET_EVENTS_QUEUE_URL",
+            url,
+            f"the queue cannot be read ({exc}); check the URL, the region it names and the "
+            "credentials (sqs:ReceiveMessage, sqs:DeleteMessage)",
+        ) from None
 
 
 def check_urls(settings: Settings) -> None:

@@ -1,13 +1,15 @@
 """What a store's event notification says was written: the keys of one bucket.
 
-Two shapes arrive by webhook:
+Two shapes arrive, by webhook or through a queue (:mod:`watcher.bucket_queue`):
 
 - **SeaweedFS filer events** (``notification.webhook`` in the filer's ``notification.toml``):
   ``{"event_type": "create", "key": "/buckets/<bucket>/<key>", "message": {...}}``; a rename
   names its new place in ``message.new_parent_path`` and ``message.new_entry.name``.
-- **S3 event records** (MinIO's webhook target, and whatever forwards AWS S3's format):
+- **S3 event records** (AWS S3 → SQS, MinIO's webhook target):
   ``{"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": ...},
-  "object": {"key": <URL-encoded>}}}]}``.
+  "object": {"key": <URL-encoded>}}}]}``, also inside SNS's envelope (S3 → SNS → SQS:
+  ``{"Type": "Notification", "Message": "<the records, as a string>"}``); S3's
+  ``s3:TestEvent`` names nothing.
 
 Deletions, folders and other buckets' objects name nothing. A notification only says where to
 look: the watcher still lists that key and reads its bytes, so a forged one costs a request.
@@ -38,7 +40,11 @@ def written_keys(body: bytes, bucket: str) -> list[str]:
     for event in events:
         if not isinstance(event, dict):
             raise NotANotification("expected a JSON object (a SeaweedFS or S3 event)")
-        if "Records" in event:
+        if event.get("Type") == "Notification" and isinstance(event.get("Message"), str):
+            found = written_keys(event["Message"].encode(), bucket)  # SNS's envelope
+        elif event.get("Event") == "s3:TestEvent":
+            found = []  # S3's hello when a notification is configured
+        elif "Records" in event:
             found = _s3_records(event["Records"], bucket)
         elif "event_type" in event and "key" in event:
             found = _seaweed_event(event, bucket)

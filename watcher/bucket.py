@@ -38,7 +38,7 @@ from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths
 from objectstore.store import ObjectInfo, ObjectStore, StoreUnavailable
-from watcher.bucket_events import NotifiedKeys
+from watcher.notified import NotifiedKeys
 from watcher.publisher import Publisher
 from watcher.recorder import Recorder
 from watcher.stats import StageClock

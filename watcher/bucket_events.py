@@ -3,7 +3,8 @@ HTTP endpoint where the store POSTs what was written (SeaweedFS's filer webhook,
 webhook target; :mod:`objectstore.notifications` reads both), so a new object is found within
 a request or two instead of at the next listing.
 
-A notification is a hint, never the record: the keys wait in :class:`NotifiedKeys` until the
+A notification is a hint, never the record: the keys wait in
+:class:`watcher.notified.NotifiedKeys` until the
 watcher's loop lists and reads them like any listed object. Notifications are at least once
 and can be late or lost, so the listings go on regardless; a duplicate costs one request.
 """
@@ -15,40 +16,17 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract.settings import Settings
 from objectstore.notifications import NotANotification, written_keys
 
+if TYPE_CHECKING:
+    from watcher.notified import NotifiedKeys
+
 log = logging.getLogger("watcher.service")
 
 MAX_BODY = 1 << 20  # one notification is a few KiB; a bigger body is not one
-MAX_WAITING = 100_000  # keys held for the loop; beyond, the listing finds the rest
-
-
-class NotifiedKeys:
-    """Keys notified and not yet taken by the watcher's loop (each once, in arrival order)."""
-
-    def __init__(self) -> None:
-        self._keys: dict[str, None] = {}
-        self._lock = threading.Lock()
-        self.arrived = threading.Event()
-        self.dropped = 0
-
-    def add(self, keys: list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                if len(self._keys) >= MAX_WAITING:
-                    self.dropped += 1  # the next listing finds it
-                else:
-                    self._keys[key] = None
-            self.arrived.set()
-
-    def take(self) -> list[str]:
-        with self._lock:
-            keys, self._keys = list(self._keys), {}
-            self.arrived.clear()
-            return keys
 
 
 class NotificationReceiver:

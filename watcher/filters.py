@@ -132,9 +132,7 @@ def real_folder(folder: str) -> str:
     return real
 
 
-def skip_reason(
-    path: str | os.PathLike[str], scope: Scope | str | os.PathLike[str]
-) -> Skip | None:
+def skip_reason(path: str | os.PathLike[str], scope: Scope | str | os.PathLike[str]) -> Skip | None:
     """Why ``path`` is not a file to classify, or None."""
     found = inspect(path, scope)
     return found if isinstance(found, Skip) else None

@@ -52,9 +52,7 @@ class Hashers:
         """Each of ``paths`` hashed, unless it is no file to hash (skipped) or the ledger
         (``known``) has it with this size and mtime already."""
         if self._processes is None:
-            signatures = {
-                p: s for p in paths if isinstance(s := inspect(p, scope), Signature)
-            }
+            signatures = {p: s for p in paths if isinstance(s := inspect(p, scope), Signature)}
             have = known(list(signatures))
             todo = [p for p, signature in signatures.items() if have.get(p) != signature]
             return zip(todo, self._threads.map(self._try_hash, todo), strict=True)
@@ -88,6 +86,3 @@ class Hashers:
 
 def _chunks(paths: list[str]) -> list[list[str]]:
     return [list(part) for part in chunked(paths, PROCESS_CHUNK)]
-
-
-

@@ -76,9 +76,7 @@ def _libc() -> ctypes.CDLL | None:
 class InotifyReader:
     """Reads one inbox's events on a thread of its own (``start``, ``stop``, ``join``)."""
 
-    def __init__(
-        self, scope: Scope, events: EventQueue, on_overflow: Callable[[], None]
-    ) -> None:
+    def __init__(self, scope: Scope, events: EventQueue, on_overflow: Callable[[], None]) -> None:
         libc = _libc()
         if libc is None or not hasattr(libc, "inotify_init1"):
             raise OSError(errno.ENOSYS, "inotify is not available here")

@@ -33,8 +33,7 @@ def start_observer(
         else:
             reader.start()
             log.info(
-                "watching %s (inotify, close-write events; quiet period %.2fs, rescan every "
-                "%.0fs)",
+                "watching %s (inotify, close-write events; quiet period %.2fs, rescan every %.0fs)",
                 inbox,
                 settings.quiet_period_s,
                 settings.rescan_interval_s,

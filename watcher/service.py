@@ -38,11 +38,11 @@ from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths
 from objectstore.inbox import store_for
 from watcher.bucket import BucketWatcher
-from watcher.bucket_events import NotificationReceiver, NotifiedKeys
 from watcher.events import EventQueue, Kind, Observing
 from watcher.filters import Scope, Signature, Skip, inspect, walk
 from watcher.hashers import Hashers
 from watcher.hashing import ChangedWhileReading, NotHashable
+from watcher.notified import NotifiedKeys, notifications
 from watcher.observing import start_observer
 from watcher.publisher import Publisher
 from watcher.recorder import Recorder
@@ -396,15 +396,9 @@ def run_watcher(
     the start-up rescan (or listing) is taken in. A bucket inbox is listed
     (:mod:`watcher.bucket`), a folder watched."""
     store = store_for(settings)
-    if store is not None and settings.bucket_events_listen:
+    if store is not None:
         notified = NotifiedKeys()
-        receiver = NotificationReceiver(settings, store.location.bucket, notified)
-        receiver.start()
-        try:
-            BucketWatcher(settings, store, notified).run(stop, ready)
-        finally:
-            receiver.stop()
-    elif store is not None:
-        BucketWatcher(settings, store).run(stop, ready)
+        with notifications(settings, store.location.bucket, notified, stop) as any_source:
+            BucketWatcher(settings, store, notified if any_source else None).run(stop, ready)
     else:
         Watcher(settings).run(stop, ready)

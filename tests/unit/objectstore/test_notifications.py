@@ -76,3 +76,11 @@ def test_anything_else_is_refused_saying_what_was_expected(body: bytes) -> None:
     with pytest.raises(NotANotification) as refused:
         written_keys(body, "photos")
     assert str(refused.value)
+
+
+def test_records_inside_sns_envelope_and_s3s_test_event() -> None:
+    inner = _s3(("ObjectCreated:Put", "photos", "drop/x.jpg")).decode()
+    envelope = json.dumps({"Type": "Notification", "Message": inner}).encode()
+    assert written_keys(envelope, "photos") == ["drop/x.jpg"]
+    hello = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "photos"})
+    assert written_keys(hello.encode(), "photos") == []

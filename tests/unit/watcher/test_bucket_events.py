@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from contract.settings import Settings
 from inbox_classifier.redis_server import free_port
-from watcher.bucket_events import MAX_BODY, NotificationReceiver, NotifiedKeys
+from watcher.bucket_events import MAX_BODY, NotificationReceiver
+from watcher.notified import NotifiedKeys
 
 TOKEN = "a-token-of-24-characters"
 
@@ -80,7 +81,7 @@ def test_callers_without_the_token_and_bad_bodies_are_refused(
 
 
 def test_a_flood_beyond_what_is_held_is_left_to_the_listing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import watcher.bucket_events as module
+    import watcher.notified as module
 
     monkeypatch.setattr(module, "MAX_WAITING", 3)
     keys = NotifiedKeys()
