@@ -38,7 +38,7 @@ from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths
 from objectstore.store import ObjectInfo, ObjectStore, StoreUnavailable
-from watcher.notified import NotifiedKeys
+from watcher.notified import NotifiedKeys, notifications
 from watcher.publisher import Publisher
 from watcher.recorder import Recorder
 from watcher.stats import StageClock
@@ -50,6 +50,19 @@ READERS = 16  # objects read at once: network-bound, so more than the cores
 JOIN_TIMEOUT_S = 30.0
 MARKER_FILE = "bucket-listing.json"
 FULL_PASS_SHARE = 0.1  # of the watcher's time that listing the whole prefix may take
+
+
+def watch_bucket(
+    settings: Settings,
+    store: ObjectStore,
+    stop: threading.Event,
+    ready: threading.Event | None = None,
+) -> None:
+    """Watch a bucket inbox until ``stop``, with the notification sources the settings name
+    (:func:`watcher.notified.notifications`)."""
+    notified = NotifiedKeys()
+    with notifications(settings, store.location.bucket, notified, stop) as any_source:
+        BucketWatcher(settings, store, notified if any_source else None).run(stop, ready)
 
 
 def full_pass_period(listing_seconds: float, rescan_interval_s: float) -> float:

@@ -37,12 +37,11 @@ from contract.settings import Settings
 from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths
 from objectstore.inbox import store_for
-from watcher.bucket import BucketWatcher
+from watcher.bucket import watch_bucket
 from watcher.events import EventQueue, Kind, Observing
 from watcher.filters import Scope, Signature, Skip, inspect, walk
 from watcher.hashers import Hashers
 from watcher.hashing import ChangedWhileReading, NotHashable
-from watcher.notified import NotifiedKeys, notifications
 from watcher.observing import start_observer
 from watcher.publisher import Publisher
 from watcher.recorder import Recorder
@@ -397,8 +396,6 @@ def run_watcher(
     (:mod:`watcher.bucket`), a folder watched."""
     store = store_for(settings)
     if store is not None:
-        notified = NotifiedKeys()
-        with notifications(settings, store.location.bucket, notified, stop) as any_source:
-            BucketWatcher(settings, store, notified if any_source else None).run(stop, ready)
+        watch_bucket(settings, store, stop, ready)
     else:
         Watcher(settings).run(stop, ready)

@@ -206,34 +206,11 @@
     render();
   }
 
-  function skip() {
-    const item = current();
-    if (!item) return;
-    state.history.push({ kind: "skip", item, at: state.at });
-    state.at += 1;
-    render();
-  }
-
-  async function undo() {
-    const last = state.history.pop();
-    if (!last) return;
-    if (last.kind === "skip") {
-      state.at = Math.max(0, state.at - 1);
-      render();
-      return;
-    }
-    try {
-      await last.request;
-      if (last.sent) await send("DELETE", `/api/labels/${last.item.sha256}`);
-    } catch (error) {
-      showError(`could not undo: ${error.message}`);
-      state.history.push(last);
-      return;
-    }
-    state.reviewed -= 1; state.remaining += 1;
-    state.queue.splice(state.at, 0, last.item);
-    render();
-  }
+  const { skip, undo } = window.keyboardDecisions({
+    state, current, render, send, showError,
+    undoUrl: (item) => `/api/labels/${item.sha256}`,
+    onUndone: () => { state.reviewed -= 1; state.remaining += 1; },
+  });
 
   function toggleKeys(show) {
     $("keys-help").hidden = !(show ?? $("keys-help").hidden);
