@@ -178,15 +178,11 @@ def _store_alone(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
         s3 = weed.client()
         s3.create_bucket(Bucket=BUCKET)
+        writer = Writer(work, s3)
         files = [jpeg_like(i, SIZE, 90_000) for i in range(args.objects)]
         started = time.monotonic()
         with ThreadPoolExecutor(args.writers) as pool:
-            list(
-                pool.map(
-                    lambda i: s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}{i:06d}", Body=files[i]),
-                    range(args.objects),
-                )
-            )
+            list(pool.map(lambda i: writer.write(i, files[i]), range(args.objects)))
         seconds = time.monotonic() - started
     finally:
         weed.stop()

@@ -72,9 +72,20 @@ class BucketInboxSettings(BaseModel):
     @classmethod
     def _host_and_port(cls, value: str | None) -> str | None:
         if value is not None:
-            host, _, port = value.strip().rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(
-                    f"bucket_events_listen must be host:port, e.g. 0.0.0.0:8334 (got {value!r})"
-                )
+            _address(value)
         return value
+
+    @property
+    def bucket_events_address(self) -> tuple[str, int] | None:
+        """BUCKET_EVENTS_LISTEN as the (host, port) a socket binds, or None."""
+        return None if self.bucket_events_listen is None else _address(self.bucket_events_listen)
+
+
+def _address(value: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets) as (host, port); ValueError in words."""
+    host, _, port = value.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"bucket_events_listen must be host:port, e.g. 0.0.0.0:8334 (got {value!r})"
+        )
+    return host.strip("[]"), int(port)

@@ -103,10 +103,9 @@ def check_bucket(settings: Settings) -> None:
         ) from None
     if settings.bucket_events_queue_url:
         check_queue(settings)
-    if settings.bucket_events_listen:
-        host, _, port = settings.bucket_events_listen.rpartition(":")
+    if settings.bucket_events_address is not None:
         try:
-            with socket.create_server((host.strip("[]"), int(port))):
+            with socket.create_server(settings.bucket_events_address):
                 pass
         except OSError as exc:
             raise Misconfigured(

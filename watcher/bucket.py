@@ -1,6 +1,6 @@
 """The watcher for an inbox in a bucket (``INBOX=s3://bucket/prefix``): listings, and the
 store's notifications where it sends them (``BUCKET_EVENTS_LISTEN``,
-:mod:`watcher.bucket_events`).
+``BUCKET_EVENTS_QUEUE_URL``: :mod:`watcher.notified`).
 
 Discovery that misses nothing rests on listing, because notifications are at least once, and
 can be late or lost: a listing every ``BUCKET_LIST_INTERVAL_S``; a notified key is taken in
@@ -60,9 +60,8 @@ def watch_bucket(
 ) -> None:
     """Watch a bucket inbox until ``stop``, with the notification sources the settings name
     (:func:`watcher.notified.notifications`)."""
-    notified = NotifiedKeys()
-    with notifications(settings, store.location.bucket, notified, stop) as any_source:
-        BucketWatcher(settings, store, notified if any_source else None).run(stop, ready)
+    with notifications(settings, store.location.bucket, stop) as notified:
+        BucketWatcher(settings, store, notified).run(stop, ready)
 
 
 def full_pass_period(listing_seconds: float, rescan_interval_s: float) -> float:
@@ -85,7 +84,7 @@ class BucketWatcher:
         self, settings: Settings, store: ObjectStore, notified: NotifiedKeys | None = None
     ) -> None:
         self.settings = settings
-        self.notified = notified  # keys the store's notifications named (BUCKET_EVENTS_LISTEN)
+        self.notified = notified  # keys the store's notifications named (watcher.notified)
         self.store = store
         self.location = store.location
         self._engine = make_engine(settings.db_url)
@@ -148,22 +147,22 @@ class BucketWatcher:
                 stop.wait(delay)
                 continue
             self._backoff.succeeded()
-            if full and (found or not self.announced):
-                log.info(
-                    "listed %s in %.1f s: %d new or changed object(s)",
-                    self.location.url,
-                    time.monotonic() - started,
-                    found,
-                )
             if full:
                 next_full = started + full_pass_period(
                     self.listing_seconds, self.settings.rescan_interval_s
                 )
-            if full and not self.announced:  # the start-up pass is taken in
-                self.announced = True
-                events.emit(events.Ready(role="watcher", detail=self.location.url))
-                if ready is not None:
-                    ready.set()
+                if found or not self.announced:
+                    log.info(
+                        "listed %s in %.1f s: %d new or changed object(s)",
+                        self.location.url,
+                        time.monotonic() - started,
+                        found,
+                    )
+                if not self.announced:  # the start-up pass is taken in
+                    self.announced = True
+                    events.emit(events.Ready(role="watcher", detail=self.location.url))
+                    if ready is not None:
+                        ready.set()
             self._until_next_listing(stop)
 
     def _until_next_listing(self, stop: threading.Event) -> None:
@@ -183,7 +182,7 @@ class BucketWatcher:
         found, batch = 0, []
         started, taking = time.monotonic(), 0.0
         for info in self.store.listing("" if full else self._marker):
-            if self._recorded.get(info.key) == (info.etag, info.size):
+            if self._seen(info):
                 continue
             batch.append(info)
             if len(batch) >= BURST:
@@ -207,15 +206,15 @@ class BucketWatcher:
         A failure here is logged: the listings find those keys again."""
         try:
             listed = list(self._readers.map(self.store.listed, keys))
-            batch = [
-                info
-                for info in listed
-                if info is not None and self._recorded.get(info.key) != (info.etag, info.size)
-            ]
+            batch = [info for info in listed if info is not None and not self._seen(info)]
             return self._take(batch, advance=False) if batch else 0
         except (StoreUnavailable, Unusable, LedgerAway) as exc:
             log.warning("%d notified key(s) left to the listing: %s", len(keys), exc)
             return 0
+
+    def _seen(self, info: ObjectInfo) -> bool:
+        """This process recorded (or found recorded) the object with this ETag and size."""
+        return self._recorded.get(info.key) == (info.etag, info.size)
 
     def _take(self, batch: list[ObjectInfo], advance: bool = True) -> int:
         """Read and record one burst; the marker moves past a listed burst once it is in the

@@ -33,10 +33,10 @@ class NotificationReceiver:
     """The endpoint, on its own threads, while the watcher runs: ``start`` / ``stop``."""
 
     def __init__(self, settings: Settings, bucket: str, keys: NotifiedKeys) -> None:
-        assert settings.bucket_events_listen is not None
-        host, _, port = settings.bucket_events_listen.rpartition(":")
+        address = settings.bucket_events_address
+        assert address is not None
         token = settings.bucket_events_token
-        self.address = (host.strip("[]"), int(port))
+        self.address = address
         self._server = ThreadingHTTPServer(  # binds now: a taken port fails at start
             self.address, _handler(bucket, keys, token.get_secret_value() if token else None)
         )

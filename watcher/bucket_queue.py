@@ -53,21 +53,21 @@ def queue_client(queue_url: str) -> Any:
 
 
 class QueueReader:
-    """Reads the queue until ``stop`` is set: ``run`` it on a thread."""
+    """Reads the queue on a thread of its own until ``stop`` is set."""
 
-    def __init__(self, settings: Settings, bucket: str, keys: NotifiedKeys) -> None:
+    def __init__(
+        self, settings: Settings, bucket: str, keys: NotifiedKeys, stop: threading.Event
+    ) -> None:
         assert settings.bucket_events_queue_url is not None
         self.url = settings.bucket_events_queue_url
         self.bucket = bucket
         self.keys = keys
         self.client = queue_client(self.url)
-        self._backoff = Backoff(base=1.0, cap=60.0)
-        self.thread = threading.Thread(target=self.run, name="watcher-queue", daemon=True)
-        self.received = 0
-
-    def start(self, stop: threading.Event) -> None:
         self._stop = stop
-        self.thread.start()
+        self._backoff = Backoff(base=1.0, cap=60.0)
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, name="watcher-queue", daemon=True).start()
         log.info("taking bucket notifications from %s", self.url)
 
     def run(self) -> None:
@@ -80,10 +80,10 @@ class QueueReader:
                 log.warning("reading %s failed (%s); next try in %.1fs", self.url, exc, delay)
                 self._stop.wait(delay)
 
-    def take_one_poll(self, wait_s: int = WAIT_S) -> int:
-        """One long poll: hand over the keys its messages name, delete them; how many."""
+    def take_one_poll(self) -> None:
+        """One long poll: hand over the keys its messages name, then delete them."""
         answer = self.client.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=BATCH, WaitTimeSeconds=wait_s
+            QueueUrl=self.url, MaxNumberOfMessages=BATCH, WaitTimeSeconds=WAIT_S
         )
         messages = answer.get("Messages", [])
         for message in messages:
@@ -101,5 +101,3 @@ class QueueReader:
                     for i, m in enumerate(messages)
                 ],
             )
-        self.received += len(messages)
-        return len(messages)

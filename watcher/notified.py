@@ -42,18 +42,23 @@ class NotifiedKeys:
 
 @contextmanager
 def notifications(
-    settings: Settings, bucket: str, keys: NotifiedKeys, stop: threading.Event
-) -> Iterator[bool]:
+    settings: Settings, bucket: str, stop: threading.Event
+) -> Iterator[NotifiedKeys | None]:
     """The notification sources the settings name, running for the block (the endpoint,
-    BUCKET_EVENTS_LISTEN; the queue, BUCKET_EVENTS_QUEUE_URL); yields whether there is any."""
+    BUCKET_EVENTS_LISTEN; the queue, BUCKET_EVENTS_QUEUE_URL); yields the keys they name, or
+    None where there is none."""
+    if not (settings.bucket_events_listen or settings.bucket_events_queue_url):
+        yield None
+        return
+    keys = NotifiedKeys()
     receiver = None
     if settings.bucket_events_listen:
         receiver = NotificationReceiver(settings, bucket, keys)
         receiver.start()
     if settings.bucket_events_queue_url:
-        QueueReader(settings, bucket, keys).start(stop)  # a daemon thread: ends with ``stop``
+        QueueReader(settings, bucket, keys, stop).start()  # a daemon thread: ends with ``stop``
     try:
-        yield receiver is not None or settings.bucket_events_queue_url is not None
+        yield keys
     finally:
         if receiver is not None:
             receiver.stop()

@@ -31,6 +31,20 @@ def cli(
     )
 
 
+def finished(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run an `inbox-classifier` command to its end, its output captured (a check that
+    refuses to start, a one-shot command)."""
+    return subprocess.run(
+        [sys.executable, "-m", "inbox_classifier", *args],
+        env=settings.with_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> int:
     if process.poll() is None:
         process.send_signal(sig)

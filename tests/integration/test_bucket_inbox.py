@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import time
 import unicodedata
 import urllib.request
@@ -25,7 +23,7 @@ from objectstore.labeled import mirror
 from tests.helpers.images import random_image
 from tests.helpers.object_store import SeaweedServer
 from tests.helpers.pipeline import count, wait_until
-from tests.helpers.procs import running
+from tests.helpers.procs import finished, running
 from tests.helpers.web import client
 
 
@@ -126,13 +124,7 @@ def test_a_bucket_inbox_is_classified_once_read_by_get(
         assert twin.phash is not None  # the worker decoded what it read by GET
 
     # `results` names them by their URL.
-    shown = subprocess.run(
-        [sys.executable, "-m", "inbox_classifier", "results", "--format", "json", "--limit", "500"],
-        env=s.with_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = finished(s, "results", "--format", "json", "--limit", "500", timeout=60)
     assert shown.returncode == 0, shown.stderr
     rows = json.loads(shown.stdout)
     assert {row["path"] for row in rows} >= {store.location.url_of("drop/odd/Case.png")}
@@ -180,24 +172,12 @@ def test_a_bucket_that_cannot_be_reached_stops_the_watcher_with_a_reason(
     bucket_settings: Settings, seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    done = subprocess.run(
-        [sys.executable, "-m", "inbox_classifier", "watch"],
-        env=bucket_settings.with_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = finished(bucket_settings, "watch")
     assert done.returncode == 2, done.stderr
     assert "INBOX" in done.stderr and "127.0.0.1:9" in done.stderr
     missing = bucket_settings.model_copy(update={"inbox_bucket": "s3://no-such-bucket-here/"})
     monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.endpoint)
-    done = subprocess.run(
-        [sys.executable, "-m", "inbox_classifier", "watch"],
-        env=missing.with_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = finished(missing, "watch")
     assert done.returncode == 2 and "no-such-bucket-here" in done.stderr, done.stderr
 
 
@@ -271,14 +251,19 @@ def test_notified_objects_are_found_within_a_second_between_listings(
                 before = count(session_factory)
                 written = time.monotonic()
                 s3.put_object(Bucket="notified", Key=key, Body=_jpeg(500 + i))
-                wait_until(lambda b=before: count(session_factory) > b, 10,
-                           f"{key} by notification\n{_tail(log)}")
+                wait_until(
+                    lambda b=before: count(session_factory) > b,
+                    10,
+                    f"{key} by notification\n{_tail(log)}",
+                )
                 latencies.append(time.monotonic() - written)
             forged = json.dumps(
                 {"event_type": "create", "key": "/buckets/notified/drop/never-written.jpg"}
             ).encode()
             request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/", data=forged, method="POST",
+                f"http://127.0.0.1:{port}/",
+                data=forged,
+                method="POST",
                 headers={"Authorization": f"Bearer {token}"},
             )
             with urllib.request.urlopen(request, timeout=10) as answer:
@@ -286,8 +271,10 @@ def test_notified_objects_are_found_within_a_second_between_listings(
             time.sleep(1.0)
             assert count(session_factory) == 1 + len(keys)
         latencies.sort()
-        print(f"\n[measured] notified object -> row: p50 {latencies[len(latencies) // 2]:.2f} s, "
-              f"max {latencies[-1]:.2f} s (listing every 30 s)")
+        print(
+            f"\n[measured] notified object -> row: p50 {latencies[len(latencies) // 2]:.2f} s, "
+            f"max {latencies[-1]:.2f} s (listing every 30 s)"
+        )
         assert latencies[len(latencies) // 2] <= 1.0
         assert latencies[-1] < 5.0
         assert "taking bucket notifications" in log.read_text()
@@ -303,15 +290,9 @@ def test_a_notification_endpoint_that_cannot_be_served_stops_the_watcher_with_a_
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         busy = bucket_settings.model_copy(update={"bucket_events_listen": f"127.0.0.1:{port}"})
-        done = subprocess.run(
-            [sys.executable, "-m", "inbox_classifier", "watch"],
-            env=busy.with_env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        done = finished(busy, "watch")
     assert done.returncode == 2 and "BUCKET_EVENTS_LISTEN" in done.stderr, done.stderr
     assert "cannot listen there" in done.stderr
     folder = settings.model_copy(update={"bucket_events_listen": "127.0.0.1:8334"})
-    done = subprocess.run(
-        [sys.executable, "-m", "inbox_classifier", "watch"],
-        env=folder.with_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = finished(folder, "watch")
     assert done.returncode == 2 and "only a bucket inbox" in done.stderr, done.stderr

@@ -25,7 +25,7 @@ from inbox_classifier.redis_server import free_port
 from tests.helpers.images import random_image
 from tests.helpers.object_store import SeaweedServer
 from tests.helpers.pipeline import count, wait_until
-from tests.helpers.procs import running
+from tests.helpers.procs import finished, running
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -154,9 +154,6 @@ def test_a_queue_that_cannot_be_read_stops_the_watcher_with_a_reason(
     missing = bucket_settings.model_copy(
         update={"bucket_events_queue_url": sqs_endpoint + "/123456789012/no-such-queue"}
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "inbox_classifier", "watch"],
-        env=missing.with_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = finished(missing, "watch")
     assert done.returncode == 2, done.stderr
     assert "BUCKET_EVENTS_QUEUE_URL" in done.stderr and "no-such-queue" in done.stderr
