@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("watcher.service")
 
 MAX_BODY = 1 << 20  # one notification is a few KiB; a bigger body is not one
+DRAIN_LIMIT = 16 * MAX_BODY  # a refused body read and dropped, so the sender gets the 413
 
 
 class NotificationReceiver:
@@ -69,25 +70,36 @@ def _handler(bucket: str, keys: NotifiedKeys, token: str | None) -> type[BaseHTT
         server_version = "inbox-classifier-watcher"
 
         def do_POST(self) -> None:
-            if token is not None and not _carries(self.headers.get("Authorization", ""), token):
-                self._answer(401, {"error": "a bearer token is required (BUCKET_EVENTS_TOKEN)"})
-                return
             try:
                 length = int(self.headers.get("Content-Length", ""))
             except ValueError:
                 self._answer(411, {"error": "Content-Length is required"})
                 return
+            # The body is read (or, too large, drained) before any answer: a sender still
+            # writing it would see a broken pipe instead of the status.
             if length > MAX_BODY:
+                self._drain(length)
                 self._answer(413, {"error": f"a notification is at most {MAX_BODY} bytes"})
                 return
+            body = self.rfile.read(length)
+            if token is not None and not _carries(self.headers.get("Authorization", ""), token):
+                self._answer(401, {"error": "a bearer token is required (BUCKET_EVENTS_TOKEN)"})
+                return
             try:
-                found = written_keys(self.rfile.read(length), bucket)
+                found = written_keys(body, bucket)
             except NotANotification as exc:
                 self._answer(400, {"error": str(exc)})
                 return
             if found:
                 keys.add(found)
             self._answer(200, {"keys": len(found)})
+
+        def _drain(self, length: int) -> None:
+            """Read and drop a refused body, up to DRAIN_LIMIT (beyond, the sender sees the
+            connection close)."""
+            left = min(length, DRAIN_LIMIT)
+            while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                left -= len(chunk)
 
         def do_GET(self) -> None:  # a store's reachability check, a person's look
             self._answer(200, {"bucket": bucket, "post": "S3 event records or SeaweedFS events"})
