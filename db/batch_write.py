@@ -22,7 +22,7 @@ from contract.chunks import chunked
 from contract.clock import as_utc, utcnow
 from contract.failures import is_path_failure
 from contract.records import Classified, Failed
-from db.driver_sql import bound, placeholder
+from db.driver_sql import bound, by_key, is_postgresql, placeholder
 from db.models import Image, ImagePath, ImageStatus, Prediction
 
 # SQLite allows 32766 bound parameters per statement; stay well inside it.
@@ -87,15 +87,10 @@ def save_batch(
     hashes = [c.sha256 for c in classified] + [f.sha256 for f in failed]
     ids: dict[str, int] = {}
     unclassified_since: dict[str, datetime] = {}  # sha256 -> created_at, no result before
-    for hash_part in chunked(hashes, CHUNK):
-        for image_id, sha, created_at, classified_at in session.execute(
-            select(Image.id, Image.sha256, Image.created_at, Image.classified_at).where(
-                Image.sha256.in_(hash_part)
-            )
-        ):
-            ids[sha] = image_id
-            if classified_at is None:
-                unclassified_since[sha] = created_at
+    for image_id, sha, created_at, classified_at in _images_by_hash(session, hashes):
+        ids[sha] = image_id
+        if classified_at is None:
+            unclassified_since[sha] = created_at
 
     known = [c for c in classified if c.sha256 in ids]
     if known:
@@ -155,6 +150,28 @@ def save_batch(
     )
 
 
+def _images_by_hash(session: Session, hashes: list[str]) -> list[Any]:
+    """(id, sha256, created_at, classified_at) of the images with these hashes."""
+    connection = session.connection()
+    if is_postgresql(connection):
+        by_key(connection)
+        return list(
+            connection.exec_driver_sql(
+                "SELECT id, sha256, created_at, classified_at FROM images "
+                "WHERE sha256 = ANY(%b::text[])",
+                (hashes,),
+            )
+        )
+    found: list[Any] = []
+    for hash_part in chunked(hashes, CHUNK):
+        found += session.execute(
+            select(Image.id, Image.sha256, Image.created_at, Image.classified_at).where(
+                Image.sha256.in_(hash_part)
+            )
+        ).all()
+    return found
+
+
 def _seen_since_sent(session: Session, rows: Sequence[tuple[int, datetime | None]]) -> set[int]:
     """Images (id, enqueued_at) that had a path recorded after they were last sent."""
     sent = {image_id: at for image_id, at in rows if at is not None}
@@ -182,6 +199,9 @@ def _write_results(
     """The predictions (a duplicate delivery adds nothing) and each image's result."""
     image_ids = [ids[c.sha256] for c in known]
     topks = [json.dumps(c.topk) for c in known]
+    if is_postgresql(connection):
+        _write_results_as_arrays(connection, model_version_id, known, image_ids, topks, now)
+        return
     mark = placeholder(connection)
     stamp = bound(connection, Prediction.__table__.c.created_at, now)
     predictions = [
@@ -206,4 +226,44 @@ def _write_results(
         f"UPDATE images SET status = '{ImageStatus.DONE.value}', error = NULL, "
         f"error_kind = NULL, {assignments}, phash = COALESCE({mark}, phash) WHERE id = {mark}",
         results,
+    )
+
+
+def _write_results_as_arrays(
+    connection: Connection,
+    model_version_id: int,
+    known: Sequence[Classified],
+    image_ids: list[int],
+    topks: list[str],
+    now: datetime,
+) -> None:
+    """:func:`_write_results` in PostgreSQL: each statement over one array per column.
+    ``images.id = ANY(...)`` lets the planner find the rows by key on a table of any size
+    (with the join alone, it scans a small or freshly filled table)."""
+    labels = [c.label for c in known]
+    confidences = [c.confidence for c in known]
+    connection.exec_driver_sql(
+        f"INSERT INTO predictions ({_PREDICTION_COLUMNS}) "
+        "SELECT v.id, %s, v.label, v.confidence, v.topk::json, %s "
+        "FROM unnest(%b::int[], %b::text[], %b::float8[], %b::text[]) "
+        "AS v(id, label, confidence, topk) "
+        "ON CONFLICT (image_id, model_version_id) DO NOTHING",
+        (model_version_id, now, image_ids, labels, confidences, topks),
+    )
+    connection.exec_driver_sql(
+        f"UPDATE images SET status = '{ImageStatus.DONE.value}', error = NULL, "
+        "error_kind = NULL, label = v.label, confidence = v.confidence, topk = v.topk::json, "
+        "margin = v.margin, needs_review = v.needs_review, sure = v.sure, "
+        "review_score = v.review_score, model_version_id = %s, classified_at = %s, "
+        "updated_at = %s, phash = COALESCE(v.phash, images.phash) "
+        "FROM unnest(%b::int[], %b::text[], %b::float8[], %b::text[], %b::float8[], "
+        "%b::bool[], %b::bool[], %b::float8[], %b::bytea[]) "
+        "AS v(id, label, confidence, topk, margin, needs_review, sure, review_score, phash) "
+        "WHERE images.id = v.id AND images.id = ANY(%b::int[])",
+        (
+            model_version_id, now, now, image_ids, labels, confidences, topks,
+            [margin(c) for c in known], [c.needs_review for c in known],
+            [c.sure for c in known], [review_score(c) for c in known],
+            [c.phash for c in known], image_ids,
+        ),
     )

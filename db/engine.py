@@ -30,7 +30,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "handle_error", _replace_stale_connections)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # Every statement planned for its own parameters: psycopg would otherwise prepare a
+    # statement on its fifth run, and PostgreSQL may then keep a generic plan made while
+    # the table was small (a scan) as it grows: a batch's lookup by 256 hashes took 28 ms at
+    # 30,000 rows, and a burst slowed run after run (docs/performance.md). Planning a batch
+    # statement costs a fraction of a millisecond; no prepared statements also suits PgBouncer.
+    connect_args = {"prepare_threshold": None, **kwargs.pop("connect_args", {})}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
 
 def _replace_stale_connections(context: ExceptionContext) -> None:

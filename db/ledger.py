@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from contract.failures import FailureKind, is_path_failure
 from contract.messages import WorkItem
 from contract.paths import to_ledger
 from contract.records import SeenFile
-from db.driver_sql import bound, placeholder
+from db.driver_sql import bound, by_key, is_postgresql
 from db.models import Base, Image, ImagePath, ImageStatus
 
 # SQLite allows 32766 bound parameters per statement; stay well inside it.
@@ -49,30 +49,18 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     by_hash: dict[str, SeenFile] = {}
     for seen in files:
         by_hash.setdefault(seen.sha256, seen)
-    # The driver's own executemany (db.driver_sql): the watcher's hottest statement.
     connection = session.connection()
-    mark = placeholder(connection)
-    stamp = bound(connection, Image.__table__.c.created_at, now)
-    connection.exec_driver_sql(
-        "INSERT INTO images (sha256, size, status, attempts, created_at, updated_at) "
-        f"VALUES ({mark}, {mark}, '{ImageStatus.QUEUED.value}', 0, {mark}, {mark}) "
-        "ON CONFLICT (sha256) DO NOTHING",
-        [(f.sha256, f.size, stamp, stamp) for f in by_hash.values()],
-    )
+    _insert_images(connection, list(by_hash.values()), now)
 
     ids: dict[str, tuple[int, str, datetime | None]] = {}
     revive: list[int] = []
-    for hash_part in chunked(list(by_hash), CHUNK):
-        query = select(
-            Image.id, Image.sha256, Image.status, Image.enqueued_at, Image.error_kind
-        ).where(Image.sha256.in_(hash_part))
-        for image_id, sha, status, enqueued_at, error_kind in session.execute(query):
-            if status == ImageStatus.FAILED and is_path_failure(error_kind):
-                # Failed because a *path* vanished or changed, and these bytes are here again
-                # (moved, or dropped again): queue the content once more.
-                revive.append(image_id)
-                status, enqueued_at = ImageStatus.QUEUED.value, None
-            ids[sha] = (image_id, status, enqueued_at)
+    for image_id, sha, status, enqueued_at, error_kind in _states(session, list(by_hash)):
+        if status == ImageStatus.FAILED and is_path_failure(error_kind):
+            # Failed because a *path* vanished or changed, and these bytes are here again
+            # (moved, or dropped again): queue the content once more.
+            revive.append(image_id)
+            status, enqueued_at = ImageStatus.QUEUED.value, None
+        ids[sha] = (image_id, status, enqueued_at)
     for id_part in chunked(revive, CHUNK):
         session.execute(
             update(Image)
@@ -86,16 +74,8 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
             )
         )
 
-    connection.exec_driver_sql(
-        "INSERT INTO image_paths (image_id, path, size, mtime_ns, first_seen_at, last_seen_at) "
-        f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) "
-        "ON CONFLICT (path) DO UPDATE SET image_id = excluded.image_id, size = excluded.size, "
-        "mtime_ns = excluded.mtime_ns, last_seen_at = excluded.last_seen_at",
-        [
-            (ids[f.sha256][0], to_ledger(f.path), f.size, f.mtime_ns, stamp, stamp)
-            for f in {f.path: f for f in files}.values()
-        ],
-    )
+    paths = list({f.path: f for f in files}.values())  # one row per path
+    _upsert_paths(connection, paths, {sha: image_id for sha, (image_id, _, _) in ids.items()}, now)
 
     return [
         WorkItem(path=to_ledger(f.path), sha256=sha)
@@ -104,8 +84,90 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     ]
 
 
+# The watcher's hottest statements, with the driver's own executemany (SQLite) or over
+# arrays (PostgreSQL): db.driver_sql.
+
+
+def _insert_images(connection: Connection, files: Sequence[SeenFile], now: datetime) -> None:
+    """A queued row per new content (files have distinct hashes); known content is left."""
+    queued = ImageStatus.QUEUED.value
+    if is_postgresql(connection):
+        by_key(connection)
+        connection.exec_driver_sql(
+            "INSERT INTO images (sha256, size, status, attempts, created_at, updated_at) "
+            f"SELECT v.sha256, v.size, '{queued}', 0, %s, %s "
+            "FROM unnest(%b::text[], %b::int8[]) AS v(sha256, size) "
+            "ON CONFLICT (sha256) DO NOTHING",
+            (now, now, [f.sha256 for f in files], [f.size for f in files]),
+        )
+        return
+    stamp = bound(connection, Image.__table__.c.created_at, now)
+    connection.exec_driver_sql(
+        "INSERT INTO images (sha256, size, status, attempts, created_at, updated_at) "
+        f"VALUES (?, ?, '{queued}', 0, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        [(f.sha256, f.size, stamp, stamp) for f in files],
+    )
+
+
+def _upsert_paths(
+    connection: Connection, paths: Sequence[SeenFile], ids: dict[str, int], now: datetime
+) -> None:
+    """Each path (distinct) as seen now, pointing at its content's image row."""
+    columns = "image_id, path, size, mtime_ns, first_seen_at, last_seen_at"
+    upsert = (
+        "ON CONFLICT (path) DO UPDATE SET image_id = excluded.image_id, size = excluded.size, "
+        "mtime_ns = excluded.mtime_ns, last_seen_at = excluded.last_seen_at"
+    )
+    if is_postgresql(connection):
+        connection.exec_driver_sql(
+            f"INSERT INTO image_paths ({columns}) "
+            "SELECT v.image_id, v.path, v.size, v.mtime_ns, %s, %s "
+            "FROM unnest(%b::int[], %b::text[], %b::int8[], %b::int8[]) "
+            f"AS v(image_id, path, size, mtime_ns) {upsert}",
+            (
+                now, now, [ids[f.sha256] for f in paths], [to_ledger(f.path) for f in paths],
+                [f.size for f in paths], [f.mtime_ns for f in paths],
+            ),
+        )
+        return
+    stamp = bound(connection, Image.__table__.c.created_at, now)
+    connection.exec_driver_sql(
+        f"INSERT INTO image_paths ({columns}) VALUES (?, ?, ?, ?, ?, ?) {upsert}",
+        [(ids[f.sha256], to_ledger(f.path), f.size, f.mtime_ns, stamp, stamp) for f in paths],
+    )
+
+
+def _states(session: Session, hashes: list[str]) -> list[Any]:
+    """(id, sha256, status, enqueued_at, error_kind) of the images with these hashes."""
+    connection = session.connection()
+    if is_postgresql(connection):
+        return list(
+            connection.exec_driver_sql(
+                "SELECT id, sha256, status, enqueued_at, error_kind FROM images "
+                "WHERE sha256 = ANY(%b::text[])",
+                (hashes,),
+            )
+        )
+    found: list[Any] = []
+    for hash_part in chunked(hashes, CHUNK):
+        query = select(
+            Image.id, Image.sha256, Image.status, Image.enqueued_at, Image.error_kind
+        ).where(Image.sha256.in_(hash_part))
+        found += session.execute(query).all()
+    return found
+
+
 def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:
     now = utcnow()
+    connection = session.connection()
+    if is_postgresql(connection):  # one statement, one array (db.driver_sql)
+        by_key(connection)
+        connection.exec_driver_sql(
+            "UPDATE images SET enqueued_at = %s, updated_at = %s "
+            f"WHERE sha256 = ANY(%b::text[]) AND status = '{ImageStatus.QUEUED.value}'",
+            (now, now, list(sha256s)),
+        )
+        return
     for hash_part in chunked(list(sha256s), CHUNK):
         session.execute(
             update(Image)

@@ -66,7 +66,11 @@ class LabelSource(StrEnum):
 class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
-        Index("ix_images_status_enqueued", "status", "enqueued_at"),
+        # Every index here is written on a classified image's update (an image row is written
+        # three times: recorded, sent, classified), so each earns its place; a reader that
+        # wants only some rows gets a partial index. Nothing indexes enqueued_at, so marking a
+        # row sent can be a heap-only update in PostgreSQL, given room on its page
+        # (fillfactor below). docs/performance.md, "The ledger's writes".
         # The web app's keyset pages (docs/web.md): each filter or sort a page
         # offers has an index that serves it in order, so a page never scans the table.
         Index("ix_images_status_id", "status", "id"),
@@ -86,8 +90,21 @@ class Image(Base):
             sqlite_where=text("status = 'done' AND human_label IS NULL"),
             postgresql_where=text("status = 'done' AND human_label IS NULL"),
         ),
-        Index("ix_images_failed_kind", "status", "error_kind", "id"),
-        Index("ix_images_dup_group_id", "dup_group", "id"),
+        Index(
+            "ix_images_failed_kind",
+            "error_kind",
+            "id",
+            sqlite_where=text("status = 'failed'"),
+            postgresql_where=text("status = 'failed'"),
+        ),
+        Index(
+            "ix_images_dup_group_id",
+            "dup_group",
+            "id",
+            sqlite_where=text("dup_group IS NOT NULL"),
+            postgresql_where=text("dup_group IS NOT NULL"),
+        ),
+        {"postgresql_with": {"fillfactor": 50}},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -99,7 +116,7 @@ class Image(Base):
     error_kind: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # The current result (the latest prediction), denormalised for plain-SQL queries.
-    label: Mapped[str | None] = mapped_column(String(255), index=True)
+    label: Mapped[str | None] = mapped_column(String(255))
     confidence: Mapped[float | None] = mapped_column(Float)
     topk: Mapped[list[Any] | None] = mapped_column(JSON)
     # top-1 minus top-2 probability: how sure the model is between its two best guesses.
@@ -114,7 +131,7 @@ class Image(Base):
     # A person's label (the current one of its `labels` history), which wins over the model's.
     human_label: Mapped[str | None] = mapped_column(String(255))
     labeled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -150,10 +167,11 @@ class Prediction(Base):
     """History: one row per (image, model version). Older versions' results stay."""
 
     __tablename__ = "predictions"
+    # The unique constraint's index, led by image_id, also serves lookups by image.
     __table_args__ = (UniqueConstraint("image_id", "model_version_id", name="uq_prediction"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     label: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float] = mapped_column(Float)

@@ -207,8 +207,9 @@ def status_counts(session: Session) -> dict[str, int]:
 
 
 def done_since(session: Session, window: timedelta) -> int:
-    """How many images were classified in the last ``window`` (for img/s)."""
-    query = select(func.count()).where(Image.classified_at >= utcnow() - window)
+    """How many results (first ones and rescores) were written in the last ``window``
+    (for img/s): counted on the predictions' index, so images needs none on classified_at."""
+    query = select(func.count()).where(Prediction.created_at >= utcnow() - window)
     return int(session.execute(query).scalar_one())
 
 

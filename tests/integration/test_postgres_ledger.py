@@ -13,7 +13,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import func, inspect, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -133,6 +133,63 @@ def test_topk_json_round_trips(pg_sessions: sessionmaker[Session]) -> None:
         # Stored as real JSON that SQL users can query with PostgreSQL's JSON operators.
         first = s.execute(text("SELECT topk -> 0 ->> 'label' FROM images")).scalar_one()
         assert first == "chat tigré"
+
+
+def test_a_large_batch_keeps_every_column_of_every_row(pg_sessions: sessionmaker[Session]) -> None:
+    """PostgreSQL writes a batch as one statement over arrays (db.batch_write): each row keeps
+    its own values, NULLs included, past the chunk size SQLite's path uses, and a phash an
+    earlier result stored survives a result that has none."""
+    n = 1300
+    hashes = [f"{i:064x}" for i in range(n)]
+    files = [SeenFile(f"/in/{i}.jpg", h, 100 + i, 10**18 + i) for i, h in enumerate(hashes)]
+    with transaction(pg_sessions) as s:
+        items = record_files(s, files)
+        base = ensure_base_model(s, "resnet18", "none", ["cat", "dog"])
+    assert {i.sha256 for i in items} == set(hashes)
+
+    def result(i: int, with_phash: bool) -> Classified:
+        label = ("cat", "dog")[i % 2]
+        return Classified(
+            hashes[i], label, 0.5 + i / (4 * n),
+            [{"label": label, "confidence": 0.5 + i / (4 * n)}, {"label": "x", "confidence": 0.1}],
+            needs_review=(None, True, False)[i % 3],
+            sure=(None, False, True)[(i // 3) % 3],
+            phash=bytes([i % 256]) * 32 if with_phash and i % 4 else None,
+        )
+
+    with transaction(pg_sessions) as s:
+        assert save_results(s, base.id, [result(i, True) for i in range(n)]) == n
+    with transaction(pg_sessions) as s:  # a later result without a hash keeps the stored one
+        save_results(s, base.id, [result(i, False) for i in range(0, n, 7)])
+    with transaction(pg_sessions) as s:
+        rows = {image.sha256: image for image in s.scalars(select(Image))}
+        assert s.scalar(select(func.count()).select_from(Prediction)) == n
+        paths = dict(s.execute(select(ImagePath.path, ImagePath.size)).all())
+    for i, h in enumerate(hashes):
+        want, image = result(i, True), rows[h]
+        assert image.status == ImageStatus.DONE and image.label == want.label
+        assert image.confidence == pytest.approx(want.confidence)
+        assert image.topk == want.topk
+        assert (image.needs_review, image.sure, image.phash) == (
+            want.needs_review, want.sure, want.phash
+        )
+        assert paths[f"/in/{i}.jpg"] == 100 + i
+
+
+def test_statements_are_planned_for_their_own_parameters(
+    pg_sessions: sessionmaker[Session],
+) -> None:
+    """No server-side prepared statements (db.engine): a generic plan cached while the table
+    was small would keep scanning it as it grows."""
+    with transaction(pg_sessions) as s:
+        base = ensure_base_model(s, "resnet18", "none", ["cat"])
+    for i in range(8):  # psycopg would prepare from the fifth run on
+        with transaction(pg_sessions) as s:
+            record_files(s, [seen(f"/in/{i}.jpg", "0123456789abcdef"[i])])
+            mark_enqueued(s, [sha("0123456789abcdef"[i])])
+            save_results(s, base.id, [Classified(sha("0123456789abcdef"[i]), "cat", 0.9, [])])
+            prepared = s.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+            assert prepared == 0
 
 
 def test_failed_results_and_attempt_limit(pg_sessions: sessionmaker[Session]) -> None:
