@@ -66,6 +66,16 @@ class GateVerdict:
     active_correct: int = 0
     candidate_correct: int = 0
 
+    def accuracy_phrase(self, val_accuracy: float) -> str:
+        """How the run's message states the candidate's accuracy: on the held-out images,
+        beside the active model's on the same ones, when there are any."""
+        if self.on != "held-out" or self.candidate_accuracy is None:
+            return f"val accuracy {val_accuracy:.3f}"
+        phrase = f"held-out accuracy {self.candidate_accuracy:.3f}"
+        if self.active_accuracy is not None:
+            phrase += f" vs {self.active_accuracy:.3f} for {self.active_name}"
+        return f"{phrase} on {self.images} images"
+
     def to_dict(self) -> GateReport:
         return GateReport(
             promote=self.promote,

@@ -213,10 +213,27 @@ class FitResult:
     stopped_early: bool = False
     stopped_by_budget: bool = False
     planned_epochs: int = 0
+    since_best: int = 0  # epochs since the best one (what early stopping counts)
 
     @property
     def best_epoch(self) -> int:
         return int(self.best.get("epoch", 0))
+
+    def offer(self, epoch: int, val: EvalResult, judged: nn.Module, scheduler: Any) -> None:
+        """Keep this epoch's weights if they are the best so far: a higher validation
+        accuracy, ties to the lower loss."""
+        best = self.best
+        if best and (val.accuracy, -val.loss) <= (best["val_acc"], -best["val_loss"]):
+            self.since_best += 1
+            return
+        self.since_best = 0
+        self.best = {
+            "model": _snapshot(judged),
+            "lr_scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "val_acc": val.accuracy,
+            "val_loss": val.loss,
+        }
 
 
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -274,8 +291,6 @@ def fit(
         cfg.epochs, cfg.epochs, deadline, one_cycle is not None and one_cycle.total is None
     )
     result = FitResult()
-    best_key = (-1.0, -math.inf)
-    flat = 0
     for epoch in range(first_epoch, first_epoch + cfg.epochs):
         epoch_started = time.monotonic()
         threads = before_epoch() if before_epoch is not None else None
@@ -295,6 +310,7 @@ def fit(
         if plan.timed(time.monotonic() - epoch_started) and one_cycle is not None:
             one_cycle.plan(plan.epochs * max(1, stats.steps))
             result.stopped_by_budget = plan.epochs < cfg.epochs  # the budget sized the run
+        result.offer(epoch, val, judged, one_cycle if one_cycle is not None else step_lr)
         record = EpochRecord(
             epoch=epoch,
             train_loss=stats.loss,
@@ -303,23 +319,11 @@ def fit(
             val_acc=val.accuracy,
             lr=optimizer.param_groups[0]["lr"],
             seconds=stats.seconds + val.seconds,
+            planned_epochs=plan.epochs,
+            best_epoch=result.best_epoch,
         )
         if threads is not None:
             record["threads"] = threads
-        record["planned_epochs"] = plan.epochs
-        if (val.accuracy, -val.loss) > best_key:
-            best_key = (val.accuracy, -val.loss)
-            flat = 0
-            result.best = {
-                "model": _snapshot(judged),
-                "lr_scheduler": one_cycle.state_dict() if one_cycle else step_lr.state_dict(),
-                "epoch": epoch,
-                "val_acc": val.accuracy,
-                "val_loss": val.loss,
-            }
-        else:
-            flat += 1
-        record["best_epoch"] = result.best_epoch
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -328,7 +332,7 @@ def fit(
             break
         # Early stopping waits out the first third of the plan: a schedule that is still
         # warming up or at its highest rate is no plateau.
-        if flat >= cfg.patience and done > plan.epochs / 3:
+        if result.since_best >= cfg.patience and done > plan.epochs / 3:
             result.stopped_early = True
             break
         if plan.out_of_time():

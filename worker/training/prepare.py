@@ -17,7 +17,7 @@ from worker.model.precision import pick_autocast, pick_device
 from worker.training.adapt import set_stem
 from worker.training.batches import EvalSet, ImageSource
 from worker.training.context import RunContext
-from worker.training.dataset import scan_labeled
+from worker.training.dataset import LabeledSet, scan_labeled
 from worker.training.features import remap_head
 from worker.training.leaks import guard_holdout
 from worker.training.loop import TrainConfig
@@ -71,22 +71,7 @@ def prepare_context(
     if how.stem != begin.loaded.stem:
         set_stem(begin.loaded, how.stem, config.seed)
     config = recipe_config(s, how, config) if use_recipe else config
-    rec.phase(
-        "preparing",
-        classes=labeled.classes,
-        train_images=len(labeled.train),
-        val_images=len(labeled.val),
-        holdout_images=len(labeled.holdout),
-        mode=how.mode,
-    )
-    events.emit(
-        events.RunStarted(
-            run_id=rec.run_id or 0,
-            trigger=str(rec.trigger),
-            images=len(labeled.train) + len(labeled.val) + len(labeled.holdout),
-            classes=len(labeled.classes),
-        )
-    )
+    _announce(rec, labeled, how.mode)
     source = ImageSource(how.preprocessing, s.max_image_pixels, s.decode_threads)
     t0 = time.perf_counter()
     eval_set = EvalSet(source, labeled.val, config.batch_size)
@@ -116,4 +101,24 @@ def prepare_context(
         durations={"decode": time.perf_counter() - t0},
         stem_reason=how.stem_reason,
         leaks=leaks,
+    )
+
+
+def _announce(rec: RunRecorder, labeled: LabeledSet, mode: str) -> None:
+    """The run's progress and the console say what it is about to train on."""
+    rec.phase(
+        "preparing",
+        classes=labeled.classes,
+        train_images=len(labeled.train),
+        val_images=len(labeled.val),
+        holdout_images=len(labeled.holdout),
+        mode=mode,
+    )
+    events.emit(
+        events.RunStarted(
+            run_id=rec.run_id or 0,
+            trigger=str(rec.trigger),
+            images=len(labeled.train) + len(labeled.val) + len(labeled.holdout),
+            classes=len(labeled.classes),
+        )
     )

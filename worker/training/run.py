@@ -49,6 +49,7 @@ from worker.training.save import ValGrid, save_and_settle, serving_builder
 from worker.training.skip import has_class_dirs, unchanged_reason
 from worker.training.start import ActiveInfo
 from worker.training.suspects import score_labels
+from worker.training.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class _Run:
 
     def _train_guarded(self) -> RunOutcome:
         try:
-            with _torch_threads(self.s.torch_threads):
+            with torch_threads(self.s.torch_threads):
                 return self._train()
         except TrainingRefused as exc:
             return self.rec.finish(RunStatus.FAILED, f"refused: {exc}")
@@ -305,7 +306,7 @@ class _Run:
             check=self._check_lock,
             build_serving=serving_builder(ctx, self.sessions, fitted.final.targets),
         )
-        accuracy = _accuracy_phrase(verdict, report["accuracy"])
+        accuracy = verdict.accuracy_phrase(report["accuracy"])
         if saved.failed:
             status, message = RunStatus.FAILED, f"{saved.reason}; the active model is unchanged"
         elif saved.promoted:
@@ -392,25 +393,3 @@ class _Run:
             row = versions.active_model(session)
             return versions.VersionView.of(row) if row is not None else None
 
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """The run's threads (the chooser changes them per epoch), restored when it ends."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _accuracy_phrase(verdict: GateVerdict, val_accuracy: float) -> str:
-    """How the run's message states the candidate's accuracy: on the held-out images, beside
-    the active model's on the same ones, when there are any."""
-    if verdict.on != "held-out" or verdict.candidate_accuracy is None:
-        return f"val accuracy {val_accuracy:.3f}"
-    phrase = f"held-out accuracy {verdict.candidate_accuracy:.3f}"
-    if verdict.active_accuracy is not None:
-        phrase += f" vs {verdict.active_accuracy:.3f} for {verdict.active_name}"
-    return f"{phrase} on {verdict.images} images"

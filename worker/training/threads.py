@@ -11,8 +11,10 @@ and why.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -112,3 +114,15 @@ class ThreadChooser:
         return ThreadsReport(
             cores=self.cores, per_epoch=[c.threads for c in self.choices], reasons=reasons[:5]
         )
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """A run's threads (the chooser changes them per epoch), restored when it ends."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
