@@ -22,6 +22,16 @@ def hashes(session: Session) -> tuple[list[int], list[str], list[bytes]]:
     return [r[0] for r in rows], [r[1] for r in rows], [bytes(r[2] or b"") for r in rows]
 
 
+def stored_groups(session: Session) -> dict[int, int]:
+    """image id -> its group (the group's first image id), for the images in a group."""
+    query = select(Image.id, Image.dup_group).where(Image.dup_group.is_not(None))
+    return {
+        image_id: group
+        for image_id, group in session.execute(query).tuples()
+        if group is not None
+    }
+
+
 def hashed_count(session: Session) -> int:
     return int(
         session.scalar(select(func.count()).select_from(Image).where(Image.phash.is_not(None))) or 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,23 +200,36 @@ def calibrated_threshold(
 
 # --- groups ---------------------------------------------------------------------------------
 
-#: Rows compared at once in :func:`near_pairs` (BLOCK x N x 4 words in memory).
+#: Rows compared at once in :func:`near_pairs`, against COLUMNS rows at a time (BLOCK x
+#: COLUMNS x 4 words, 64 MiB, in memory).
 BLOCK = 256
+COLUMNS = 8192
 
 
 def near_pairs(
-    words: np.ndarray, bits: int, on_block: Callable[[], None] | None = None
+    words: np.ndarray,
+    bits: int,
+    on_block: Callable[[], None] | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> np.ndarray:
-    """Every pair (i, j), i < j, of rows of ``words`` within ``bits``: brute force in blocks
-    (docs/web.md says how far that goes)."""
+    """Every pair (i, j), i < j, of rows of ``words`` within ``bits``, for the rows j in
+    [``start``, ``stop``) against every row before them: the whole triangle by default, or
+    only what rows added since ``start`` bring. Brute force in blocks (docs/web.md says how
+    far that goes)."""
+    stop = len(words) if stop is None else min(stop, len(words))
     found: list[np.ndarray] = []
-    for start in range(0, len(words), BLOCK):
-        block = words[start : start + BLOCK]
-        rest = words[start:]
-        close = _popcount(np.bitwise_xor(block[:, None, :], rest[None, :, :])) <= bits
-        rows, cols = np.nonzero(close)
-        keep = cols > rows
-        found.append(np.stack([rows[keep] + start, cols[keep] + start], axis=1))
+    for first in range(start, stop, BLOCK):
+        last = min(first + BLOCK, stop)
+        block = words[first:last]
+        for left in range(0, last, COLUMNS):  # bounded memory on a ledger of any size
+            earlier = words[left : min(left + COLUMNS, last)]
+            close = _popcount(np.bitwise_xor(block[:, None, :], earlier[None, :, :])) <= bits
+            rows, cols = np.nonzero(close)
+            rows += first
+            cols += left
+            keep = cols < rows
+            found.append(np.stack([cols[keep], rows[keep]], axis=1))
         if on_block is not None:
             on_block()
     return np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
@@ -225,7 +238,13 @@ def near_pairs(
 def groups(words: np.ndarray, bits: int) -> list[list[int]]:
     """Rows of ``words`` in groups of near-duplicates (two or more, linked by chains of pairs
     within ``bits``), each group in row order, the groups by their first row."""
-    parent = list(range(len(words)))
+    return linked(len(words), near_pairs(words, bits).tolist())
+
+
+def linked(count: int, pairs: Iterable[Sequence[int]]) -> list[list[int]]:
+    """Rows 0..``count``-1 in the groups that chains of ``pairs`` link (two or more each), each
+    group in row order, the groups by their first row."""
+    parent = list(range(count))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -233,11 +252,11 @@ def groups(words: np.ndarray, bits: int) -> list[list[int]]:
             i = parent[i]
         return i
 
-    for i, j in near_pairs(words, bits).tolist():
+    for i, j in pairs:
         a, b = root(i), root(j)
         if a != b:
             parent[max(a, b)] = min(a, b)
     members: dict[int, list[int]] = {}
-    for i in range(len(words)):
+    for i in range(count):
         members.setdefault(root(i), []).append(i)
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])

@@ -90,3 +90,8 @@ def near_duplicates(settings: Settings, fmt: str) -> None:
         f"{len(result.groups)} group(s) among {result.images:,} images in {result.seconds:.1f} s; "
         f"threshold {result.threshold}"
     )
+    if result.pending:
+        click.echo(
+            f"{result.pending:,} images not compared yet: run it again (or let the web app's "
+            "background passes) to compare them"
+        )

@@ -4,9 +4,12 @@ a grouping pass links images whose hashes are within a threshold calibrated on t
 own images, and stores each image's group (``images.dup_group``) for Browse's filter and
 group view. The CLI's ``near-duplicates``, the web app's API and Browse come here.
 
-The pass compares every pair by brute force (NumPy, in blocks): about 7 s for 20,000 images
-on 2 cores (docs/web.md); over :data:`MAX_PASS_IMAGES` it refuses, saying so, where an index
-would have to take over. Looking up one image's near-twins is a single scan (milliseconds).
+The pass compares pairs by brute force (NumPy, in blocks): about 7 s for 20,000 images on 2
+cores (docs/web.md). Up to :data:`MAX_PASS_IMAGES` each pass compares every pair afresh; beyond,
+a pass compares only images it has not compared yet (at most as much work as a full pass at
+the limit) against all the others and links them into the stored groups, so a large ledger
+catches up over passes instead of being refused. Looking up one image's near-twins is a single
+scan (milliseconds).
 """
 
 from __future__ import annotations
@@ -30,13 +33,17 @@ from imaging.perceptual import (
     as_words,
     calibrated_threshold,
     distances,
-    groups,
+    linked,
+    near_pairs,
 )
 from objectstore.inbox import read_image
 from pipeline.errors import Problem, UseCaseError
 
 STATE_FILE = "near_duplicates.json"
-#: The most images a grouping pass compares pair by pair (about a minute on 2 cores).
+#: Which images a pass compared at the threshold in the state file (image ids, NumPy).
+COMPARED_FILE = "near_duplicates_compared.npy"
+#: Up to this many hashed images a pass compares every pair afresh (about a minute on 2
+#: cores); beyond, passes compare what is new, this much work at most each.
 MAX_PASS_IMAGES = 50_000
 #: Images whose bytes calibrate the threshold.
 CALIBRATION_SAMPLE = 120
@@ -52,6 +59,7 @@ class PassResult:
     threshold: str
     seconds: float
     at: float  # time.time() of the pass
+    pending: int = 0  # hashed images no pass has compared yet (later passes will)
 
 
 @dataclass(frozen=True)
@@ -130,44 +138,82 @@ def _threshold(
 
 
 def refresh(settings: Settings, sessions: sessionmaker[Session]) -> PassResult:
-    """Group every hashed image, store the groups, and return them. Raises
-    :class:`UseCaseError` over :data:`MAX_PASS_IMAGES`."""
+    """Group the hashed images, store the groups, and return them. Up to
+    :data:`MAX_PASS_IMAGES` every pair is compared; beyond, the images no pass compared yet
+    (as many as a full pass at the limit costs) against all, joined to the stored groups."""
     started = time.perf_counter()
     with transaction(sessions) as session:
         ids, shas, hashes = near.hashes(session)
-    if len(ids) > MAX_PASS_IMAGES:
-        raise UseCaseError(
-            Problem.CONFLICT,
-            f"{len(ids):,} hashed images: a grouping pass compares every pair and stops at "
-            f"{MAX_PASS_IMAGES:,}; look up one image's near-twins instead "
-            "(GET /api/images/{sha256}/similar)",
-        )
-    words = as_words(hashes)
-    found = _threshold(settings, sessions, shas, words)
-    rows = groups(words, found.bits)
+        stored = near.stored_groups(session)
+    found = _threshold(settings, sessions, shas, as_words(hashes))
+    state = last_pass(settings) or {}
+    compared = _compared(settings, state, found.bits) if len(ids) > MAX_PASS_IMAGES else None
+    if compared is None:  # every pair afresh, or (over the limit) from the start, in slices
+        compared, stored = np.zeros(0, dtype=np.int64), {}
+    # The compared images first, then the rest: a pass adds rows [start, stop) of this order.
+    order = np.argsort(~np.isin(np.asarray(ids, dtype=np.int64), compared), kind="stable")
+    ids, shas = [ids[i] for i in order], [shas[i] for i in order]
+    words = as_words([hashes[i] for i in order])
+    start = int(np.isin(np.asarray(ids, dtype=np.int64), compared).sum())
+    stop = len(ids) if len(ids) <= MAX_PASS_IMAGES else _slice_end(start, len(ids))
+    row_of = {image_id: row for row, image_id in enumerate(ids)}
+    links = [(row_of[i], row_of[g]) for i, g in stored.items() if i in row_of and g in row_of]
+    rows = linked(len(ids), [*links, *near_pairs(words, found.bits, start=start, stop=stop)])
+    by_id = sorted(sorted(ids[i] for i in group) for group in rows)  # oldest first
+    sha_of = dict(zip(ids, shas, strict=True))
     with transaction(sessions) as session:
-        near.save_groups(session, [[ids[i] for i in group] for group in rows])
+        near.save_groups(session, by_id)
+    _save_compared(settings, np.asarray(ids[:stop], dtype=np.int64))
     result = PassResult(
-        groups=[[shas[i] for i in group] for group in rows],
-        images=len(ids),
+        groups=[[sha_of[i] for i in group] for group in by_id],
+        images=stop,
         threshold_bits=found.bits,
         threshold=found.reason,
         seconds=round(time.perf_counter() - started, 3),
         at=time.time(),
+        pending=len(ids) - stop,
     )
     state = last_pass(settings) or {}
-    state.update(images=len(ids), groups=len(rows), at=result.at, seconds=result.seconds)
+    state.update(
+        images=len(ids), groups=len(rows), at=result.at, seconds=result.seconds,
+        compared_bits=found.bits, pending=result.pending,
+    )
     _save_state(settings, state)
     return result
 
 
+def _slice_end(start: int, total: int) -> int:
+    """Where a pass over a large ledger stops: rows added against all earlier ones cost about
+    (stop - start) x stop comparisons; a full pass at the limit costs MAX^2 / 2."""
+    budget = MAX_PASS_IMAGES * MAX_PASS_IMAGES // 2
+    stop = start + max(1, budget // max(total, 1))
+    return min(total, stop)
+
+
+def _compared(settings: Settings, state: dict[str, object], bits: int) -> np.ndarray | None:
+    """The ids compared at ``bits`` by earlier passes, or None (none, or another threshold)."""
+    if state.get("compared_bits") != bits:
+        return None
+    try:
+        return np.asarray(np.load(settings.data_dir / COMPARED_FILE), dtype=np.int64)
+    except (OSError, ValueError):
+        return None
+
+
+def _save_compared(settings: Settings, ids: np.ndarray) -> None:
+    path = settings.data_dir / COMPARED_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, ids)
+    os.replace(tmp, path)
+
+
 def refresh_if_stale(settings: Settings, sessions: sessionmaker[Session]) -> PassResult | None:
-    """A pass where images were hashed since the last one (and the ledger is small enough for
-    one); None where the stored groups are current or a pass would be too long."""
+    """A pass where images were hashed since the last one, or some are still to compare;
+    None where the stored groups are current."""
     with transaction(sessions) as session:
         count = near.hashed_count(session)
     state = last_pass(settings) or {}
-    if state.get("images") == count or count > MAX_PASS_IMAGES:
+    if state.get("images") == count and not state.get("pending"):
         return None
     return refresh(settings, sessions)
 

@@ -135,7 +135,8 @@ def similar(request: Request, sha256: Sha256) -> schemas.SimilarOut:
     summary="Groups of near-duplicates among the classified images",
 )
 def groups(request: Request) -> schemas.NearDuplicatesOut:
-    """A grouping pass over every hashed image (it stores the groups Browse filters by)."""
+    """A grouping pass (it stores the groups Browse filters by): every hashed image, or, over
+    50,000, the next share of those no pass compared yet (``pending`` says how many remain)."""
     web = state(request)
     try:
         result = near_duplicates.refresh(web.settings, web.sessions)
@@ -147,4 +148,5 @@ def groups(request: Request) -> schemas.NearDuplicatesOut:
         threshold_bits=result.threshold_bits,
         threshold=result.threshold,
         seconds=result.seconds,
+        pending=result.pending,
     )

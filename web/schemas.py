@@ -391,3 +391,8 @@ class NearDuplicatesOut(BaseModel):
     threshold_bits: int
     threshold: str = Field(description="how the threshold was found on this ledger's images")
     seconds: float
+    pending: int = Field(
+        0,
+        description="hashed images not compared yet: over 50,000 each pass compares a share of "
+        "them, and later passes (the web app's background) the rest",
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -215,3 +216,51 @@ def test_a_run_without_flips_still_scores_and_keeps_its_rows(
         rows = session.scalars(select(LabeledImage)).all()
     assert len(rows) == 24 and all(r.score is not None and r.phash for r in rows)
     assert {r.split for r in rows} <= {"train", "val", "holdout"}
+
+
+def test_a_ledger_over_the_pass_limit_is_grouped_over_passes(
+    settings: Settings, session_factory, monkeypatch
+) -> None:
+    """Over MAX_PASS_IMAGES a pass compares only the images no pass compared yet, at most a
+    full pass at the limit's work; passes catch up to the groups one full pass finds, and an
+    image recorded early but classified late is compared too."""
+    monkeypatch.setattr(near_duplicates, "MAX_PASS_IMAGES", 20)  # 200 comparisons a pass
+    rng = random.Random(7)
+    originals = [rng.randbytes(32) for _ in range(20)]
+
+    def copy(of: bytes, flips: int) -> bytes:
+        value = bytearray(of)
+        for bit in rng.sample(range(255), flips):
+            value[bit // 8] ^= 1 << (bit % 8)
+        return bytes(value)
+
+    hashes = originals + [copy(originals[i], 3) for i in (0, 0, 9, 9, 5, 9)]  # 26 images
+    shas = [hashlib.sha256(h).hexdigest() for h in hashes]
+    late = 24  # a copy of 5: recorded before copy 25, classified after the passes caught up
+    with transaction(session_factory) as session:
+        record_files(session, [SeenFile(f"/in/{i}.jpg", sha, 1, 1) for i, sha in enumerate(shas)])
+        base = ensure_base_model(session, "resnet18", "none", ["cat"])
+        save_results(
+            session,
+            base.id,
+            [
+                Classified(sha, "cat", 0.9, topk("cat", 0.9), phash=h)
+                for i, (sha, h) in enumerate(zip(shas, hashes, strict=True))
+                if i != late
+            ],
+        )
+    passes = []
+    while not passes or passes[-1].pending:
+        passes.append(near_duplicates.refresh(settings, session_factory))
+        assert passes[-1].images - (passes[-2].images if len(passes) > 1 else 0) <= 8
+    assert len(passes) >= 3, [p.images for p in passes]
+    want = [{shas[0], shas[20], shas[21]}, {shas[9], shas[22], shas[23], shas[25]}]
+    assert [set(g) for g in passes[-1].groups] == want
+
+    with transaction(session_factory) as session:  # the late one, its id below a compared one
+        save_results(session, base.id, [Classified(shas[late], "cat", 0.9, [], phash=hashes[late])])
+    caught_up = near_duplicates.refresh_if_stale(settings, session_factory)
+    assert caught_up is not None and caught_up.pending == 0
+    want.insert(1, {shas[5], shas[late]})
+    assert [set(g) for g in caught_up.groups] == want
+    assert near_duplicates.refresh_if_stale(settings, session_factory) is None  # current
