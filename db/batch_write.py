@@ -22,11 +22,8 @@ from contract.chunks import chunked
 from contract.clock import as_utc, utcnow
 from contract.failures import is_path_failure
 from contract.records import Classified, Failed
-from db.driver_sql import bound, by_key, is_postgresql, placeholder
+from db.driver_sql import CHUNK, bound, images_by_hash, is_postgresql, placeholder
 from db.models import Image, ImagePath, ImageStatus, Prediction
-
-# SQLite allows 32766 bound parameters per statement; stay well inside it.
-CHUNK = 500
 
 _PREDICTION_COLUMNS = "image_id, model_version_id, label, confidence, topk, created_at"
 _RESULT_COLUMNS = (
@@ -87,7 +84,9 @@ def save_batch(
     hashes = [c.sha256 for c in classified] + [f.sha256 for f in failed]
     ids: dict[str, int] = {}
     unclassified_since: dict[str, datetime] = {}  # sha256 -> created_at, no result before
-    for image_id, sha, created_at, classified_at in _images_by_hash(session, hashes):
+    for image_id, sha, created_at, classified_at in images_by_hash(
+        session, hashes, Image.id, Image.sha256, Image.created_at, Image.classified_at
+    ):
         ids[sha] = image_id
         if classified_at is None:
             unclassified_since[sha] = created_at
@@ -148,28 +147,6 @@ def save_batch(
     return SavedBatch(
         len(known) + len(bad), [unclassified_since[sha] for sha in first], frozenset(first)
     )
-
-
-def _images_by_hash(session: Session, hashes: list[str]) -> list[Any]:
-    """(id, sha256, created_at, classified_at) of the images with these hashes."""
-    connection = session.connection()
-    if is_postgresql(connection):
-        by_key(connection)
-        return list(
-            connection.exec_driver_sql(
-                "SELECT id, sha256, created_at, classified_at FROM images "
-                "WHERE sha256 = ANY(%b::text[])",
-                (hashes,),
-            )
-        )
-    found: list[Any] = []
-    for hash_part in chunked(hashes, CHUNK):
-        found += session.execute(
-            select(Image.id, Image.sha256, Image.created_at, Image.classified_at).where(
-                Image.sha256.in_(hash_part)
-            )
-        ).all()
-    return found
 
 
 def _seen_since_sent(session: Session, rows: Sequence[tuple[int, datetime | None]]) -> set[int]:

@@ -18,11 +18,8 @@ from contract.failures import FailureKind, is_path_failure
 from contract.messages import WorkItem
 from contract.paths import to_ledger
 from contract.records import SeenFile
-from db.driver_sql import bound, by_key, is_postgresql
+from db.driver_sql import CHUNK, bound, by_key, images_by_hash, is_postgresql
 from db.models import Base, Image, ImagePath, ImageStatus
-
-# SQLite allows 32766 bound parameters per statement; stay well inside it.
-CHUNK = 500
 
 
 def _insert(session: Session, table: type[Base]) -> Any:
@@ -54,7 +51,10 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
 
     ids: dict[str, tuple[int, str, datetime | None]] = {}
     revive: list[int] = []
-    for image_id, sha, status, enqueued_at, error_kind in _states(session, list(by_hash)):
+    for image_id, sha, status, enqueued_at, error_kind in images_by_hash(
+        session, list(by_hash), Image.id, Image.sha256, Image.status, Image.enqueued_at,
+        Image.error_kind,
+    ):
         if status == ImageStatus.FAILED and is_path_failure(error_kind):
             # Failed because a *path* vanished or changed, and these bytes are here again
             # (moved, or dropped again): queue the content once more.
@@ -92,7 +92,6 @@ def _insert_images(connection: Connection, files: Sequence[SeenFile], now: datet
     """A queued row per new content (files have distinct hashes); known content is left."""
     queued = ImageStatus.QUEUED.value
     if is_postgresql(connection):
-        by_key(connection)
         connection.exec_driver_sql(
             "INSERT INTO images (sha256, size, status, attempts, created_at, updated_at) "
             f"SELECT v.sha256, v.size, '{queued}', 0, %s, %s "
@@ -135,26 +134,6 @@ def _upsert_paths(
         f"INSERT INTO image_paths ({columns}) VALUES (?, ?, ?, ?, ?, ?) {upsert}",
         [(ids[f.sha256], to_ledger(f.path), f.size, f.mtime_ns, stamp, stamp) for f in paths],
     )
-
-
-def _states(session: Session, hashes: list[str]) -> list[Any]:
-    """(id, sha256, status, enqueued_at, error_kind) of the images with these hashes."""
-    connection = session.connection()
-    if is_postgresql(connection):
-        return list(
-            connection.exec_driver_sql(
-                "SELECT id, sha256, status, enqueued_at, error_kind FROM images "
-                "WHERE sha256 = ANY(%b::text[])",
-                (hashes,),
-            )
-        )
-    found: list[Any] = []
-    for hash_part in chunked(hashes, CHUNK):
-        query = select(
-            Image.id, Image.sha256, Image.status, Image.enqueued_at, Image.error_kind
-        ).where(Image.sha256.in_(hash_part))
-        found += session.execute(query).all()
-    return found
 
 
 def mark_enqueued(session: Session, sha256s: Sequence[str]) -> None:

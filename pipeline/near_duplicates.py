@@ -145,16 +145,17 @@ def refresh(settings: Settings, sessions: sessionmaker[Session]) -> PassResult:
     with transaction(sessions) as session:
         ids, shas, hashes = near.hashes(session)
         stored = near.stored_groups(session)
-    found = _threshold(settings, sessions, shas, as_words(hashes))
+    words = as_words(hashes)
+    found = _threshold(settings, sessions, shas, words)
     state = last_pass(settings) or {}
     compared = _compared(settings, state, found.bits) if len(ids) > MAX_PASS_IMAGES else None
     if compared is None:  # every pair afresh, or (over the limit) from the start, in slices
         compared, stored = np.zeros(0, dtype=np.int64), {}
     # The compared images first, then the rest: a pass adds rows [start, stop) of this order.
-    order = np.argsort(~np.isin(np.asarray(ids, dtype=np.int64), compared), kind="stable")
-    ids, shas = [ids[i] for i in order], [shas[i] for i in order]
-    words = as_words([hashes[i] for i in order])
-    start = int(np.isin(np.asarray(ids, dtype=np.int64), compared).sum())
+    seen = np.isin(np.asarray(ids, dtype=np.int64), compared)
+    order = np.argsort(~seen, kind="stable")
+    ids, shas, words = [ids[i] for i in order], [shas[i] for i in order], words[order]
+    start = int(seen.sum())
     stop = len(ids) if len(ids) <= MAX_PASS_IMAGES else _slice_end(start, len(ids))
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     links = [(row_of[i], row_of[g]) for i, g in stored.items() if i in row_of and g in row_of]
@@ -173,7 +174,6 @@ def refresh(settings: Settings, sessions: sessionmaker[Session]) -> PassResult:
         at=time.time(),
         pending=len(ids) - stop,
     )
-    state = last_pass(settings) or {}
     state.update(
         images=len(ids), groups=len(rows), at=result.at, seconds=result.seconds,
         compared_bits=found.bits, pending=result.pending,
