@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -66,3 +67,53 @@ def start_observer(
         settings.rescan_interval_s,
     )
     return observer, close_events
+
+
+class KeptObserver:
+    """The inbox's observer, kept running: restarted when it dies (the inbox was deleted, or
+    an emitter crashed), and then a rescan asked for, for whatever happened while it was down.
+    ``on_start`` learns whether each new observer reports close-after-write events."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        events: EventQueue,
+        rescan: Callable[[], None],
+        on_start: Callable[[bool], None],
+        join_timeout_s: float,
+    ) -> None:
+        self._settings = settings
+        self._events = events
+        self._rescan = rescan
+        self._on_start = on_start
+        self._join_timeout_s = join_timeout_s
+        self._observer: Observing | None = None
+
+    def start(self, scope: Scope) -> None:
+        observer, close_events = start_observer(self._settings, scope, self._events, self._rescan)
+        self._on_start(close_events)
+        self._observer = observer
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(self._join_timeout_s)
+            self._observer = None
+
+    def check(self, scope: Scope) -> None:
+        """Restart the observer if it or one of its emitters died."""
+        observer = self._observer
+        if (
+            observer is not None
+            and observer.is_alive()
+            and all(e.is_alive() for e in observer.emitters)
+        ):
+            return
+        log.warning("the observer stopped (inbox %s removed?); restarting it", scope.inbox)
+        try:
+            self.stop()
+            os.makedirs(scope.inbox, exist_ok=True)
+            self.start(scope)
+            self._rescan()
+        except Exception:
+            log.exception("could not restart the observer; trying again")

@@ -38,11 +38,11 @@ from db.engine import make_engine, make_sessionmaker, transaction
 from db.ledger import known_paths
 from objectstore.inbox import store_for
 from watcher.bucket import watch_bucket
-from watcher.events import EventQueue, Kind, Observing
+from watcher.events import EventQueue, Kind
 from watcher.filters import Scope, Signature, Skip, inspect, walk
 from watcher.hashers import Hashers
 from watcher.hashing import ChangedWhileReading, NotHashable
-from watcher.observing import start_observer
+from watcher.observing import KeptObserver
 from watcher.publisher import Publisher
 from watcher.recorder import Recorder
 from watcher.stability import StabilityTracker
@@ -94,7 +94,9 @@ class Watcher:
         self._hashers = Hashers(settings, self.clock)
         self._scan_backoff = Backoff(base=1.0, cap=settings.rescan_interval_s)
         self._rescan_now = threading.Event()
-        self._observer: Observing | None = None
+        self._observer = KeptObserver(
+            settings, self._events, self._rescan_now.set, self._close_events, JOIN_TIMEOUT_S
+        )
         self._started_scan = False
         self._ready: threading.Event | None = None
         self._announced = False  # the start-up rescan is taken in: said so (events.Ready)
@@ -126,7 +128,7 @@ class Watcher:
         try:
             os.makedirs(self.inbox, exist_ok=True)
             self.scope = Scope.of(self.inbox, self._own)
-            self._start_observer()
+            self._observer.start(self.scope)
             threads = [
                 threading.Thread(target=target, name=f"watcher-{name}", daemon=True)
                 for name, target in (
@@ -138,13 +140,13 @@ class Watcher:
             for thread in threads:
                 thread.start()
             while not stop.wait(HEALTH_CHECK_S):
-                self._check_observer()
+                self._observer.check(self.scope)
         finally:
             self._shutdown(threads)
 
     def _shutdown(self, threads: list[threading.Thread]) -> None:
         # Observer first (no new events), then the threads finish their current unit of work.
-        self._stop_observer()
+        self._observer.stop()
         self._stopping.set()
         self._events.wake.set()
         self.publisher.wake.set()
@@ -163,39 +165,8 @@ class Watcher:
             self.publisher.sent_messages,
         )
 
-    # --- the observer --------------------------------------------------------------------------
-
-    def _start_observer(self) -> None:
-        observer, close_events = start_observer(
-            self.settings, self.scope, self._events, self._rescan_now.set
-        )
-        self.tracker.close_events = close_events
-        self._observer = observer
-
-    def _stop_observer(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(JOIN_TIMEOUT_S)
-            self._observer = None
-
-    def _check_observer(self) -> None:
-        """Restart a dead observer (the inbox was deleted, or an emitter crashed), then rescan
-        for whatever happened while it was down."""
-        observer = self._observer
-        if (
-            observer is not None
-            and observer.is_alive()
-            and all(e.is_alive() for e in observer.emitters)
-        ):
-            return
-        log.warning("the observer stopped (inbox %s removed?); restarting it", self.inbox)
-        try:
-            self._stop_observer()
-            os.makedirs(self.inbox, exist_ok=True)
-            self._start_observer()
-            self._rescan_now.set()
-        except Exception:
-            log.exception("could not restart the observer; trying again")
+    def _close_events(self, reported: bool) -> None:
+        self.tracker.close_events = reported
 
     # --- rescans -------------------------------------------------------------------------------
 

@@ -252,6 +252,46 @@ def _weight_average(
     )
 
 
+def _epoch_record(
+    epoch: int,
+    stats: EpochStats,
+    val: EvalResult,
+    optimizer: torch.optim.Optimizer,
+    plan: EpochPlan,
+    result: FitResult,
+    threads: int | None,
+) -> EpochRecord:
+    record = EpochRecord(
+        epoch=epoch,
+        train_loss=stats.loss,
+        train_acc=stats.accuracy,
+        val_loss=val.loss,
+        val_acc=val.accuracy,
+        lr=optimizer.param_groups[0]["lr"],
+        seconds=stats.seconds + val.seconds,
+        planned_epochs=plan.epochs,
+        best_epoch=result.best_epoch,
+    )
+    if threads is not None:
+        record["threads"] = threads
+    return record
+
+
+def _stop_after(done: int, plan: EpochPlan, result: FitResult, patience: int) -> bool:
+    """Whether the run ends after its ``done``-th epoch (and why, in ``result``)."""
+    if done >= plan.epochs:
+        return True
+    # Early stopping waits out the first third of the plan: a schedule that is still
+    # warming up or at its highest rate is no plateau.
+    if result.since_best >= patience and done > plan.epochs / 3:
+        result.stopped_early = True
+        return True
+    if plan.out_of_time():
+        result.stopped_by_budget = True
+        return True
+    return False
+
+
 def fit(
     model: nn.Module,
     cfg: TrainConfig,
@@ -311,32 +351,11 @@ def fit(
             one_cycle.plan(plan.epochs * max(1, stats.steps))
             result.stopped_by_budget = plan.epochs < cfg.epochs  # the budget sized the run
         result.offer(epoch, val, judged, one_cycle if one_cycle is not None else step_lr)
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=stats.loss,
-            train_acc=stats.accuracy,
-            val_loss=val.loss,
-            val_acc=val.accuracy,
-            lr=optimizer.param_groups[0]["lr"],
-            seconds=stats.seconds + val.seconds,
-            planned_epochs=plan.epochs,
-            best_epoch=result.best_epoch,
-        )
-        if threads is not None:
-            record["threads"] = threads
+        record = _epoch_record(epoch, stats, val, optimizer, plan, result, threads)
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        done = epoch - first_epoch + 1
-        if done >= plan.epochs:
-            break
-        # Early stopping waits out the first third of the plan: a schedule that is still
-        # warming up or at its highest rate is no plateau.
-        if result.since_best >= cfg.patience and done > plan.epochs / 3:
-            result.stopped_early = True
-            break
-        if plan.out_of_time():
-            result.stopped_by_budget = True
+        if _stop_after(epoch - first_epoch + 1, plan, result, cfg.patience):
             break
     result.planned_epochs = plan.epochs
     model.load_state_dict(result.best["model"])
