@@ -7,6 +7,7 @@ code; the pipeline is measured against it.
 
 from __future__ import annotations
 
+import argparse
 import queue
 import tempfile
 import threading
@@ -20,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.harness import CpuMeter
 from imaging.decode import BadImage
 from worker.model import onnx_backend
 from worker.model.classifier import Classifier
-from worker.model.layout import inference_layout
+from worker.model.layout import inference_layout, usable_cores
 from worker.model.modelzoo import build
 from worker.model.precision import pick_autocast, pick_device
 from worker.model.preprocess import Preprocessing, load_for_model
@@ -205,3 +207,96 @@ def sweep(
 ) -> list[CeilingResult]:
     """Run each (batch_size, decode_threads, torch_threads, streams); the best is the ceiling."""
     return [run_ceiling(classifier, files, *config) for config in configs]
+
+
+# --- the sweep bench.run starts with ---------------------------------------------------------
+
+
+def ceiling_configs(device: str, cores: int) -> list[tuple[int, int, int, int]]:
+    """(batch size, decode threads, torch threads per stream, streams) tried for the ceiling:
+    one stream on all cores, and the worker's automatic layout, at two batch sizes."""
+    auto = inference_layout(None, None, "cuda" if device.startswith("cuda") else "cpu", cores)
+    if device.startswith("cuda"):  # GPU-sized batches (contract.sizing), decode on every core
+        return [(bs, cores, auto.threads_per_stream, auto.streams) for bs in (256, 128)]
+    layouts = [(cores, 1), (auto.threads_per_stream, auto.streams)]
+    configs = [(bs, 2, t, n) for t, n in dict.fromkeys(layouts) for bs in (16, 32)]
+    if auto.streams > 1:
+        configs.append((16, 1, auto.threads_per_stream, auto.streams))
+    return configs
+
+
+def run_ceiling_phase(
+    classifier: Any, files: list[Path], configs: list[tuple[int, int, int, int]]
+) -> dict[str, Any]:
+    runs = []
+    for cfg in configs:
+        with CpuMeter({}) as meter:
+            result = run_ceiling(classifier, files, *cfg)
+        entry = {**result.to_dict(), "cpu": meter.result}
+        runs.append(entry)
+        say(
+            f"  ceiling bs={cfg[0]} decode={cfg[1]} torch={cfg[2]} streams={cfg[3]}: "
+            f"{result.images_per_s:.1f} img/s (others on the machine: "
+            f"{meter.result['other_processes_share']:.0%})"
+        )
+    return {"runs": runs}
+
+
+@dataclass
+class Ceiling:
+    """The in-process ceiling's classifier and the sweep's best layout, for the paired runs."""
+
+    classifier: Any
+    best: dict[str, Any]  # the sweep's best run
+    config: tuple[int, int, int, int]  # its batch size, decode threads, torch threads, streams
+
+
+def measure_ceiling(
+    args: argparse.Namespace,
+    device: str,
+    env: dict[str, str],
+    files: list[Path],
+    compiles: bool,
+    onnx: bool,
+    out: dict[str, Any],
+) -> Ceiling:
+    """The in-process ceiling, swept over layouts (into ``out["ceiling"]``); on a GPU also
+    with nvjpeg decode."""
+    say("ceiling (in-process, same preprocessing and model):")
+    classifier = make_classifier(
+        args.model,
+        device,
+        precision=env.get("INBOX_CLASSIFIER_PRECISION", "auto"),
+        compile_for=(16, 1) if compiles else (),
+        compile_mode=env.get("INBOX_CLASSIFIER_TORCH_COMPILE", "auto"),
+        onnx_sample=files[: onnx_backend.SAMPLE_IMAGES] if onnx else (),
+    )
+    state = getattr(classifier, "compile_state", "eager")
+    if classifier.runner is not None:
+        state = classifier.backend
+    out["ceiling"] = {"compile_state": state}
+    say(f"  model: {state}")
+    configs = ceiling_configs(device, usable_cores())
+    if args.no_sweep:  # the worker's own default layout only
+        configs = [c for c in configs if c[0] == 16 and c[1] == 2][-1:] or configs[:1]
+    sweep = run_ceiling_phase(classifier, files, configs)
+    best = max(sweep["runs"], key=lambda r: r["images_per_s"])
+    best_cfg = (
+        best["batch_size"],
+        best["decode_threads"],
+        best["torch_threads"],
+        best["streams"],
+    )
+    out["ceiling"].update({"sweep": sweep["runs"], "best_config": best_cfg})
+    if device.startswith("cuda"):
+        from bench.gpu import run_gpu_decode_ceiling
+
+        gpu = run_gpu_decode_ceiling(classifier, files, best_cfg[0])
+        out["ceiling"]["gpu_decode"] = gpu.to_dict()
+        say(f"  ceiling with nvjpeg GPU decode: {gpu.images_per_s:.1f} img/s")
+        out["summary_extra"] = {"gpu_decode_ceiling_img_s": round(gpu.images_per_s, 1)}
+    return Ceiling(classifier, best, best_cfg)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)

@@ -34,42 +34,23 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import ceiling as ceil
-from bench.harness import CpuMeter, GpuSampler, gpu_memory_mib, machine_info, median, rmtree
+from bench.ceiling import Ceiling, measure_ceiling
+from bench.harness import CpuMeter, GpuSampler, gpu_memory_mib, machine_info, rmtree
 from bench.images import generate
 from bench.naive import NaiveBaseline
 from bench.pipeline import Pipeline
+from bench.run_summary import TARGETS, pipeline_cpu_ms, summarise, targets_met
+from bench.soak import soak
 from worker.model import onnx_backend
 from worker.model.classifier import compile_blocker
-from worker.model.layout import inference_layout, usable_cores
 from worker.model.precision import pick_autocast, pick_device
 
 RESULTS = Path(__file__).parent / "results"
-SOAK_IDLE_S = 1.5  # long enough for a worker to end its busy period (0.2 s idle) and trim
-
-
-def ceiling_configs(device: str, cores: int) -> list[tuple[int, int, int, int]]:
-    """(batch size, decode threads, torch threads per stream, streams) tried for the ceiling:
-    one stream on all cores, and the worker's automatic layout, at two batch sizes."""
-    auto = inference_layout(None, None, "cuda" if device.startswith("cuda") else "cpu", cores)
-    if device.startswith("cuda"):  # GPU-sized batches (contract.sizing), decode on every core
-        return [(bs, cores, auto.threads_per_stream, auto.streams) for bs in (256, 128)]
-    layouts = [(cores, 1), (auto.threads_per_stream, auto.streams)]
-    configs = [(bs, 2, t, n) for t, n in dict.fromkeys(layouts) for bs in (16, 32)]
-    if auto.streams > 1:
-        configs.append((16, 1, auto.threads_per_stream, auto.streams))
-    return configs
-
-
-TARGETS = {
-    "pipeline_over_ceiling": 0.90,
-    "pipeline_over_naive": 3.0,
-    "idle_p50_ms": 100.0,
-    "idle_p95_ms": 250.0,
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,21 +122,23 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_ceiling_phase(
-    classifier: Any, files: list[Path], configs: list[tuple[int, int, int, int]]
-) -> dict[str, Any]:
-    runs = []
-    for cfg in configs:
-        with CpuMeter({}) as meter:
-            result = ceil.run_ceiling(classifier, files, *cfg)
-        entry = {**result.to_dict(), "cpu": meter.result}
-        runs.append(entry)
-        say(
-            f"  ceiling bs={cfg[0]} decode={cfg[1]} torch={cfg[2]} streams={cfg[3]}: "
-            f"{result.images_per_s:.1f} img/s (others on the machine: "
-            f"{meter.result['other_processes_share']:.0%})"
-        )
-    return {"runs": runs}
+@dataclass
+class Contenders:
+    """What runs against the ceiling in each round: the pipeline, and optionally the same
+    burst through two worker processes and the naive baseline."""
+
+    pipe: Pipeline
+    two: Pipeline | None
+    two_env: dict[str, str]
+    naive: NaiveBaseline | None
+    naive_files: list[Path]
+
+    def stop(self) -> None:
+        self.pipe.stop()
+        if self.two is not None:
+            self.two.stop()
+        if self.naive is not None:
+            self.naive.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,43 +184,57 @@ def main(argv: list[str] | None = None) -> int:
         }
         return report(out, soak_summary, args, device, started, work, kind="soak")
 
-    # --- 1. ceiling sweep ----------------------------------------------------------------------
-    say("ceiling (in-process, same preprocessing and model):")
-    classifier = ceil.make_classifier(
-        args.model,
-        device,
-        precision=env.get("INBOX_CLASSIFIER_PRECISION", "auto"),
-        compile_for=(16, 1) if compiles else (),
-        compile_mode=env.get("INBOX_CLASSIFIER_TORCH_COMPILE", "auto"),
-        onnx_sample=images.files[: onnx_backend.SAMPLE_IMAGES] if onnx else (),
-    )
-    state = getattr(classifier, "compile_state", "eager")
-    if classifier.runner is not None:
-        state = classifier.backend
-    out["ceiling"] = {"compile_state": state}
-    summary_extra: dict[str, Any] = {}
-    say(f"  model: {state}")
-    configs = ceiling_configs(device, usable_cores())
-    if args.no_sweep:  # the worker's own default layout only
-        configs = [c for c in configs if c[0] == 16 and c[1] == 2][-1:] or configs[:1]
-    sweep = run_ceiling_phase(classifier, images.files, configs)
-    best = max(sweep["runs"], key=lambda r: r["images_per_s"])
-    best_cfg = (
-        best["batch_size"],
-        best["decode_threads"],
-        best["torch_threads"],
-        best["streams"],
-    )
-    out["ceiling"].update({"sweep": sweep["runs"], "best_config": best_cfg})
-    if device.startswith("cuda"):
-        from bench.gpu import run_gpu_decode_ceiling
+    # 1. the ceiling sweep
+    ceiling = measure_ceiling(args, device, env, images.files, compiles, onnx, out)
+    # 2./3./4./5. pipeline, scale-out and naive runs, alternating with the ceiling; idle latency
+    contenders = start_contenders(args, device, env, work, images.files)
+    try:
+        pairs, warmup = run_rounds(args, ceiling, contenders, images.files, warm, warm_rounds, out)
+    finally:
+        contenders.stop()
+    out["pipeline"] = {
+        "warmup": warmup,
+        "compile": contenders.pipe.compile_outcome,
+        "settings_env": env,
+        "pairs": pairs,
+    }
+    summary = summarise(pairs, ceiling.best, ceiling.config, out["idle"]["latency"])
+    summary.update(out.pop("summary_extra", {}))
+    summary["process_rss_mib"] = out["process_rss_mib"]
+    if out["gpu_memory_mib"]:
+        summary["gpu_memory_mib"] = out["gpu_memory_mib"]
+    if contenders.two is not None:
+        out["scale_out"] = {
+            "workers": 2,
+            "settings_env": contenders.two_env,
+            "compile": contenders.two.compile_outcome,
+            "bursts": [x["two_workers"] for x in pairs],
+        }
+        say(
+            f"  2 workers: {summary['two_workers_img_s']:.1f} img/s "
+            f"({summary['two_over_one_worker']:.2f}x one worker)"
+        )
+    if contenders.naive is not None:
+        out["naive"] = {"runs": [x["naive"] for x in pairs]}
+        say(
+            f"  naive: {summary['naive_img_s']:.1f} img/s "
+            f"(the pipeline: {summary['pipeline_over_naive']:.2f}x)"
+        )
 
-        gpu = run_gpu_decode_ceiling(classifier, images.files, best_cfg[0])
-        out["ceiling"]["gpu_decode"] = gpu.to_dict()
-        say(f"  ceiling with nvjpeg GPU decode: {gpu.images_per_s:.1f} img/s")
-        summary_extra["gpu_decode_ceiling_img_s"] = round(gpu.images_per_s, 1)
+    # 6. soak
+    if args.soak:
+        out["soak"] = soak(work / "soak", args, device, env, warm, warm_rounds)
+        summary["soak_images"] = args.soak
+        summary["soak_rss_growth_pct"] = out["soak"]["rss_growth_pct"]
 
-    # --- 2./3./5. pipeline and scale-out, alternating with the ceiling --------------------------
+    summary["targets_met"] = targets_met(summary)
+    return report(out, summary, args, device, started, work)
+
+
+def start_contenders(
+    args: argparse.Namespace, device: str, env: dict[str, str], work: Path, files: list[Path]
+) -> Contenders:
+    """The pipelines and the naive baseline (not started yet)."""
     pipe = Pipeline(work / "pipeline", args.model, device, settings_env=env)
     # Scale-out: the cores split between 2 worker processes, one stream and thread each.
     two_env = {
@@ -250,7 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_scale_out:
         two = Pipeline(work / "pipeline2", args.model, device, workers=2, settings_env=two_env)
     naive = None
-    naive_files = images.files[: args.naive_images or args.images]
     if not args.no_naive:
         naive = NaiveBaseline(
             work / "naive",
@@ -259,151 +255,79 @@ def main(argv: list[str] | None = None) -> int:
             pool=args.naive_pool,
             concurrency=args.naive_concurrency,
         )
-    say(f"pipeline: inbox-classifier up ({env or 'default settings'})")
-    pairs = []
-    try:
-        t0 = time.time()
-        warmup = pipe.start(warm, rounds=warm_rounds)
-        rss_start = pipe.worker_rss_mib()
-        rss_all_start = pipe.rss_mib()
-        say(
-            f"  up and warm in {time.time() - t0:.1f}s (model {pipe.compile_outcome}, "
-            f"worker RSS {rss_start} MiB)"
-        )
-        if two is not None:
-            say("scale-out: 2 worker processes (1 stream, 1 torch thread, 1 decode thread each)")
-            # Each worker must see enough images to compile (where it compiles).
-            two.start(warm, rounds=2 * warm_rounds)
-        if naive is not None:
-            say(f"naive baseline ({args.naive_pool}, {len(naive_files)} images a run)")
-            naive.start(warm[:8])
-        for i in range(args.repeat):
-            with CpuMeter({}) as meter:
-                c = ceil.run_ceiling(classifier, images.files, *best_cfg)
-            c_entry = {**c.to_dict(), "cpu": meter.result}
-            with GpuSampler() as sampler:
-                p = pipe.run_burst(images.files)
-            p_entry = {**p.to_dict(), "gpu": sampler.result}
-            pairs.append({"ceiling": c_entry, "pipeline": p_entry})
-            line = (
-                f"  run {i + 1}: ceiling {c.images_per_s:.1f} img/s, pipeline "
-                f"{p.images_per_s:.1f} img/s (ratio {p.images_per_s / c.images_per_s:.2f}); "
-                f"latency p50/p95/p99 {p_entry['latency']['p50_ms']:.0f}/"
-                f"{p_entry['latency']['p95_ms']:.0f}/{p_entry['latency']['p99_ms']:.0f} ms; "
-                f"first row after {p.first_row_s * 1000:.0f} ms; CPU ms/image "
-                f"{c.cpu_s * 1000 / c.images:.0f}/{pipeline_cpu_ms(p_entry):.0f}; others "
-                f"on the machine {meter.result['other_processes_share']:.0%}/"
-                f"{p.cpu['other_processes_share']:.0%}"
-            )
-            stages = ", ".join(f"{k} {v:.2f}" for k, v in p.stages_ms.items())
-            line += f"; ms/image by stage: {stages or 'no events'}"
-            if sampler.result:
-                line += f"; GPU busy {sampler.result['utilisation_mean_pct']:.0f}% (mean)"
-            if two is not None:
-                b2 = two.run_burst(images.files)
-                pairs[-1]["two_workers"] = b2.to_dict()
-                line += f"; 2 workers {b2.images_per_s:.1f} img/s"
-            if naive is not None:
-                pairs[-1]["naive"] = n = naive.run_burst(naive_files)
-                line += f"; naive {n['images_per_s']:.1f} img/s"
-            say(line)
-        idle = pipe.idle_latency(generate(args.idle, seed=7).files, args.idle_pause)
-        out["idle"] = idle.to_dict()
-        say(
-            f"  idle latency ({args.idle} single drops): p50 {idle.to_dict()['latency']['p50_ms']}"
-            f" ms, p95 {idle.to_dict()['latency']['p95_ms']} ms"
-        )
-        out["pipeline_rss_mib"] = {"after_warmup": rss_start, "end": pipe.worker_rss_mib()}
-        out["process_rss_mib"] = {"after_warmup": rss_all_start, "end": pipe.rss_mib()}
-        out["gpu_memory_mib"] = gpu_memory_mib(pipe.named_pids())
-    finally:
-        pipe.stop()
-        if two is not None:
-            two.stop()
-        if naive is not None:
-            naive.stop()
-    out["pipeline"] = {
-        "warmup": warmup.to_dict(),
-        "compile": pipe.compile_outcome,
-        "settings_env": env,
-        "pairs": pairs,
-    }
-    c_med = median([x["ceiling"]["images_per_s"] for x in pairs])
-    p_med = median([x["pipeline"]["images_per_s"] for x in pairs])
-    ratio_med = median(
-        [x["pipeline"]["images_per_s"] / x["ceiling"]["images_per_s"] for x in pairs]
+    return Contenders(pipe, two, two_env, naive, files[: args.naive_images or args.images])
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    ceiling: Ceiling,
+    contenders: Contenders,
+    files: list[Path],
+    warm: list[Path],
+    warm_rounds: int,
+    out: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Starts the contenders, then ``args.repeat`` rounds of a ceiling run and a burst through
+    each, so that drift in the machine's speed hits all alike; then the idle latency. Returns
+    the rounds and the pipeline's warm-up."""
+    pipe, two, naive = contenders.pipe, contenders.two, contenders.naive
+    say(f"pipeline: inbox-classifier up ({pipe.settings_env or 'default settings'})")
+    t0 = time.time()
+    warmup = pipe.start(warm, rounds=warm_rounds)
+    rss_start = pipe.worker_rss_mib()
+    rss_all_start = pipe.rss_mib()
+    say(
+        f"  up and warm in {time.time() - t0:.1f}s (model {pipe.compile_outcome}, "
+        f"worker RSS {rss_start} MiB)"
     )
-    lat = {
-        k: median([x["pipeline"]["latency"][k] for x in pairs])
-        for k in ("p50_ms", "p95_ms", "p99_ms")
-    }
-    summary: dict[str, Any] = {
-        "ceiling_img_s": round(c_med, 2),
-        "ceiling_best_sweep_img_s": best["images_per_s"],
-        "ceiling_best_config": dict(
-            zip(("batch_size", "decode", "torch", "streams"), best_cfg, strict=True)
-        ),
-        "pipeline_img_s": round(p_med, 2),
-        "pipeline_over_ceiling": round(ratio_med, 3),
-        "pipeline_over_best_sweep": round(p_med / best["images_per_s"], 3),
-        # CPU time per image (all of the pipeline's processes vs the ceiling's): how much work
-        # the pipeline adds, whatever the speed the machine happened to run at.
-        "cpu_ms_per_image": {
-            "ceiling": median([x["ceiling"]["cpu_ms_per_image"] for x in pairs]),
-            "pipeline": median([pipeline_cpu_ms(x["pipeline"]) for x in pairs]),
-        },
-        "burst_latency_ms": lat,
-        "idle_latency_ms": out["idle"]["latency"],
-        # Where a pipeline image's time goes (summed over threads), from the workers' events.
-        "stages_ms_per_image": {
-            k: median([x["pipeline"]["stages_ms_per_image"].get(k, 0.0) for x in pairs])
-            for k in pairs[0]["pipeline"]["stages_ms_per_image"]
-        },
-    }
-    summary.update(summary_extra)
-    summary["process_rss_mib"] = out["process_rss_mib"]
-    if out["gpu_memory_mib"]:
-        summary["gpu_memory_mib"] = out["gpu_memory_mib"]
-    if pairs[0]["pipeline"]["gpu"]:
-        summary["gpu_utilisation_mean_pct"] = median(
-            [x["pipeline"]["gpu"]["utilisation_mean_pct"] for x in pairs]
-        )
     if two is not None:
-        t_med = median([x["two_workers"]["images_per_s"] for x in pairs])
-        out["scale_out"] = {
-            "workers": 2,
-            "settings_env": two_env,
-            "compile": two.compile_outcome,
-            "bursts": [x["two_workers"] for x in pairs],
-        }
-        summary["two_workers_img_s"] = round(t_med, 2)
-        summary["two_over_one_worker"] = round(
-            median(
-                [x["two_workers"]["images_per_s"] / x["pipeline"]["images_per_s"] for x in pairs]
-            ),
-            3,
-        )
-        say(f"  2 workers: {t_med:.1f} img/s ({summary['two_over_one_worker']:.2f}x one worker)")
-
+        say("scale-out: 2 worker processes (1 stream, 1 torch thread, 1 decode thread each)")
+        # Each worker must see enough images to compile (where it compiles).
+        two.start(warm, rounds=2 * warm_rounds)
     if naive is not None:
-        n_med = median([x["naive"]["images_per_s"] for x in pairs])
-        out["naive"] = {"runs": [x["naive"] for x in pairs]}
-        summary["naive_img_s"] = round(n_med, 2)
-        summary["naive_cpu_ms_per_image"] = median([pipeline_cpu_ms(x["naive"]) for x in pairs])
-        summary["pipeline_over_naive"] = round(
-            median([x["pipeline"]["images_per_s"] / x["naive"]["images_per_s"] for x in pairs]),
-            2,
+        say(f"naive baseline ({args.naive_pool}, {len(contenders.naive_files)} images a run)")
+        naive.start(warm[:8])
+    pairs = []
+    for i in range(args.repeat):
+        with CpuMeter({}) as meter:
+            c = ceil.run_ceiling(ceiling.classifier, files, *ceiling.config)
+        c_entry = {**c.to_dict(), "cpu": meter.result}
+        with GpuSampler() as sampler:
+            p = pipe.run_burst(files)
+        p_entry = {**p.to_dict(), "gpu": sampler.result}
+        pairs.append({"ceiling": c_entry, "pipeline": p_entry})
+        line = (
+            f"  run {i + 1}: ceiling {c.images_per_s:.1f} img/s, pipeline "
+            f"{p.images_per_s:.1f} img/s (ratio {p.images_per_s / c.images_per_s:.2f}); "
+            f"latency p50/p95/p99 {p_entry['latency']['p50_ms']:.0f}/"
+            f"{p_entry['latency']['p95_ms']:.0f}/{p_entry['latency']['p99_ms']:.0f} ms; "
+            f"first row after {p.first_row_s * 1000:.0f} ms; CPU ms/image "
+            f"{c.cpu_s * 1000 / c.images:.0f}/{pipeline_cpu_ms(p_entry):.0f}; others "
+            f"on the machine {meter.result['other_processes_share']:.0%}/"
+            f"{p.cpu['other_processes_share']:.0%}"
         )
-        say(f"  naive: {n_med:.1f} img/s (the pipeline: {summary['pipeline_over_naive']:.2f}x)")
-
-    # --- 6. soak ---------------------------------------------------------------------------------
-    if args.soak:
-        out["soak"] = soak(work / "soak", args, device, env, warm, warm_rounds)
-        summary["soak_images"] = args.soak
-        summary["soak_rss_growth_pct"] = out["soak"]["rss_growth_pct"]
-
-    summary["targets_met"] = targets_met(summary)
-    return report(out, summary, args, device, started, work)
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in p.stages_ms.items())
+        line += f"; ms/image by stage: {stages or 'no events'}"
+        if sampler.result:
+            line += f"; GPU busy {sampler.result['utilisation_mean_pct']:.0f}% (mean)"
+        if two is not None:
+            b2 = two.run_burst(files)
+            pairs[-1]["two_workers"] = b2.to_dict()
+            line += f"; 2 workers {b2.images_per_s:.1f} img/s"
+        if naive is not None:
+            pairs[-1]["naive"] = n = naive.run_burst(contenders.naive_files)
+            line += f"; naive {n['images_per_s']:.1f} img/s"
+        say(line)
+    idle = pipe.idle_latency(generate(args.idle, seed=7).files, args.idle_pause)
+    out["idle"] = idle.to_dict()
+    say(
+        f"  idle latency ({args.idle} single drops): p50 {idle.to_dict()['latency']['p50_ms']}"
+        f" ms, p95 {idle.to_dict()['latency']['p95_ms']} ms"
+    )
+    out["pipeline_rss_mib"] = {"after_warmup": rss_start, "end": pipe.worker_rss_mib()}
+    out["process_rss_mib"] = {"after_warmup": rss_all_start, "end": pipe.rss_mib()}
+    out["gpu_memory_mib"] = gpu_memory_mib(pipe.named_pids())
+    return pairs, warmup.to_dict()
 
 
 def report(
@@ -427,85 +351,6 @@ def report(
     if not args.keep and args.work_dir is None:
         rmtree(work)
     return 0
-
-
-def soak(
-    root: Path,
-    args: argparse.Namespace,
-    device: str,
-    env: dict[str, str],
-    warm: list[Path],
-    warm_rounds: int,
-) -> dict[str, Any]:
-    """``args.soak`` images in waves of distinct content. After each wave the worker's RSS is
-    read twice: as the last row lands (``busy``, which includes whatever the allocator holds
-    from the burst) and once the worker has gone idle (``idle``: a worker ends its busy period
-    0.2 s after its queue empties and gives free memory back). Growth is measured on the idle
-    figures, from the end of the first wave (caches and pools are warm by then) to the end of
-    the last; the busy figures' range is reported too."""
-    base = generate(min(args.soak_wave, args.images)).files
-    pipe = Pipeline(root, args.model, device, settings_env=env)
-    waves: list[dict[str, Any]] = []
-    say(f"soak: {args.soak} images in waves of {len(base)}...")
-    try:
-        pipe.start(warm, rounds=warm_rounds)
-        time.sleep(SOAK_IDLE_S)
-        waves.append({"images": 0, "rss_mib": pipe.worker_rss_mib()})
-        total = 0
-        while total < args.soak:
-            files = base[: min(len(base), args.soak - total)]
-            result = pipe.run_burst(files)
-            busy = pipe.worker_rss_mib()
-            time.sleep(SOAK_IDLE_S)
-            total += len(files)
-            waves.append(
-                {
-                    "images": total,
-                    "images_per_s": round(result.images_per_s, 1),
-                    "rss_mib": pipe.worker_rss_mib(),
-                    "busy_rss_mib": busy,
-                }
-            )
-            say(
-                f"  {total} images: worker RSS {waves[-1]['rss_mib']} MiB idle, {busy} MiB "
-                f"as the last row landed; {result.images_per_s:.0f} img/s"
-            )
-            for path in pipe.inbox.iterdir():  # keep the disk bounded; rows stay
-                path.unlink()
-    finally:
-        pipe.stop()
-    first = waves[1]["rss_mib"][0] if len(waves) > 1 else waves[0]["rss_mib"][0]
-    last = waves[-1]["rss_mib"][0]
-    busy_all = [w["busy_rss_mib"][0] for w in waves[1:]]
-    return {
-        "waves": waves,
-        "rss_growth_pct": round((last - first) / first * 100, 2),
-        "rss_growth_from_warm_pct": round(
-            (last - waves[0]["rss_mib"][0]) / waves[0]["rss_mib"][0] * 100, 2
-        ),
-        "busy_rss_mib_range": [min(busy_all, default=0.0), max(busy_all, default=0.0)],
-    }
-
-
-def pipeline_cpu_ms(burst: dict[str, Any]) -> float:
-    """CPU ms per image over a burst, summed over the pipeline's processes (not the bench's)."""
-    cpu = sum(v for k, v in burst["cpu"]["cpu_s"].items() if k != "bench")
-    return round(cpu * 1000 / burst["images"], 2)
-
-
-def targets_met(summary: dict[str, Any]) -> dict[str, bool]:
-    met = {
-        "pipeline_over_ceiling": summary["pipeline_over_ceiling"]
-        >= TARGETS["pipeline_over_ceiling"]
-    }
-    if "pipeline_over_naive" in summary:
-        met["pipeline_over_naive"] = (
-            summary["pipeline_over_naive"] >= TARGETS["pipeline_over_naive"]
-        )
-    idle = summary["idle_latency_ms"]
-    met["idle_p50"] = idle["p50_ms"] <= TARGETS["idle_p50_ms"]
-    met["idle_p95"] = idle["p95_ms"] <= TARGETS["idle_p95_ms"]
-    return met
 
 
 if __name__ == "__main__":
