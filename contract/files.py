@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from contract.failures import FailureKind, Unusable
 from contract.paths import from_ledger
+from contract.stamps import FileStamp
 
 
 def open_regular(path: str) -> int:
@@ -47,6 +48,12 @@ def read_bounded(path: str, max_bytes: int) -> bytes:
     ``max_bytes`` long. The size is checked before anything is read, so a huge (or sparse)
     file never lands in memory. Raises :class:`Unusable`: a path failure (vanished,
     unreadable, not regular, grew meanwhile) or ``too_large``."""
+    return read_stamped(path, max_bytes)[0]
+
+
+def read_stamped(path: str, max_bytes: int) -> tuple[bytes, FileStamp]:
+    """:func:`read_bounded`, with the file's stamp as it was once the bytes were read: if it
+    is the stamp the hasher issued, these are the bytes it hashed (:mod:`contract.stamps`)."""
     fd = open_regular(path)
     try:
         size = os.fstat(fd).st_size
@@ -62,13 +69,14 @@ def read_bounded(path: str, max_bytes: int) -> bytes:
             data += more
         if len(data) > size:
             raise Unusable(FailureKind.CHANGED, "file grew while it was read")
+        stamp = FileStamp.of(os.fstat(fd))  # after the read: a write meanwhile moves ctime
     except OSError as exc:
         raise Unusable(
             FailureKind.UNREADABLE, f"file cannot be read: {exc.strerror or exc}"
         ) from None
     finally:
         os.close(fd)
-    return data
+    return data, stamp
 
 
 def verify(data: bytes, sha256: str) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from contract.stamps import BadStamp, FileStamp
+
 PAYLOAD_VERSION = 1
 
 
@@ -24,10 +26,20 @@ class WorkItem:
 
     path: str  # as the ledger stores it: contract.paths.from_ledger(path) opens it
     sha256: str
+    # The file's stamp when the watcher hashed it, where it can be trusted (contract.stamps):
+    # a worker that finds it unchanged need not hash the bytes again.
+    stamp: FileStamp | None = None
 
 
 def encode_classify(items: Sequence[WorkItem]) -> dict[str, Any]:
-    return {"v": PAYLOAD_VERSION, "items": [{"path": i.path, "sha256": i.sha256} for i in items]}
+    return {"v": PAYLOAD_VERSION, "items": [_encode_item(i) for i in items]}
+
+
+def _encode_item(item: WorkItem) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": item.path, "sha256": item.sha256}
+    if item.stamp is not None:
+        entry["stamp"] = item.stamp.encode()
+    return entry
 
 
 def decode_classify(payload: Any) -> list[WorkItem]:
@@ -40,7 +52,11 @@ def decode_classify(payload: Any) -> list[WorkItem]:
         path, sha = (entry.get("path"), entry.get("sha256")) if isinstance(entry, dict) else (0, 0)
         if not isinstance(path, str) or not isinstance(sha, str) or len(sha) != 64:
             raise BadMessage(f"bad classify item: {entry!r:.200}")
-        out.append(WorkItem(path=path, sha256=sha))
+        try:
+            stamp = FileStamp.decode(entry["stamp"]) if "stamp" in entry else None
+        except BadStamp as exc:
+            raise BadMessage(f"bad classify item: {exc}") from None
+        out.append(WorkItem(path=path, sha256=sha, stamp=stamp))
     return out
 
 

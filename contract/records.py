@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from contract.failures import FailureKind
+from contract.stamps import FileStamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,8 @@ class SeenFile:
     mtime_ns: int
     # Its format says more is to come (imaging.trailers): the watcher waits before recording it.
     unfinished: bool = False
+    # Where a reader can trust it (contract.stamps): the worker then need not hash it again.
+    stamp: FileStamp | None = None
 
 
 class LabelScore(TypedDict):

@@ -203,6 +203,12 @@ class Settings(BucketInboxSettings, RetrainingSettings, BaseSettings):
     polling: bool = Field(False, description="Use a polling observer (network mounts).")
     poll_interval_s: float = Field(1.0, ge=0.01, le=HOUR_S, description="Polling observer period.")
 
+    verify_reads: Literal["changed", "always"] = Field(
+        "changed",
+        description="changed: a worker hashes a file again only where the file system says it "
+        "may have changed since the watcher hashed it (contract.stamps); always: every file.",
+    )
+
     # --- reliability ---------------------------------------------------------------------------
     requeue_after_s: float = Field(
         120.0,

@@ -78,7 +78,7 @@ def record_files(session: Session, files: Sequence[SeenFile]) -> list[WorkItem]:
     _upsert_paths(connection, paths, {sha: image_id for sha, (image_id, _, _) in ids.items()}, now)
 
     return [
-        WorkItem(path=to_ledger(f.path), sha256=sha)
+        WorkItem(path=to_ledger(f.path), sha256=sha, stamp=f.stamp)
         for sha, f in by_hash.items()
         if ids[sha][1] == ImageStatus.QUEUED and ids[sha][2] is None
     ]

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 from contract.bucket import BucketLocation, is_object_url
 from contract.failures import FailureKind, Unusable
-from contract.files import InboxFile, first_with_content, read_bounded, read_from_inbox
+from contract.files import InboxFile, first_with_content, read_from_inbox, read_stamped
 from contract.paths import from_ledger
 from contract.settings import Settings
+from contract.stamps import FileStamp
 from objectstore.store import ObjectStore
 
 
@@ -30,8 +31,13 @@ def store_for(settings: Settings) -> ObjectStore | None:
 def read_item(settings: Settings, path: str) -> bytes:
     """The bytes at a ledger path, at most ``file_byte_limit`` of them (the size checked
     first: ``fstat`` for a file, HEAD for an object). Raises :class:`Unusable`."""
+    return read_item_stamped(settings, path)[0]
+
+
+def read_item_stamped(settings: Settings, path: str) -> tuple[bytes, FileStamp | None]:
+    """:func:`read_item`, with a file's stamp as it was once read (None for an object)."""
     if not is_object_url(path):
-        return read_bounded(from_ledger(path), settings.file_byte_limit)
+        return read_stamped(from_ledger(path), settings.file_byte_limit)
     store = store_for(settings)
     key = store.location.key_of(path) if store is not None else None
     if store is None or key is None:
@@ -39,7 +45,7 @@ def read_item(settings: Settings, path: str) -> bytes:
             FailureKind.UNREADABLE,
             f"{path} is not in this inbox's bucket ({settings.inbox_shown}): set INBOX to it",
         )
-    return store.read_bounded(key, settings.file_byte_limit)
+    return store.read_bounded(key, settings.file_byte_limit), None
 
 
 def read_image(settings: Settings, paths: Sequence[str], sha256: str) -> InboxFile:

@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 
+from contract import stamps
 from contract.failures import Unusable
 from contract.files import open_regular
 from contract.records import SeenFile
@@ -32,6 +33,7 @@ def hash_file(path: str) -> SeenFile:
         raise NotHashable(exc.reason) from None
     try:
         before = os.fstat(fd)
+        read_from = stamps.kernel_clock_now()
         digest = hashlib.sha256()
         # Sized to the file (a byte more, to see the end in one read): a fresh 1 MiB buffer
         # per small file cost as much as hashing it.
@@ -60,6 +62,7 @@ def hash_file(path: str) -> SeenFile:
         size=size,
         mtime_ns=after.st_mtime_ns,
         unfinished=looks_unfinished(head, tail, size),
+        stamp=stamps.issue(before, after, read_from),
     )
 
 

@@ -4,6 +4,7 @@ redis-server, a real SQLite ledger, real image files and a real torchvision resn
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +18,17 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from broker.send import send_classify
+from contract import stamps
+from contract.messages import WorkItem
+from contract.records import SeenFile
 from contract.settings import Settings
 from db.engine import transaction
+from db.ledger import record_files
 from db.models import Image, ImageStatus, ModelStatus, ModelVersion, Prediction
 from db.versions import activate
 from tests.helpers.images import write_image, write_images
 from tests.helpers.pipeline import count, record, wait_until
+from watcher.hashing import hash_file
 from worker.model import model_store, modelzoo
 from worker.model.layout import worker_concurrency
 from worker.tasks import create_worker_app
@@ -168,3 +174,63 @@ def test_running_worker_switches_to_a_promoted_model_without_restart(
         assert labels[item.sha256] == ("cat", new_id)
     for item in first:
         assert labels[item.sha256][1] != new_id
+
+
+def hashed_as_the_watcher_does(path: Path) -> SeenFile:
+    """The file's SeenFile from the watcher's own hasher, with a stamp (a tick after the write)."""
+    if not stamps._kernel_clock_filesystem(path.stat().st_dev):
+        pytest.skip("the test folder is not on a local file system with kernel timestamps")
+    time.sleep(0.02)
+    found = hash_file(str(path))
+    assert found.stamp is not None  # settled, on a local file system: the watcher stamps it
+    return found
+
+
+def test_a_file_rewritten_in_place_with_its_old_size_and_mtime_is_caught(
+    settings: Settings, session_factory, worker_app: Celery
+) -> None:
+    """The worker skips its hash only for a file whose stamp is the one the watcher hashed:
+    bytes changed in place, at the same size and with the mtime put back, still fail."""
+    path = write_image(settings.inbox / "patched.jpg", seed=1)
+    with transaction(session_factory) as session:
+        items = record_files(session, [hashed_as_the_watcher_does(path)])
+    assert items[0].stamp is not None
+    before = path.stat()
+    time.sleep(0.02)
+    with open(path, "r+b") as f:
+        f.seek(before.st_size // 2)
+        f.write(b"\x00\x01\x02")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    send_classify(worker_app, items, files_per_message=1)
+    wait_until(lambda: count(session_factory, ImageStatus.FAILED) == 1, 60, "row failed")
+    with transaction(session_factory) as session:
+        assert "changed after it was queued" in (session.scalars(select(Image)).one().error or "")
+
+
+@pytest.mark.parametrize("verify_reads", ["changed", "always"])
+def test_a_stamped_file_is_hashed_again_only_when_verify_reads_says_always(
+    settings: Settings, session_factory, verify_reads: str
+) -> None:
+    """A message naming file A under B's content hash, with A's true stamp: a worker that
+    trusts stamps does not hash A (B's row gets A's result); VERIFY_READS=always hashes it and
+    finds the bytes are not B's."""
+    a = write_image(settings.inbox / "a.jpg", seed=1)
+    b = write_image(settings.inbox / "b.jpg", seed=2)
+    stamp = hashed_as_the_watcher_does(a).stamp
+    with transaction(session_factory) as session:
+        (item_b,) = record_files(session, [hashed_as_the_watcher_does(b)])
+    fast = settings.model_copy(update={"verify_reads": verify_reads})
+    app = create_worker_app(fast)
+    with start_worker(
+        app, pool="threads", concurrency=1, perform_ping_check=False, queues=["classify"]
+    ):
+        send_classify(app, [WorkItem(str(a), item_b.sha256, stamp)], files_per_message=1)
+        wait_until(lambda: count(session_factory, ImageStatus.QUEUED) == 0, 60, "row settled")
+    with transaction(session_factory) as session:
+        row = session.scalars(select(Image).where(Image.sha256 == item_b.sha256)).one()
+    if verify_reads == "changed":
+        assert row.status == ImageStatus.DONE, row.error
+    else:
+        assert row.status == ImageStatus.FAILED
+        assert "changed after it was queued" in (row.error or "")
