@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.harness import CpuMeter
+from bench.harness import CpuMeter, say
 from imaging.decode import BadImage
 from worker.model import onnx_backend
 from worker.model.classifier import Classifier
@@ -249,6 +249,7 @@ class Ceiling:
     classifier: Any
     best: dict[str, Any]  # the sweep's best run
     config: tuple[int, int, int, int]  # its batch size, decode threads, torch threads, streams
+    gpu_decode_img_s: float | None = None  # on a GPU: the ceiling with nvjpeg decode
 
 
 def measure_ceiling(
@@ -294,9 +295,5 @@ def measure_ceiling(
         gpu = run_gpu_decode_ceiling(classifier, files, best_cfg[0])
         out["ceiling"]["gpu_decode"] = gpu.to_dict()
         say(f"  ceiling with nvjpeg GPU decode: {gpu.images_per_s:.1f} img/s")
-        out["summary_extra"] = {"gpu_decode_ceiling_img_s": round(gpu.images_per_s, 1)}
+        return Ceiling(classifier, best, best_cfg, round(gpu.images_per_s, 1))
     return Ceiling(classifier, best, best_cfg)
-
-
-def say(text: str) -> None:
-    print(text, flush=True)

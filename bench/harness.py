@@ -332,3 +332,8 @@ def gpu_memory_mib(pids: dict[str, int]) -> dict[str, int]:
         if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
             by_pid[int(parts[0])] = int(parts[1])
     return {name: by_pid[pid] for name, pid in pids.items() if pid in by_pid}
+
+
+def say(text: str) -> None:
+    """A line of a benchmark's progress, at once (its output is often piped)."""
+    print(text, flush=True)

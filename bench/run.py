@@ -40,7 +40,7 @@ from typing import Any
 
 from bench import ceiling as ceil
 from bench.ceiling import Ceiling, measure_ceiling
-from bench.harness import CpuMeter, GpuSampler, gpu_memory_mib, machine_info, rmtree
+from bench.harness import CpuMeter, GpuSampler, gpu_memory_mib, machine_info, rmtree, say
 from bench.images import generate
 from bench.naive import NaiveBaseline
 from bench.pipeline import Pipeline
@@ -116,10 +116,6 @@ def settings_env(pairs: list[str]) -> dict[str, str]:
         name, _, value = pair.partition("=")
         env["INBOX_CLASSIFIER_" + name.strip().upper()] = value.strip()
     return env
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 @dataclass
@@ -199,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": pairs,
     }
     summary = summarise(pairs, ceiling.best, ceiling.config, out["idle"]["latency"])
-    summary.update(out.pop("summary_extra", {}))
+    if ceiling.gpu_decode_img_s is not None:
+        summary["gpu_decode_ceiling_img_s"] = ceiling.gpu_decode_img_s
     summary["process_rss_mib"] = out["process_rss_mib"]
     if out["gpu_memory_mib"]:
         summary["gpu_memory_mib"] = out["gpu_memory_mib"]

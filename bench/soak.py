@@ -8,14 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.harness import say
 from bench.images import generate
 from bench.pipeline import Pipeline
 
 SOAK_IDLE_S = 1.5  # long enough for a worker to end its busy period (0.2 s idle) and trim
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def soak(
