@@ -21,7 +21,7 @@ here, so by default the backbone is randomly initialised ('none'); pass --weight
 better with them.
 
     pip install scikit-image
-    python bench/train_bench.py [--epochs 10] [--model resnet18] [--weights none]
+    python -m bench.train_bench [--epochs 10] [--model resnet18] [--weights none]
 
 Prints a markdown table and writes bench/results/train_bench-<timestamp>.json.
 """
@@ -53,6 +53,7 @@ from contract.settings import Settings  # noqa: E402
 from db import migrate  # noqa: E402
 from worker.model import modelzoo  # noqa: E402
 from worker.model.precision import pick_autocast  # noqa: E402
+from worker.model.preprocess import Preprocessing  # noqa: E402
 from worker.training.dataset import LabeledSet, Sample, scan_labeled  # noqa: E402
 from worker.training.features import get_head, set_head  # noqa: E402
 from worker.training.loop import TrainConfig, autocast_context, make_optimizer  # noqa: E402
@@ -109,39 +110,7 @@ def tutorial_frozen(
     head = get_head(model)
     set_head(model, nn.Linear(head.in_features, len(labeled.classes)))
     model = model.to(device)
-    normalize = transforms.Normalize(prep.mean, prep.std)
-    data_transforms = {
-        "train": transforms.Compose(
-            [
-                transforms.RandomResizedCrop(prep.crop),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                normalize,
-            ]
-        ),
-        "val": transforms.Compose(
-            [
-                transforms.Resize(prep.resize),
-                transforms.CenterCrop(prep.crop),
-                transforms.ToTensor(),
-                normalize,
-            ]
-        ),
-    }
-    loaders = {
-        "train": DataLoader(
-            _Files(labeled.train, data_transforms["train"]),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            num_workers=2,
-        ),
-        "val": DataLoader(
-            _Files(labeled.val, data_transforms["val"]),
-            batch_size=cfg.batch_size,
-            shuffle=False,
-            num_workers=2,
-        ),
-    }
+    loaders = _tutorial_loaders(labeled, prep, cfg.batch_size)
     criterion = nn.CrossEntropyLoss()
     optimizer, scheduler = make_optimizer(get_head(model).parameters(), cfg)
     best_acc, best_state = -1.0, None
@@ -150,24 +119,13 @@ def tutorial_frozen(
     for epoch in range(1, cfg.epochs + 1):
         record: dict[str, float] = {"epoch": epoch}
         for phase in ("train", "val"):
-            model.train() if phase == "train" else model.eval()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for inputs, labels in loaders[phase]:
-                inputs, labels = inputs.to(device), labels.to(device)
-                optimizer.zero_grad()
-                with torch.set_grad_enabled(phase == "train"), autocast_context(device, autocast):
-                    outputs = model(inputs)
-                loss = criterion(outputs.float(), labels)
-                if phase == "train":
-                    loss.backward()
-                    optimizer.step()
-                loss_sum += loss.item() * inputs.size(0)
-                correct += int((outputs.argmax(1) == labels).sum())
-                seen += inputs.size(0)
+            loss, accuracy = _tutorial_phase(
+                model, loaders[phase], phase == "train", criterion, optimizer, device, autocast
+            )
             if phase == "train":
                 scheduler.step()
-            record[f"{phase}_loss"] = loss_sum / seen
-            record[f"{phase}_acc"] = correct / seen
+            record[f"{phase}_loss"] = loss
+            record[f"{phase}_acc"] = accuracy
         history.append(record)
         if record["val_acc"] > best_acc:
             best_acc = record["val_acc"]
@@ -182,6 +140,66 @@ def tutorial_frozen(
         "epochs_run": cfg.epochs,
         "backbone_passes": f"{cfg.epochs} train + {cfg.epochs} val",
     }
+
+
+def _tutorial_loaders(
+    labeled: LabeledSet, prep: Preprocessing, batch_size: int
+) -> dict[str, DataLoader[tuple[torch.Tensor, int]]]:
+    """The tutorial's transforms and loaders: random crops and flips to train, resize and
+    centre crop to validate."""
+    normalize = transforms.Normalize(prep.mean, prep.std)
+    train = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(prep.crop),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    val = transforms.Compose(
+        [
+            transforms.Resize(prep.resize),
+            transforms.CenterCrop(prep.crop),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    return {
+        "train": DataLoader(
+            _Files(labeled.train, train), batch_size=batch_size, shuffle=True, num_workers=2
+        ),
+        "val": DataLoader(
+            _Files(labeled.val, val), batch_size=batch_size, shuffle=False, num_workers=2
+        ),
+    }
+
+
+def _tutorial_phase(
+    model: nn.Module,
+    loader: DataLoader[tuple[torch.Tensor, int]],
+    train: bool,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    autocast: torch.dtype | None,
+) -> tuple[float, float]:
+    """One pass over ``loader`` as the tutorial writes it (train mode, or eval mode without
+    gradients): mean loss and accuracy."""
+    model.train() if train else model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        optimizer.zero_grad()
+        with torch.set_grad_enabled(train), autocast_context(device, autocast):
+            outputs = model(inputs)
+        loss = criterion(outputs.float(), labels)
+        if train:
+            loss.backward()
+            optimizer.step()
+        loss_sum += loss.item() * inputs.size(0)
+        correct += int((outputs.argmax(1) == labels).sum())
+        seen += inputs.size(0)
+    return loss_sum / seen, correct / seen
 
 
 # --- ours ------------------------------------------------------------------------------------
@@ -215,7 +233,7 @@ def ours(settings: Settings, mode: str, cfg: TrainConfig, autocast: str) -> dict
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--model", default="resnet18")
@@ -225,88 +243,92 @@ def main() -> None:
     parser.add_argument("--autocast", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
-
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
-        work = Path(tmp)
-        labeled_root = write_lfw_subset(work / "labeled")
-        settings = Settings(
-            data_dir=work / "data",
-            labeled_dir=labeled_root,
-            model=args.model,
-            weights=args.weights,
-            redis_url=None,
-            train_epochs=args.epochs,
-            train_patience=args.epochs,
-            train_batch_size=args.batch_size,
-            train_lr=args.lr,
-            min_images_per_class=2,
-            torch_threads=args.threads,
-        )
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = pick_autocast(device, args.autocast)
-        precision = "bf16" if dtype is not None else "fp32"
-        labeled = scan_labeled(
-            labeled_root,
-            val_fraction=settings.val_fraction,
-            min_images_per_class=2,
-            max_pixels=settings.max_image_pixels,
-        )
-        base = TrainConfig.from_settings(settings)
-        rows: list[dict[str, Any]] = []
+        labeled, rows = run_rows(args, Path(tmp), device)
+    table = render_table(args, labeled, rows, device)
+    print(table)
+    write_result(args, rows, table, device)
 
-        def row(name: str, result: dict[str, Any], prec: str) -> None:
-            result.update({"approach": name, "precision": prec})
-            rows.append(result)
-            print(
-                f"  {name}: val acc {result['val_acc']:.3f}, {result['train_s']:.1f}s",
-                file=sys.stderr,
-            )
 
-        print(f"{len(labeled.train)} train / {len(labeled.val)} val images", file=sys.stderr)
+def run_rows(
+    args: argparse.Namespace, work: Path, device: torch.device
+) -> tuple[LabeledSet, list[dict[str, Any]]]:
+    """Each approach on the same split: ours full, ours frozen (cached, then with two augmented
+    passes), the tutorial's loop in fp32 (and in our autocast where there is one)."""
+    labeled_root = write_lfw_subset(work / "labeled")
+    settings = Settings(
+        data_dir=work / "data",
+        labeled_dir=labeled_root,
+        model=args.model,
+        weights=args.weights,
+        redis_url=None,
+        train_epochs=args.epochs,
+        train_patience=args.epochs,
+        train_batch_size=args.batch_size,
+        train_lr=args.lr,
+        min_images_per_class=2,
+        torch_threads=args.threads,
+    )
+    dtype = pick_autocast(device, args.autocast)
+    precision = "bf16" if dtype is not None else "fp32"
+    labeled = scan_labeled(
+        labeled_root,
+        val_fraction=settings.val_fraction,
+        min_images_per_class=2,
+        max_pixels=settings.max_image_pixels,
+    )
+    base = TrainConfig.from_settings(settings)
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, result: dict[str, Any], prec: str) -> None:
+        result.update({"approach": name, "precision": prec})
+        rows.append(result)
+        print(
+            f"  {name}: val acc {result['val_acc']:.3f}, {result['train_s']:.1f}s",
+            file=sys.stderr,
+        )
+
+    def config(**changes: Any) -> TrainConfig:
+        return TrainConfig(**{**base.__dict__, **changes})
+
+    print(f"{len(labeled.train)} train / {len(labeled.val)} val images", file=sys.stderr)
+    full = settings.model_copy(update={"train_mode": "full"})
+    row("ours: full", ours(full, "full", config(mode="full"), args.autocast), precision)
+    frozen = settings.model_copy(update={"train_mode": "frozen"})
+    row(
+        "ours: frozen, cached features",
+        ours(frozen, "frozen", config(mode="frozen"), args.autocast),
+        precision,
+    )
+    row(
+        "ours: frozen, cached + 2 augmented passes",
+        ours(frozen, "frozen", config(mode="frozen", feature_passes=2), args.autocast),
+        precision,
+    )
+    tutorial = "tutorial: frozen, backbone rerun every epoch"
+    row(tutorial, tutorial_frozen(labeled, args.model, args.weights, base, device, None), "fp32")
+    if dtype is not None:
         row(
-            "ours: full",
-            ours(
-                settings.model_copy(update={"train_mode": "full"}),
-                "full",
-                TrainConfig(**{**base.__dict__, "mode": "full"}),
-                args.autocast,
-            ),
+            tutorial,
+            tutorial_frozen(labeled, args.model, args.weights, base, device, dtype),
             precision,
         )
-        frozen = settings.model_copy(update={"train_mode": "frozen"})
-        row(
-            "ours: frozen, cached features",
-            ours(
-                frozen, "frozen", TrainConfig(**{**base.__dict__, "mode": "frozen"}), args.autocast
-            ),
-            precision,
-        )
-        row(
-            "ours: frozen, cached + 2 augmented passes",
-            ours(
-                frozen,
-                "frozen",
-                TrainConfig(**{**base.__dict__, "mode": "frozen", "feature_passes": 2}),
-                args.autocast,
-            ),
-            precision,
-        )
-        row(
-            "tutorial: frozen, backbone rerun every epoch",
-            tutorial_frozen(labeled, args.model, args.weights, base, device, None),
-            "fp32",
-        )
-        if dtype is not None:
-            row(
-                "tutorial: frozen, backbone rerun every epoch",
-                tutorial_frozen(labeled, args.model, args.weights, base, device, dtype),
-                precision,
-            )
+    return labeled, rows
 
+
+def render_table(
+    args: argparse.Namespace, labeled: LabeledSet, rows: list[dict[str, Any]], device: torch.device
+) -> str:
+    """The markdown table, with the speed-up of cached features over the tutorial's loop."""
     cached = rows[1]
     same = [
         r
@@ -336,8 +358,12 @@ def main() -> None:
         f"Frozen with cached features vs the tutorial loop at the same precision: "
         f"{speedup:.0f}x less training time."
     )
-    table = "\n".join(lines)
-    print(table)
+    return "\n".join(lines)
+
+
+def write_result(
+    args: argparse.Namespace, rows: list[dict[str, Any]], table: str, device: torch.device
+) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {

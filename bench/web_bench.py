@@ -19,6 +19,7 @@ import random
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,37 +37,30 @@ RESULTS = REPO / "bench" / "results"
 CLASSES = [f"class_{i:03d}" for i in range(200)]
 
 
+#: The columns a row leaves empty until something fills them.
+BLANK: dict[str, Any] = {
+    "error": None,
+    "error_kind": None,
+    "label": None,
+    "confidence": None,
+    "topk": None,
+    "margin": None,
+    "model_version_id": None,
+    "classified_at": None,
+    "human_label": None,
+    "labeled_at": None,
+}
+
+
 def fill(settings: Settings, rows: int, seed: int = 0) -> None:
+    """``rows`` images (3 % failed, the rest classified, 1 % of those labeled by a person),
+    a path each, in bulk inserts of 20,000, then ANALYZE."""
     rng = random.Random(seed)
     engine = make_engine(settings.db_url)
     now = utcnow()
     with engine.begin() as db:
-        db.execute(
-            insert(ModelVersion).values(
-                id=1,
-                name="base:resnet18:none",
-                arch="resnet18",
-                weights="none",
-                classes=CLASSES,
-                status="active",
-                trained=False,
-                created_at=now,
-                activated_at=now,
-            )
-        )
+        db.execute(insert(ModelVersion).values(**_base_version(now)))
     batch = 20_000
-    blank: dict[str, Any] = {
-        "error": None,
-        "error_kind": None,
-        "label": None,
-        "confidence": None,
-        "topk": None,
-        "margin": None,
-        "model_version_id": None,
-        "classified_at": None,
-        "human_label": None,
-        "labeled_at": None,
-    }
     for start in range(0, rows, batch):
         images: list[dict[str, Any]] = []
         paths: list[dict[str, Any]] = []
@@ -74,56 +68,15 @@ def fill(settings: Settings, rows: int, seed: int = 0) -> None:
         for i in range(start, min(rows, start + batch)):
             image_id = i + 1
             if rng.random() < 0.03:
-                images.append(
-                    {
-                        **blank,
-                        "id": image_id,
-                        "sha256": f"{i:064x}",
-                        "size": 100_000,
-                        "status": "failed",
-                        "error": "corrupt or truncated image: x",
-                        "error_kind": "corrupt",
-                        "attempts": 1,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
+                images.append(_failed_image(i, now))
             else:
-                # A skewed label mix, as real collections have: a few big classes, a long tail.
-                top = CLASSES[min(int(rng.paretovariate(1.2)) - 1, len(CLASSES) - 1)]
-                conf = rng.random() ** 0.5
-                rest = [c for c in rng.sample(CLASSES, 5) if c != top][:4]
-                shares = sorted((rng.random() * (1 - conf) for _ in rest), reverse=True)
-                topk = [{"label": top, "confidence": round(conf, 6)}] + [
-                    {"label": c, "confidence": round(s, 6)}
-                    for c, s in zip(rest, shares, strict=False)
-                ]
-                human = top if rng.random() < 0.01 else None
-                images.append(
-                    {
-                        **blank,
-                        "id": image_id,
-                        "sha256": f"{i:064x}",
-                        "size": 100_000,
-                        "status": "done",
-                        "label": top,
-                        "confidence": conf,
-                        "topk": topk,
-                        "margin": conf - topk[1]["confidence"],
-                        "model_version_id": 1,
-                        "classified_at": now,
-                        "human_label": human,
-                        "labeled_at": now if human else None,
-                        "attempts": 1,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-                if human:
+                image = _classified_image(i, rng, now)
+                images.append(image)
+                if image["human_label"]:
                     labels.append(
                         {
                             "image_id": image_id,
-                            "label": human,
+                            "label": image["human_label"],
                             "source": "human",
                             "created_at": now,
                         }
@@ -147,6 +100,65 @@ def fill(settings: Settings, rows: int, seed: int = 0) -> None:
     with engine.begin() as db:
         db.execute(text("ANALYZE"))
     engine.dispose()
+
+
+def _base_version(now: datetime) -> dict[str, Any]:
+    return {
+        "id": 1,
+        "name": "base:resnet18:none",
+        "arch": "resnet18",
+        "weights": "none",
+        "classes": CLASSES,
+        "status": "active",
+        "trained": False,
+        "created_at": now,
+        "activated_at": now,
+    }
+
+
+def _failed_image(i: int, now: datetime) -> dict[str, Any]:
+    return {
+        **BLANK,
+        "id": i + 1,
+        "sha256": f"{i:064x}",
+        "size": 100_000,
+        "status": "failed",
+        "error": "corrupt or truncated image: x",
+        "error_kind": "corrupt",
+        "attempts": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _classified_image(i: int, rng: random.Random, now: datetime) -> dict[str, Any]:
+    # A skewed label mix, as real collections have: a few big classes, a long tail.
+    top = CLASSES[min(int(rng.paretovariate(1.2)) - 1, len(CLASSES) - 1)]
+    conf = rng.random() ** 0.5
+    rest = [c for c in rng.sample(CLASSES, 5) if c != top][:4]
+    shares = sorted((rng.random() * (1 - conf) for _ in rest), reverse=True)
+    topk = [{"label": top, "confidence": round(conf, 6)}] + [
+        {"label": c, "confidence": round(s, 6)} for c, s in zip(rest, shares, strict=False)
+    ]
+    human = top if rng.random() < 0.01 else None
+    return {
+        **BLANK,
+        "id": i + 1,
+        "sha256": f"{i:064x}",
+        "size": 100_000,
+        "status": "done",
+        "label": top,
+        "confidence": conf,
+        "topk": topk,
+        "margin": conf - topk[1]["confidence"],
+        "model_version_id": 1,
+        "classified_at": now,
+        "human_label": human,
+        "labeled_at": now if human else None,
+        "attempts": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def scenarios(rows: int, rng: random.Random) -> dict[str, Any]:
