@@ -9,14 +9,16 @@ docs/performance.md, "The ledger's writes", has what each costs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, select
+from sqlalchemy import ColumnElement, Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from contract.chunks import chunked
-from db.models import Image
 
 # SQLite allows 32766 bound parameters per statement; stay well inside it.
 CHUNK = 500
@@ -36,6 +38,32 @@ def bound(connection: Connection, column: ColumnElement[Any], value: Any) -> Any
 
 def is_postgresql(connection: Connection) -> bool:
     return connection.dialect.name == "postgresql"
+
+
+class NotByIndex(ColumnElement[Any]):
+    """A column that SQLite must not choose an index on (``+column``; elsewhere the column).
+
+    Without statistics SQLite guesses that ``status = 'queued'`` matches ten rows, so for
+    ``WHERE sha256 IN (...500 hashes...) AND status = 'queued'`` it walked every queued row
+    (or every done one) through the status index rather than looking up 500 hashes: 28 µs a
+    row at 20,000 queued rows, growing with the queue, against 3 µs by the hashes."""
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: ColumnElement[Any] | InstrumentedAttribute[Any]) -> None:
+        self.column = column.expression if isinstance(column, InstrumentedAttribute) else column
+        self.type = self.column.type
+
+
+@compiles(NotByIndex)
+def _not_by_index(element: NotByIndex, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.column, **kw)
+
+
+@compiles(NotByIndex, "sqlite")
+def _not_by_index_sqlite(element: NotByIndex, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + compiler.process(element.column, **kw)
 
 
 def by_key(connection: Connection) -> None:
@@ -61,7 +89,26 @@ def images_by_hash(
                 f"SELECT {names} FROM images WHERE sha256 = ANY(%b::text[])", (list(hashes),)
             )
         )
+    # The driver's statement and each column's own result conversion: the ORM's expanding
+    # IN list is compiled anew for every call and cost more than SQLite's lookups.
+    names = ", ".join(column.key for column in columns)
+    convert = [result_converter(connection, column) for column in columns]
     found: list[Any] = []
     for part in chunked(list(hashes), CHUNK):
-        found += session.execute(select(*columns).where(Image.sha256.in_(part))).all()
+        rows = connection.exec_driver_sql(
+            f"SELECT {names} FROM images WHERE sha256 IN ({', '.join('?' * len(part))})",
+            tuple(part),
+        )
+        found += [
+            tuple(value if f is None else f(value) for f, value in zip(convert, row, strict=True))
+            for row in rows
+        ]
     return found
+
+
+def result_converter(
+    connection: Connection, column: InstrumentedAttribute[Any]
+) -> Callable[[Any], Any] | None:
+    """How SQLAlchemy turns ``column``'s stored value into Python's (None: as stored)."""
+    dialect = connection.dialect
+    return column.type.dialect_impl(dialect).result_processor(dialect, None)

@@ -25,6 +25,7 @@ Known = Callable[[list[str]], Mapping[str, Signature]]
 class Hashers:
     def __init__(self, settings: Settings, clock: StageClock | None = None) -> None:
         self._clock = clock or StageClock()
+        self._thread_count = settings.hash_threads
         self._threads = ThreadPoolExecutor(settings.hash_threads, thread_name_prefix="hash")
         # Processes started afresh, never forked from the watcher, whose threads may hold
         # locks at the moment of a fork.
@@ -55,7 +56,12 @@ class Hashers:
             signatures = {p: s for p in paths if isinstance(s := inspect(p, scope), Signature)}
             have = known(list(signatures))
             todo = [p for p, signature in signatures.items() if have.get(p) != signature]
-            return zip(todo, self._threads.map(self._try_hash, todo), strict=True)
+            # A task per thread, not per file: a future per 60 KiB file cost a third as much
+            # as hashing it.
+            per_task = -(-len(todo) // self._thread_count) or 1
+            tasks = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
+            hashed = (found for task in self._threads.map(self._try_hash, tasks) for found in task)
+            return zip(todo, hashed, strict=True)
         have = known(paths)
         chunks = _chunks(paths)
         results = self._processes.map(
@@ -71,12 +77,15 @@ class Hashers:
             if not isinstance(found, (Skip, str))
         )
 
-    def _try_hash(self, path: str) -> SeenFile | NotHashable:
+    def _try_hash(self, paths: list[str]) -> list[SeenFile | NotHashable]:
+        found: list[SeenFile | NotHashable] = []
         with self._clock.stage("hash"):
-            try:
-                return hash_file(path)
-            except NotHashable as exc:
-                return exc
+            for path in paths:
+                try:
+                    found.append(hash_file(path))
+                except NotHashable as exc:
+                    found.append(exc)
+        return found
 
     def shutdown(self) -> None:
         self._threads.shutdown(wait=True)

@@ -315,7 +315,7 @@ class Watcher:
     def _hash(self, paths: list[str]) -> list[SeenFile]:
         """Hash the complete files among ``paths``, skipping those the ledger already has with
         this size and mtime (a rescan's or a late event's duplicate)."""
-        with self.clock.stage("hash: ledger lookup"):
+        with self.clock.stage("inspect"):  # stat, folder checks; the ledger for a rescan
             hashed = self._hashers.hash(paths, self.scope, self._known_scanned)
         return self._settle(hashed)
 

@@ -57,6 +57,8 @@ EXPORT_TOLERANCE = 1e-3
 SAMPLE_IMAGES = 256
 #: The export is checked against torch on this many of them (torch is the slow side).
 EXPORT_CHECK_IMAGES = 16
+#: Random images the interim export (:func:`interim_runner`) is checked on.
+INTERIM_CHECK_IMAGES = 4
 #: Fewer check images than this and the int8 model is not built: agreement on a handful of
 #: images says nothing.
 MIN_CHECK_IMAGES = 32
@@ -194,6 +196,27 @@ def run_session(session: Any, images: np.ndarray, batch_size: int = 32) -> np.nd
 # --- build and load ------------------------------------------------------------------------------
 
 
+def interim_runner(loaded: LoadedModel, threads: int) -> OrtRunner:
+    """ONNX Runtime fp32 from an export made now, in memory, for a version that has no
+    artifacts yet: it serves while the worker collects the first images to build them from
+    (int8 needs real images to calibrate on and to be checked against; fp32 does not). The
+    export is checked against torch on random images: the check is of the arithmetic, not of
+    accuracy. Raises :class:`ServingError` if it differs."""
+    model = export_bytes(loaded)
+    crop = loaded.preprocessing.crop
+    images = np.random.default_rng(0).integers(
+        0, 256, (INTERIM_CHECK_IMAGES, crop, crop, 3), dtype=np.uint8
+    )
+    runner = OrtRunner(model, "fp32", threads)
+    diff = float(np.abs(runner.logits(images) - torch_logits(loaded, images)).max())
+    if not diff <= EXPORT_TOLERANCE:
+        raise ServingError(
+            f"the ONNX export differs from torch by {diff:.2e} on the logits "
+            f"(tolerance {EXPORT_TOLERANCE:g})"
+        )
+    return runner
+
+
 def build(
     loaded: LoadedModel,
     version_dir: Path,
@@ -275,9 +298,13 @@ def _add_int8(
     # ranges were not fitted to.
     calibrate_on, check_on = np.arange(0, len(images), 2), np.arange(1, len(images), 2)
     if len(check_on) < MIN_CHECK_IMAGES:
-        return None, None, (
-            f"int8 not built: only {len(check_on)} image(s) to check it against fp32 "
-            f"(needs {MIN_CHECK_IMAGES})"
+        return (
+            None,
+            None,
+            (
+                f"int8 not built: only {len(check_on)} image(s) to check it against fp32 "
+                f"(needs {MIN_CHECK_IMAGES})"
+            ),
         )
     int8_bytes = quantize_bytes(tmp / FP32_FILE, images[calibrate_on], tmp)
     int8_logits = run_session(open_session(int8_bytes, threads), images[check_on])
@@ -330,10 +357,10 @@ class OrtRunner:
     per stream. Measured against a session per stream: as fast at batch 16 and up to 1.2x faster
     at batch 1, with one copy of the weights (docs/architecture.md, "ONNX Runtime and int8")."""
 
-    def __init__(self, path: Path, precision: str, threads: int) -> None:
-        self.path = path
+    def __init__(self, model: Path | bytes, precision: str, threads: int) -> None:
+        self.path = model if isinstance(model, Path) else None  # None: exported in memory
         self.precision = precision
-        self._session = open_session(path, threads)
+        self._session = open_session(model, threads)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         out: np.ndarray = self._session.run(None, {"images": np.ascontiguousarray(batch)})[0]

@@ -4,10 +4,11 @@ fp32 from the version's artifacts (``worker.model.onnx_backend``).
 ``auto`` on a CPU: int8 where the version's int8 model passed its agreement check; else ONNX
 Runtime fp32, except on a CPU that runs bf16 natively, where torch's bf16 measured faster than
 ONNX Runtime fp32 (docs/architecture.md, "ONNX Runtime and int8"); torch on CUDA. A version
-with no artifacts yet (a base model, or one trained before this backend existed) is served by
-torch while the worker keeps a sample of the first images it classifies, then builds them in the
-background from that sample and switches between two batches. Artifacts that fail their hash
-check are refused, logged once, and torch serves that version.
+with no artifacts yet (a base model, or one trained before this backend existed) is served by an
+fp32 export made in memory as it loads (torch until that is ready) while the worker keeps a
+sample of the first images it classifies, then builds them in the background from that sample
+and switches between two batches. Artifacts that fail their hash check are refused, logged
+once, and torch serves that version.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class Serving:
             settings.inference_streams, settings.torch_threads, "cpu"
         ).threads_per_stream
         self._refused: set[int] = set()  # versions whose artifacts were refused (logged once)
+        # Classifiers served from their built artifacts (or given up on): an interim runner
+        # finishing late must not replace what they serve.
+        self._lock = threading.Lock()
+        self._settled: set[int] = set()  # id() of each: a classifier is a dataclass, unhashable
 
     def attach(self, classifier: Classifier, version_dir: Path, weights_sha256: str) -> None:
         """Serve ``classifier`` with ONNX Runtime where the settings and its artifacts allow;
@@ -122,9 +127,7 @@ class Serving:
 
     # --- serving from artifacts ----------------------------------------------------------------
 
-    def _serve(
-        self, classifier: Classifier, version_dir: Path, manifest: ServingManifest
-    ) -> None:
+    def _serve(self, classifier: Classifier, version_dir: Path, manifest: ServingManifest) -> None:
         backend = self._settings.inference_backend
         folder = onnx_backend.serving_dir(version_dir)
         entry, precision = manifest.preferred(backend)
@@ -139,7 +142,9 @@ class Serving:
         except Exception as exc:
             self._refuse(classifier, exc)
             return
-        classifier.use_runner(runner)
+        with self._lock:
+            self._settled.add(id(classifier))
+            classifier.use_runner(runner)
         check = manifest.int8_check
         why = (
             f"top-1 agreement with fp32 {check.agreement:.3f} on {check.images} images"
@@ -205,6 +210,40 @@ class Serving:
             ).start()
 
         classifier.sampler = Sampler(ready, onnx_backend.SAMPLE_IMAGES)
+        if not (self._settings.inference_backend == "auto" and self._torch_is_faster(classifier)):
+            threading.Thread(
+                target=self._serve_interim,
+                args=(classifier,),
+                name=f"serving-interim-{classifier.version_id}",
+                # Joined at exit (≈ 2 s at most): a process ending under a running export
+                # aborted in ONNX Runtime's threads ("terminate called ...").
+                daemon=False,
+            ).start()
+
+    def _serve_interim(self, classifier: Classifier) -> None:
+        """ONNX Runtime fp32 from an export made now, until the artifacts are built: torch
+        eager was the slowest way to classify a fresh ``up``'s first images (a lone image on
+        one thread, resnet18 at 224 px: 55 ms against 34; docs/performance.md)."""
+        try:
+            runner = onnx_backend.interim_runner(classifier.loaded, self._threads)
+        except Exception as exc:
+            log.warning(
+                "version %d: no interim ONNX Runtime model (%s: %s); torch serves until the "
+                "artifacts are built",
+                classifier.version_id,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        with self._lock:  # held while announcing, so that a late one never says the final
+            if id(classifier) in self._settled:
+                return
+            classifier.use_runner(runner)
+            self._announce(
+                classifier,
+                "exported at start, until its artifacts are built from the first images it "
+                "classifies",
+            )
 
     def _build(
         self, classifier: Classifier, version_dir: Path, weights_sha256: str, sample: np.ndarray
@@ -238,7 +277,11 @@ class Serving:
                 exc,
                 classifier.backend,
             )
-            classifier.compile_state = CompileState.EAGER  # torch for good: compiling may pay
+            with self._lock:
+                self._settled.add(id(classifier))
+                # torch for good (compiling may pay), unless the interim export serves
+                if classifier.runner is None:
+                    classifier.compile_state = CompileState.EAGER
             return
         if manifest is not None:
             self._serve(classifier, version_dir, manifest)

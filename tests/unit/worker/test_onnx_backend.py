@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,51 @@ def test_int8_that_fails_its_agreement_check_is_not_built_and_fp32_serves(
     assert classifier.backend == "onnxruntime fp32"
 
 
+def test_a_version_without_artifacts_serves_an_export_made_at_start_until_they_are_built(
+    tmp_path: Path,
+    resnet18: modelzoo.LoadedModel,
+    settings: Settings,
+    session_factory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    images = model_inputs(write_images(tmp_path / "in", 8), resnet18)
+    reference = Classifier(1, resnet18, torch_device(), None).score(images, topk=3)
+    chooser = serving.Serving(settings, session_factory)
+    classifier = Classifier(1, resnet18, torch_device(), None)
+    with caplog.at_level(logging.INFO, logger="worker.model.serving"):
+        chooser.attach(classifier, tmp_path / "v", "test")  # no artifacts: sampled, built later
+        assert classifier.sampler is not None
+        wait_until(lambda: classifier.runner is not None, 120, "the interim export")
+    assert classifier.backend == "onnxruntime fp32"
+    assert "classifies with onnxruntime fp32 (exported at start" in caplog.text
+    got = classifier.score(images, topk=3)
+    assert [g.topk[0]["label"] for g in got] == [r.topk[0]["label"] for r in reference]
+    assert max(
+        abs(g.topk[0]["confidence"] - r.topk[0]["confidence"])
+        for g, r in zip(got, reference, strict=True)
+    ) < 1e-4
+
+    # The artifacts built from its first images replace it; an export finishing late does not
+    # come back over them.
+    folder = tmp_path / "built"
+    chooser._serve(classifier, folder, build(resnet18, folder, images))
+    final = classifier.runner
+    chooser._serve_interim(classifier)
+    assert classifier.runner is final
+
+    # Where torch's bf16 was measured faster than ONNX Runtime's fp32, no export is made.
+    monkeypatch.setattr(serving, "native_bf16", lambda _device: True)
+    exports: list[object] = []
+    monkeypatch.setattr(onnx_backend, "interim_runner", lambda *args: exports.append(args))
+    bf16 = Classifier(2, resnet18, torch_device(), torch.bfloat16)
+    chooser.attach(bf16, tmp_path / "v2", "test")
+    for thread in threading.enumerate():
+        if thread.name.startswith("serving-interim-2"):
+            thread.join()
+    assert exports == [] and bf16.runner is None and bf16.backend == "torch bf16"
+
+
 def test_artifacts_tampered_with_or_for_other_weights_are_refused_and_torch_serves(
     tmp_path: Path,
     resnet18: modelzoo.LoadedModel,
@@ -187,8 +233,8 @@ def test_a_trained_version_serves_at_int8_with_the_same_answers_and_a_promotion_
     session_factory: sessionmaker[Session],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A base model with no artifacts: served by torch until its first images are sampled, then
-    # by ONNX Runtime, built in the background from that sample.
+    # A base model with no artifacts: served by an export made at start until its first images
+    # are sampled, then by ONNX Runtime's artifacts, built in the background from that sample.
     monkeypatch.setattr(onnx_backend, "SAMPLE_IMAGES", 2 * onnx_backend.MIN_CHECK_IMAGES)
     s = training_settings(
         settings,
@@ -203,7 +249,8 @@ def test_a_trained_version_serves_at_int8_with_the_same_answers_and_a_promotion_
         inbox = write_images(s.inbox, onnx_backend.SAMPLE_IMAGES)
         engine.submit(record(session_factory, inbox)).result(timeout=300)
         base = holder.current()
-        wait_until(lambda: base.runner is not None, 300, "the base model's ONNX build")
+        # (an export made at start serves meanwhile, from memory: no path)
+        wait_until(lambda: getattr(base.runner, "path", None), 300, "the base model's ONNX build")
         assert base.backend.startswith("onnxruntime")
         folder = model_store.version_dir(s.models_path, base.version_id)
         assert json.loads((folder / "serving" / "serving.json").read_text())["built_from"] == (
