@@ -90,12 +90,13 @@ def fashion_arrays() -> list[np.ndarray]:
 
 
 def write_fashion(
-    root: Path, labeled: int = 300, unseen_per_class: int = 100, stored: int = 28
+    root: Path, labeled: int = 300, unseen_per_class: int = 100, stored: int = 28, seed: int = 0
 ) -> Unseen:
     """``stored``: the side the 28 px images are saved at (enlarged, bicubic, as thumbnails,
-    scans and exports often are), the same content whatever it is."""
+    scans and exports often are), the same content whatever it is. ``seed`` draws which
+    images are labeled and which unseen."""
     unseen: Unseen = []
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for c, images in enumerate(fashion_arrays()):
         name = FASHION_CLASSES[c]
         order = rng.permutation(len(images))
@@ -185,3 +186,22 @@ DATASETS: dict[str, Callable[[Path], Unseen]] = {
     "fashion100": lambda root: write_fashion(root, labeled=100),
     "photos": write_photos,
 }
+
+#: The sets that can be drawn again with another seed (``name:seed`` in bench.learn_bench).
+SEEDED: dict[str, Callable[[Path, int], Unseen]] = {
+    "fashion": lambda root, seed: write_fashion(root, seed=seed),
+    "fashion64": lambda root, seed: write_fashion(root, stored=64, seed=seed),
+    "fashion96": lambda root, seed: write_fashion(root, stored=96, seed=seed),
+    "fashion100": lambda root, seed: write_fashion(root, labeled=100, seed=seed),
+}
+
+
+def write_set(name: str, root: Path) -> Unseen:
+    """Data set ``name`` (``fashion100``, or ``fashion100:3`` for its draw with seed 3) under
+    ``root``."""
+    base, _, seed = name.partition(":")
+    if not seed:
+        return DATASETS[base](root)
+    if base not in SEEDED:
+        raise SystemExit(f"{base} has no seeded draws (only {', '.join(SEEDED)})")
+    return SEEDED[base](root, int(seed))

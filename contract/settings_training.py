@@ -77,10 +77,16 @@ class RetrainingSettings(BaseModel):
         gt=0,
         lt=1,
         description="Conformal target: an image's set of likely classes holds the true one "
-        "this often; a set of more or fewer than one class needs review.",
+        "this often; a set of more or fewer than one class needs review. Sets are made larger "
+        "where that is needed for one-class sets to reach TARGET_PRECISION.",
     )
     target_precision: float = Field(
-        0.95, gt=0, lt=1, description="Per-class confidence thresholds reach this precision."
+        0.95,
+        gt=0,
+        lt=1,
+        description="Sure images (per-class confidence thresholds) and unflagged ones (a "
+        "one-class set) reach this precision, with 90 % confidence where the validation "
+        "images can certify it.",
     )
     drift_warn: float = Field(
         0.25,
