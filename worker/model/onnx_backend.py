@@ -208,13 +208,20 @@ def interim_runner(loaded: LoadedModel, threads: int) -> OrtRunner:
         0, 256, (INTERIM_CHECK_IMAGES, crop, crop, 3), dtype=np.uint8
     )
     runner = OrtRunner(model, "fp32", threads)
-    diff = float(np.abs(runner.logits(images) - torch_logits(loaded, images)).max())
+    export_difference(runner.logits(images), torch_logits(loaded, images))
+    return runner
+
+
+def export_difference(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> float:
+    """The largest difference between the export's logits and torch's; raises
+    :class:`ServingError` beyond :data:`EXPORT_TOLERANCE`."""
+    diff = float(np.abs(onnx_logits - torch_logits).max())
     if not diff <= EXPORT_TOLERANCE:
         raise ServingError(
             f"the ONNX export differs from torch by {diff:.2e} on the logits "
-            f"(tolerance {EXPORT_TOLERANCE:g})"
+            f"(tolerance {EXPORT_TOLERANCE:g}); serving with torch"
         )
-    return runner
+    return diff
 
 
 def build(
@@ -251,12 +258,7 @@ def build(
         fp32_session = open_session(fp32_path, threads)
         fp32_logits = run_session(fp32_session, images)
         probe = slice(0, EXPORT_CHECK_IMAGES)
-        diff = float(np.abs(fp32_logits[probe] - torch_logits(loaded, images[probe])).max())
-        if not diff <= EXPORT_TOLERANCE:
-            raise ServingError(
-                f"the ONNX export differs from torch by {diff:.2e} on the logits "
-                f"(tolerance {EXPORT_TOLERANCE:g}); serving with torch"
-            )
+        diff = export_difference(fp32_logits[probe], torch_logits(loaded, images[probe]))
         limits = Int8Limits(min_agreement, margin, max_confidence_diff)
         int8, check, reason = _add_int8(tmp, fp32_logits, images, labels, limits, threads, loaded)
         manifest = ServingManifest(

@@ -145,15 +145,10 @@ def single_class_threshold(
     delta, alpha = 1 - SURE_CONFIDENCE, 1 - target
     least = math.ceil(math.log(delta) / math.log(1 - alpha))  # one-class sets, none wrong
     right = probs.argmax(dim=1) == labels
-    top2 = probs.topk(2, dim=1).values if probs.shape[1] > 1 else None
     candidates = [threshold * (step + 1) / SINGLE_TESTS for step in range(SINGLE_TESTS)]
     found: float | None = None
     for candidate in candidates:
-        single = (
-            (probs >= candidate).sum(dim=1) == 1
-            if top2 is None
-            else (top2[:, 0] >= candidate) & (top2[:, 1] < candidate)
-        )
+        single = prediction_sets(probs, candidate).sum(dim=1) == 1
         count = int(single.sum())
         if found is None and count < least:
             continue  # too few to test yet: decided without looking at the labels
